@@ -1,0 +1,249 @@
+"""`trainguard`: the MCP server (`serve`) and the same operations for people at a terminal.
+
+    trainguard train 1 [--set lr=5e-4 ...] [--detach]   pre-flight, launch, follow, summarise
+    trainguard preflight 1 [--set ...]                   the checks alone
+    trainguard runs | status RUN | stop RUN | summary RUN | gpu | experiments
+    trainguard serve                                     MCP over stdio (what the plugin starts)
+
+Every command but `serve` takes --json for the same structured result the MCP tool returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from mcp_server import gpu, paths, registry, runs
+from mcp_server.errors import InvalidInput, TrainguardError
+from mcp_server.preflight import PreflightReport, run_preflight
+from mcp_server.rundir import TERMINAL, open_run
+
+MARK = {"pass": "ok  ", "warn": "WARN", "fail": "FAIL"}
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"--set takes name=value, got {pair!r} (e.g. --set lr=5e-4).")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _emit_json(model: BaseModel | list[BaseModel]) -> None:
+    if isinstance(model, list):
+        print("[" + ",\n".join(m.model_dump_json(indent=2) for m in model) + "]")
+    else:
+        print(model.model_dump_json(indent=2))
+
+
+def _print_preflight(report: PreflightReport) -> None:
+    print(f"Pre-flight for {report.experiment} ({report.title}), trainer {report.trainer}:")
+    for c in report.checks:
+        print(f"  [{MARK[c.verdict]}] {c.name}: {c.detail}")
+        if c.fix and c.verdict != "pass":
+            print(f"         fix: {c.fix}")
+    print(report.summary)
+
+
+def _print_summary(run_id: str) -> None:
+    info, summ = runs.summary(run_id)
+    print(f"\nRun {info.run_id}: {info.status}" + (f" ({info.failure})" if info.failure else ""))
+    print(f"  {summ.headline}")
+    for m in summ.metrics:
+        print(f"  {m.name:<14} {m.trend}")
+    if info.status in ("failed", "lost"):
+        run = open_run(paths.runs_root(), run_id)
+        print("  stderr (last lines):\n    " + runs.tail(run.stderr).replace("\n", "\n    "))
+
+
+def _follow(run_id: str) -> str:
+    """Echo the trainer's stdout until the run ends; Ctrl-C stops the run cleanly."""
+    run = open_run(paths.runs_root(), run_id)
+    offset = 0
+    try:
+        while True:
+            state = runs.refresh(run)
+            if run.stdout.is_file():
+                with run.stdout.open("rb") as fh:
+                    fh.seek(offset)
+                    chunk = fh.read()
+                # Print whole lines only; a partial line waits for its end.
+                cut = chunk.rfind(b"\n") + 1
+                if cut:
+                    sys.stdout.write(runs.sanitize(chunk[:cut].decode("utf-8", errors="replace")))
+                    sys.stdout.flush()
+                    offset += cut
+            if state.status in TERMINAL:
+                return state.status
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nStopping the run (it saves a checkpoint first)...", file=sys.stderr)
+        return runs.stop(run_id).status
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    result = runs.launch(args.experiment, _parse_sets(args.set), note=args.note, dry_run=args.dry_run)
+    if args.json:
+        _emit_json(result)
+        if args.detach or args.dry_run:
+            return 0
+    else:
+        _print_preflight(result.preflight)
+        if args.dry_run:
+            print("Dry run, nothing started. Would run:\n  " + " ".join(result.argv))
+            print(f"  in {result.run_dir}")
+            return 0
+        print(f"Launched {result.run_id} (pid {result.pid}); logs and metrics in {result.run_dir}")
+        if args.detach:
+            print(f"Detached. Follow with: trainguard status {result.run_id}")
+            return 0
+    assert result.run_id is not None
+    final = _follow(result.run_id) if not args.json else _wait(result.run_id)
+    if args.json:
+        _emit_json(runs.status(result.run_id))
+    else:
+        _print_summary(result.run_id)
+    return 0 if final == "succeeded" else 1
+
+
+def _wait(run_id: str) -> str:
+    run = open_run(paths.runs_root(), run_id)
+    while (state := runs.refresh(run)).status not in TERMINAL:
+        time.sleep(0.5)
+    return state.status
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    report, _, _ = run_preflight(args.experiment, _parse_sets(args.set))
+    _emit_json(report) if args.json else _print_preflight(report)
+    return 1 if report.verdict == "fail" else 0
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    for exp in registry.list_experiments():
+        if isinstance(exp, tuple):
+            print(f"{exp[0].name:<28} INVALID: {exp[1]}")
+        else:
+            print(f"{exp.id:<28} {exp.trainer:<12} {exp.source:<8} {exp.title}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    items = runs.list_runs(limit=args.limit)
+    if args.json:
+        _emit_json(items)
+        return 0
+    if not items:
+        print(f"No runs in {paths.runs_root()}.")
+    for r in items:
+        elapsed = f"{r.elapsed_s:.0f}s" if r.elapsed_s is not None else "-"
+        print(f"{r.run_id:<44} {r.status:<10} {elapsed:>7}  {r.headline}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = runs.status(args.run_id)
+    if args.json:
+        _emit_json(st)
+        return 0
+    print(f"{st.run_id}: {st.status}" + (f" ({st.failure})" if st.failure else ""))
+    if st.epoch is not None:
+        print(f"  epoch {st.epoch}/{st.epochs}")
+    for name, value in st.latest.items():
+        print(f"  {name:<14} {value}")
+    print(f"  {st.headline}")
+    if st.stderr_tail:
+        print("  stderr:\n    " + st.stderr_tail.replace("\n", "\n    "))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    result = runs.stop(args.run_id, grace_s=args.grace)
+    _emit_json(result) if args.json else print(f"{result.run_id}: {result.message}")
+    return 0 if result.processes_left == 0 else 1
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    if args.json:
+        info, summ = runs.summary(args.run_id)
+        print('{"run": ' + info.model_dump_json() + ', "summary": ' + summ.model_dump_json(indent=2) + "}")
+    else:
+        _print_summary(args.run_id)
+    return 0
+
+
+def cmd_gpu(args: argparse.Namespace) -> int:
+    report = gpu.gpu_report()
+    if args.json:
+        _emit_json(report)
+        return 0
+    print(report.note)
+    for d in report.devices:
+        mem = (
+            f"{d.memory_used_bytes / 2**30:.1f}/{d.memory_total_bytes / 2**30:.1f} GiB"
+            if d.memory_used_bytes is not None and d.memory_total_bytes is not None else "memory ?"
+        )
+        print(f"  GPU {d.index} {d.name}: {mem}, util {d.utilization_percent}%, {d.temperature_c} C, "
+              f"{len(d.processes)} processes")
+    h = report.host
+    print(f"Host: {h.cpu_count} CPUs at {h.cpu_percent:.0f}%, load {h.load_avg_1m:.2f}, "
+          f"RAM {h.ram_used_bytes / 2**30:.1f}/{h.ram_total_bytes / 2**30:.1f} GiB")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mcp_server.server import serve  # the MCP SDK is only imported to serve
+
+    serve()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainguard", description="Guarded ML training for coding agents.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Any, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(fn=fn)
+        if name != "serve":
+            p.add_argument("--json", action="store_true", help="print the structured result as JSON")
+        return p
+
+    add("serve", cmd_serve, "serve MCP over stdio (what the Claude Code plugin starts)")
+    for name, fn, help_ in (("train", cmd_train, "pre-flight, launch and follow an experiment"),
+                            ("preflight", cmd_preflight, "run the pre-flight checks only")):
+        p = add(name, fn, help_)
+        p.add_argument("experiment", help="N, NNN or NNN-slug")
+        p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a parameter")
+        if name == "train":
+            p.add_argument("--note", default="", help="why you launch it (goes to the scratchpad)")
+            p.add_argument("--detach", action="store_true", help="return after launching; the run goes on")
+            p.add_argument("--dry-run", action="store_true", help="show the command without starting it")
+    add("experiments", cmd_experiments, "list experiments")
+    add("runs", cmd_runs, "list recent runs").add_argument("--limit", type=int, default=20)
+    add("status", cmd_status, "status of a run").add_argument("run_id")
+    p = add("stop", cmd_stop, "stop a run (checkpoint, then kill its process group)")
+    p.add_argument("run_id")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds between SIGTERM and SIGKILL")
+    add("summary", cmd_summary, "summarise a run's metrics").add_argument("run_id")
+    add("gpu", cmd_gpu, "GPUs and host status")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except TrainguardError as exc:
+        print(f"trainguard: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

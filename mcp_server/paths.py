@@ -1,0 +1,52 @@
+"""Where things live: the plugin's own files, the user's project, its runs and scratchpad.
+
+The plugin may be installed anywhere (Claude Code copies it into its cache and ignores
+`cwd`), so the user's project comes from `CLAUDE_PROJECT_DIR`, else the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mcp_server.errors import InvalidInput
+
+PLUGIN_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_EXPERIMENTS = PLUGIN_ROOT / "experiments"
+BUNDLED_TRAINERS = PLUGIN_ROOT / "trainers"
+
+
+def project_root() -> Path:
+    """The user's project: `CLAUDE_PROJECT_DIR` if set, else the working directory."""
+    return Path(os.environ.get("CLAUDE_PROJECT_DIR") or os.getcwd()).resolve()
+
+
+def runs_root(project: Path | None = None) -> Path:
+    """Folder holding one sub-folder per run: `TRAINGUARD_RUNS_DIR`, else `<project>/runs`."""
+    override = os.environ.get("TRAINGUARD_RUNS_DIR")
+    if override:
+        return Path(override).resolve()
+    return (project or project_root()) / "runs"
+
+
+def scratchpad_root(project: Path | None = None) -> Path:
+    """Folder of the agents' scratchpads (seed 002): `<project>/.claude/scratchpad`."""
+    return (project or project_root()) / ".claude" / "scratchpad"
+
+
+def confine(root: Path, candidate: str | os.PathLike[str], what: str = "path") -> Path:
+    """Resolve `candidate` (relative to `root`) and refuse it if it leaves `root`.
+
+    Symlinks are resolved first, so a link pointing outside the root is refused too.
+
+    Raises:
+        InvalidInput: if the resolved path is not inside `root`.
+    """
+    text = os.fspath(candidate)
+    if "\x00" in text:
+        raise InvalidInput(f"{what} contains a NUL byte; pass a plain path inside {root}.")
+    root = root.resolve()
+    resolved = (root / text).resolve()
+    if resolved != root and not resolved.is_relative_to(root):
+        raise InvalidInput(f"{what} {text!r} resolves to {resolved}, outside {root}; use a path inside it.")
+    return resolved

@@ -1,0 +1,280 @@
+"""Pre-flight checks: everything that can be known before a run starts, each pass/warn/fail.
+
+Each check says what it saw and, when it is not a pass, what to change. Torch is probed in
+a subprocess with the trainer's own interpreter: the server never imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from mcp_server import gpu, paths, registry
+from mcp_server.errors import InvalidInput
+from mcp_server.specs import Scalar, TrainerSpec, resolve_config
+
+Verdict = Literal["pass", "warn", "fail"]
+DISK_FAIL_BYTES = 200 * 2**20
+DISK_WARN_BYTES = 2 * 2**30
+PROBE_TIMEOUT_S = 90
+PROBE_TTL_S = 300
+
+# Runs in the trainer's interpreter; prints one JSON object on its last line.
+_TORCH_PROBE = """
+import json, sys
+info = {"python": sys.version.split()[0], "executable": sys.executable}
+try:
+    import torch
+except Exception as exc:
+    info["torch_error"] = f"{type(exc).__name__}: {exc}"
+else:
+    info["torch"] = torch.__version__
+    info["cuda"] = torch.version.cuda
+    info["hip"] = getattr(torch.version, "hip", None)
+    info["cuda_available"] = torch.cuda.is_available()
+    info["device_count"] = torch.cuda.device_count() if info["cuda_available"] else 0
+    info["devices"] = [torch.cuda.get_device_name(i) for i in range(info["device_count"])]
+    mps = getattr(torch.backends, "mps", None)
+    info["mps_available"] = bool(mps and mps.is_available())
+print(json.dumps(info))
+"""
+_probe_cache: dict[tuple[str, float], tuple[float, dict[str, Any]]] = {}
+
+
+class Check(BaseModel):
+    """One pre-flight check: its verdict, what it saw, and the fix when it is not a pass."""
+
+    name: str
+    verdict: Verdict
+    detail: str
+    fix: str | None = None
+
+
+class PreflightReport(BaseModel):
+    """Everything `preflight` found for one experiment with its overrides."""
+
+    experiment: str
+    title: str
+    source: str
+    trainer: str
+    python: str
+    config: dict[str, Scalar | None]
+    overrides: dict[str, Scalar]
+    verdict: Verdict
+    checks: list[Check]
+    summary: str
+
+
+def trainer_python(exp: registry.Experiment, project: Path) -> str:
+    """The interpreter for the experiment's trainer: its `python`, `TRAINGUARD_PYTHON`, or ours.
+
+    A venv's interpreter is a symlink out of the project, so the path is checked lexically
+    (inside the project), not resolved.
+    """
+    if exp.python:
+        candidate = Path(os.path.normpath(project / exp.python))
+        if not candidate.is_relative_to(project):
+            raise InvalidInput(f"{exp.id}: python {exp.python!r} is outside the project {project}.")
+        return str(candidate)
+    return os.environ.get("TRAINGUARD_PYTHON") or sys.executable
+
+
+def probe_torch(python: str) -> dict[str, Any]:
+    """What torch looks like from `python`: version, build (CUDA/ROCm/CPU), visible devices."""
+    try:
+        key = (python, Path(python).stat().st_mtime)
+    except OSError as exc:
+        return {"interpreter_error": f"{python}: {exc.strerror}"}
+    cached = _probe_cache.get(key)
+    if cached and time.monotonic() - cached[0] < PROBE_TTL_S:
+        return cached[1]
+    try:
+        out = subprocess.run(
+            [python, "-c", _TORCH_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"interpreter_error": f"{python}: {exc}"}
+    lines = out.stdout.strip().splitlines()
+    try:
+        info = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        info = {}
+    if not info:
+        return {"interpreter_error": f"{python} exited {out.returncode}: {out.stderr.strip()[-300:]}"}
+    _probe_cache[key] = (time.monotonic(), info)
+    return info
+
+
+def _interpreter_checks(python: str, info: dict[str, Any], config: dict[str, Any]) -> list[Check]:
+    if "interpreter_error" in info:
+        return [
+            Check(
+                name="interpreter",
+                verdict="fail",
+                detail=info["interpreter_error"],
+                fix="Point the experiment's `python` at an existing interpreter (e.g. .venv/bin/python).",
+            )
+        ]
+    checks = [Check(name="interpreter", verdict="pass", detail=f"Python {info['python']} at {python}")]
+    if "torch_error" in info:
+        checks.append(
+            Check(
+                name="torch",
+                verdict="fail",
+                detail=f"torch does not import: {info['torch_error']}",
+                fix=f"Install torch for your accelerator into that interpreter ({python} -m pip install torch), "
+                "or `pip install -e '.[train]'` in the plugin folder.",
+            )
+        )
+        return checks
+    build = f"ROCm {info['hip']}" if info.get("hip") else f"CUDA {info['cuda']}" if info.get("cuda") else "CPU"
+    checks.append(Check(name="torch", verdict="pass", detail=f"torch {info['torch']} ({build} build)"))
+    checks.append(_device_check(info, config.get("device")))
+    return checks
+
+
+def _device_check(info: dict[str, Any], requested: Any) -> Check:
+    gpus = info.get("devices") or []
+    if requested in (None, "auto"):
+        if gpus:
+            return Check(name="device", verdict="pass", detail=f"auto -> cuda: {', '.join(gpus)}")
+        if info.get("mps_available"):
+            return Check(name="device", verdict="pass", detail="auto -> mps (Apple GPU)")
+        return Check(
+            name="device",
+            verdict="warn",
+            detail="auto -> cpu: torch sees no GPU, the run trains on the CPU (slower).",
+            fix="Fine for small experiments. For a GPU, install a CUDA or ROCm build of torch.",
+        )
+    if requested == "cuda" and not gpus:
+        return Check(
+            name="device",
+            verdict="fail",
+            detail="device=cuda but torch sees no CUDA/ROCm GPU.",
+            fix="Pass device=auto or device=cpu, or install a CUDA/ROCm build of torch.",
+        )
+    if requested == "mps" and not info.get("mps_available"):
+        return Check(name="device", verdict="fail", detail="device=mps but MPS is not available.", fix="Use auto.")
+    return Check(name="device", verdict="pass", detail=f"device={requested}")
+
+
+def _data_checks(spec: TrainerSpec, config: dict[str, Any], project: Path) -> list[Check]:
+    checks = []
+    for name, param in spec.params.items():
+        if param.type != "path" or config.get(name) is None:
+            continue
+        path = paths.confine(project, str(config[name]), what=f"parameter {name!r}")
+        if param.must_exist and not path.exists():
+            checks.append(
+                Check(
+                    name=f"data:{name}",
+                    verdict="fail",
+                    detail=f"{name}={config[name]} does not exist ({path}).",
+                    fix=f"Create or download it, or override {name} with an existing path inside {project}.",
+                )
+            )
+        else:
+            checks.append(Check(name=f"data:{name}", verdict="pass", detail=f"{name}={config[name]} ({path})"))
+    if not checks:
+        checks.append(Check(name="data", verdict="pass", detail=f"{spec.name} generates its own data"))
+    return checks
+
+
+def _output_check(runs_root: Path) -> Check:
+    try:
+        runs_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return Check(
+            name="output", verdict="fail", detail=f"cannot create {runs_root}: {exc.strerror}",
+            fix="Set TRAINGUARD_RUNS_DIR to a writable folder.",
+        )
+    if not os.access(runs_root, os.W_OK):
+        return Check(
+            name="output", verdict="fail", detail=f"{runs_root} is not writable",
+            fix="Set TRAINGUARD_RUNS_DIR to a writable folder.",
+        )
+    free = shutil.disk_usage(runs_root).free
+    detail = f"runs go to {runs_root}; {free / 2**30:.1f} GiB free"
+    if free < DISK_FAIL_BYTES:
+        return Check(name="output", verdict="fail", detail=detail, fix="Free disk space before training.")
+    if free < DISK_WARN_BYTES:
+        return Check(name="output", verdict="warn", detail=detail, fix="Checkpoints may fill the disk; free space.")
+    return Check(name="output", verdict="pass", detail=detail)
+
+
+def _gpu_check() -> Check:
+    report = gpu.gpu_report()
+    if not report.devices:
+        return Check(name="gpu", verdict="pass", detail=report.note)
+    busy = [f"GPU {d.index}: pids {[p.pid for p in d.processes]}" for d in report.devices if d.processes]
+    free = [
+        f"GPU {d.index} {d.name}: {(d.memory_total_bytes - d.memory_used_bytes) / 2**30:.1f} GiB free"
+        for d in report.devices
+        if d.memory_total_bytes is not None and d.memory_used_bytes is not None
+    ]
+    if busy:
+        return Check(
+            name="gpu", verdict="warn", detail=f"other processes use the GPU: {'; '.join(busy)}",
+            fix="Wait for them or stop them; two jobs on one GPU slow both and risk OOM.",
+        )
+    return Check(name="gpu", verdict="pass", detail="; ".join(free) or report.note)
+
+
+def run_preflight(
+    experiment: str, overrides: dict[str, Any] | None = None, project: Path | None = None
+) -> tuple[PreflightReport, registry.Experiment, TrainerSpec]:
+    """Resolve the experiment with its overrides and run every check.
+
+    Raises:
+        NotFound / InvalidInput: for an unknown experiment or a bad override (before any check).
+    """
+    project = project or paths.project_root()
+    overrides = dict(overrides or {})
+    exp = registry.load_experiment(experiment, project)
+    spec = registry.load_trainer(exp.trainer, project)
+    config = resolve_config(spec, [(f"experiment {exp.id}", exp.args), ("overrides", overrides)], project)
+    python = trainer_python(exp, project)
+
+    changed = [f"{k}={config[k]!r}" for k in overrides]
+    checks = [
+        Check(
+            name="experiment", verdict="pass",
+            detail=f"{exp.id} ({exp.source}): {exp.title}; hypothesis.md present",
+        ),
+        Check(
+            name="parameters", verdict="pass",
+            detail=f"{len(config)} parameters valid" + (f"; overridden: {', '.join(changed)}" if changed else ""),
+        ),
+    ]
+    checks += _interpreter_checks(python, probe_torch(python), config)
+    checks += _data_checks(spec, config, project)
+    checks.append(_output_check(paths.runs_root(project)))
+    checks.append(_gpu_check())
+
+    verdict: Verdict = "fail" if any(c.verdict == "fail" for c in checks) else (
+        "warn" if any(c.verdict == "warn" for c in checks) else "pass"
+    )
+    problems = [f"{c.name}: {c.detail}" for c in checks if c.verdict != "pass"]
+    summary = {
+        "pass": "All checks passed; ready to launch.",
+        "warn": "Ready to launch, with warnings: " + " | ".join(problems),
+        "fail": "Do not launch: " + " | ".join(problems),
+    }[verdict]
+    report = PreflightReport(
+        experiment=exp.id, title=exp.title, source=exp.source, trainer=spec.name, python=python,
+        config=config, overrides={k: config[k] for k in overrides}, verdict=verdict, checks=checks, summary=summary,
+    )
+    return report, exp, spec

@@ -1,0 +1,194 @@
+"""Experiments and the trainer specs they name, looked up project first, bundled second.
+
+An experiment is a folder `experiments/NNN-slug/` with `experiment.toml` (which trainer,
+which arguments) and `hypothesis.md` (seed 000: no experiment without a hypothesis). The
+user's project (`CLAUDE_PROJECT_DIR`) is searched before the examples bundled with the
+plugin, so a project's `001-*` shadows the bundled 001. `2`, `002` and `002-gauss` all name
+the same experiment.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mcp_server import paths
+from mcp_server.errors import InvalidInput, NotFound
+from mcp_server.specs import Scalar, TrainerSpec, resolve_config
+
+EXPERIMENT_DIR_RE = re.compile(r"^(\d{3})-([a-z0-9][a-z0-9-]*)$")
+REF_RE = re.compile(r"^(\d{1,3})(?:-([a-z0-9][a-z0-9-]*))?$")
+TRAINER_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class ExperimentFile(BaseModel):
+    """The schema of `experiment.toml`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trainer: str
+    title: str
+    description: str = ""
+    python: str | None = Field(
+        default=None, description="Interpreter for the trainer, relative to the project (e.g. .venv/bin/python)."
+    )
+    args: dict[str, Scalar] = Field(default_factory=dict)
+
+
+class Experiment(BaseModel):
+    """A resolved experiment: where it was found, its trainer and its validated arguments."""
+
+    id: str
+    number: int
+    source: Literal["project", "bundled"]
+    dir: Path
+    title: str
+    description: str
+    trainer: str
+    python: str | None
+    args: dict[str, Scalar]
+    hypothesis: str
+
+
+def _experiment_roots(project: Path) -> list[tuple[Literal["project", "bundled"], Path]]:
+    roots: list[tuple[Literal["project", "bundled"], Path]] = [("project", project / "experiments")]
+    if roots[0][1].resolve() != paths.BUNDLED_EXPERIMENTS.resolve():
+        roots.append(("bundled", paths.BUNDLED_EXPERIMENTS))
+    return roots
+
+
+def _experiment_dirs(project: Path) -> list[tuple[Literal["project", "bundled"], Path]]:
+    """Every experiment folder, the project's first, shadowing bundled ones of the same number."""
+    found: dict[int, tuple[Literal["project", "bundled"], Path]] = {}
+    for source, root in _experiment_roots(project):
+        if not root.is_dir():
+            continue
+        for child in sorted(root.iterdir()):
+            m = EXPERIMENT_DIR_RE.match(child.name)
+            if m and child.is_dir() and int(m.group(1)) not in found:
+                found[int(m.group(1))] = (source, child)
+    return [found[n] for n in sorted(found)]
+
+
+def find_experiment_dir(ref: str, project: Path) -> tuple[Literal["project", "bundled"], Path]:
+    """Resolve `2`, `002` or `002-slug` to one experiment folder.
+
+    Raises:
+        InvalidInput: if `ref` is not of that shape.
+        NotFound: if no experiment has that number (the message lists the ones there are).
+    """
+    ref = str(ref).strip()
+    m = REF_RE.match(ref)
+    if not m:
+        raise InvalidInput(f"experiment {ref!r} is not a number: pass N, NNN or NNN-slug, e.g. '1' or '001'.")
+    number, slug = int(m.group(1)), m.group(2)
+    for source, folder in _experiment_dirs(project):
+        if int(folder.name[:3]) == number:
+            if slug and folder.name[4:] != slug:
+                raise NotFound(f"experiment {number:03d} is {folder.name!r}, not {ref!r}; pass {number}.")
+            return source, folder
+    raise NotFound(f"no experiment {ref!r}; there are: {_available(project)}. Call list_experiments to see them.")
+
+
+def _available(project: Path) -> str:
+    names = [folder.name for _, folder in _experiment_dirs(project)]
+    return ", ".join(names) if names else "none"
+
+
+def load_experiment(ref: str, project: Path | None = None) -> Experiment:
+    """Find and validate an experiment, including its arguments against its trainer.
+
+    Raises:
+        NotFound / InvalidInput: with the file and the fix in the message.
+    """
+    project = project or paths.project_root()
+    source, folder = find_experiment_dir(ref, project)
+    toml_path = folder / "experiment.toml"
+    if not toml_path.is_file():
+        raise NotFound(f"{folder} has no experiment.toml; create it with at least `trainer` and `title`.")
+    raw = _read_toml(toml_path)
+    try:
+        spec_file = ExperimentFile.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidInput(f"{toml_path} is invalid: {_first_errors(exc)}.") from None
+    hypothesis_path = folder / "hypothesis.md"
+    if not hypothesis_path.is_file() or not hypothesis_path.read_text(encoding="utf-8").strip():
+        raise NotFound(
+            f"{folder.name} has no hypothesis: write {hypothesis_path} (what you expect this run to show "
+            "and why) before training it."
+        )
+    trainer = load_trainer(spec_file.trainer, project)
+    resolve_config(trainer, [(f"{toml_path}", spec_file.args)], project)
+    return Experiment(
+        id=folder.name,
+        number=int(folder.name[:3]),
+        source=source,
+        dir=folder,
+        title=spec_file.title,
+        description=spec_file.description,
+        trainer=spec_file.trainer,
+        python=spec_file.python,
+        args=spec_file.args,
+        hypothesis=hypothesis_path.read_text(encoding="utf-8").strip(),
+    )
+
+
+def list_experiments(project: Path | None = None) -> list[Experiment | tuple[Path, str]]:
+    """Every experiment, loaded; a broken one is returned as (folder, error) instead of hiding it."""
+    project = project or paths.project_root()
+    out: list[Experiment | tuple[Path, str]] = []
+    for _, folder in _experiment_dirs(project):
+        try:
+            out.append(load_experiment(folder.name, project))
+        except (NotFound, InvalidInput) as exc:
+            out.append((folder, str(exc)))
+    return out
+
+
+def load_trainer(name: str, project: Path | None = None) -> TrainerSpec:
+    """Load a trainer spec: `<project>/experiments/trainers/<name>.toml`, else the bundled one.
+
+    Raises:
+        NotFound: if no spec has that name (the message lists the known ones).
+        InvalidInput: if the spec file fails validation.
+    """
+    project = project or paths.project_root()
+    if not TRAINER_NAME_RE.match(name):
+        raise InvalidInput(f"trainer name {name!r} must be lower_snake_case, e.g. 'trm_nav'.")
+    for folder in (project / "experiments" / "trainers", paths.BUNDLED_TRAINERS):
+        path = folder / f"{name}.toml"
+        if path.is_file():
+            try:
+                return TrainerSpec.model_validate({**_read_toml(path), "source": path.resolve()})
+            except ValidationError as exc:
+                raise InvalidInput(f"trainer spec {path} is invalid: {_first_errors(exc)}.") from None
+    raise NotFound(f"unknown trainer {name!r}; known trainers: {', '.join(known_trainers(project)) or 'none'}.")
+
+
+def known_trainers(project: Path) -> list[str]:
+    """Names of every trainer spec, the project's and the bundled ones."""
+    names = set()
+    for folder in (project / "experiments" / "trainers", paths.BUNDLED_TRAINERS):
+        if folder.is_dir():
+            names.update(p.stem for p in folder.glob("*.toml") if TRAINER_NAME_RE.match(p.stem))
+    return sorted(names)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{path} is not valid TOML: {exc}.") from None
+
+
+def _first_errors(exc: ValidationError, limit: int = 3) -> str:
+    parts = []
+    for err in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,128 @@
+"""The one place that knows a run folder's layout and writes its JSON files atomically.
+
+    runs/<run_id>/
+        manifest.json    what was launched: argv, config, env, versions, host (written once)
+        state.json       where it is: status, pids, exit code (rewritten as it changes)
+        stop_requested   present once someone asked the run to stop
+        stdout.log, stderr.log, supervisor.log
+        metrics.jsonl    the trainer's metrics stream
+        checkpoints/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from mcp_server.errors import InvalidInput, NotFound
+
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+Status = Literal["starting", "running", "succeeded", "failed", "stopped", "lost"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "stopped", "lost"})
+
+
+class RunState(BaseModel):
+    """Contents of `state.json`. Written by the launcher, then only by the run's supervisor
+    (or by a status check that finds the supervisor dead)."""
+
+    status: Status
+    updated_at: float
+    supervisor_pid: int | None = None
+    supervisor_started: float | None = None
+    pid: int | None = None
+    pid_started: float | None = None
+    pgid: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    failure: str | None = None
+
+
+class RunDir:
+    """Paths inside one run folder."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.run_id = path.name
+
+    manifest = property(lambda self: self.path / "manifest.json")
+    state_file = property(lambda self: self.path / "state.json")
+    stop_marker = property(lambda self: self.path / "stop_requested")
+    stdout = property(lambda self: self.path / "stdout.log")
+    stderr = property(lambda self: self.path / "stderr.log")
+    supervisor_log = property(lambda self: self.path / "supervisor.log")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+
+    def read_manifest(self) -> dict[str, Any]:
+        return json.loads(self.manifest.read_text(encoding="utf-8"))
+
+    def read_state(self) -> RunState:
+        return RunState.model_validate_json(self.state_file.read_text(encoding="utf-8"))
+
+    def write_state(self, state: RunState) -> None:
+        state.updated_at = time.time()
+        write_json_atomic(self.state_file, state.model_dump())
+
+
+def open_run(runs_root: Path, run_id: str) -> RunDir:
+    """The folder of an existing run, with `run_id` checked so it cannot name a path.
+
+    Raises:
+        InvalidInput: if `run_id` is not a plain run id.
+        NotFound: if there is no such run.
+    """
+    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id) or run_id in (".", ".."):
+        raise InvalidInput(f"run_id {run_id!r} is not a run id; call list_runs for the ids there are.")
+    path = runs_root / run_id
+    if not (path / "manifest.json").is_file():
+        raise NotFound(f"no run {run_id!r} in {runs_root}; call list_runs for the ids there are.")
+    return RunDir(path)
+
+
+def all_runs(runs_root: Path) -> list[RunDir]:
+    """Every run folder (one with a manifest), oldest first by id."""
+    if not runs_root.is_dir():
+        return []
+    return [
+        RunDir(p)
+        for p in sorted(runs_root.iterdir())
+        if RUN_ID_RE.match(p.name) and (p / "manifest.json").is_file()
+    ]
+
+
+def create_run_dir(runs_root: Path, stem: str) -> RunDir:
+    """Make a new, empty run folder named after `stem`; never reuses an existing one."""
+    runs_root.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        name = stem if n == 0 else f"{stem}-{n}"
+        try:
+            (runs_root / name).mkdir()
+        except FileExistsError:
+            continue
+        return RunDir(runs_root / name)
+    raise InvalidInput(f"could not find a free run folder name for {stem!r} in {runs_root}.")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temp file in the same folder and a rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

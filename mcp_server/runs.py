@@ -1,0 +1,347 @@
+"""Launching, watching and stopping runs. State lives in the run folder, not in memory.
+
+`launch` writes the manifest and starts a supervisor (`mcp_server.supervisor`) that owns
+the trainer process; everything else reads the run folder, so the CLI, the MCP server and a
+restarted server all see the same runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from mcp_server import __version__, metrics, paths, procs, scratchpad
+from mcp_server.errors import Conflict, TrainguardError
+from mcp_server.preflight import PreflightReport, probe_torch, run_preflight
+from mcp_server.rundir import TERMINAL, RunDir, RunState, all_runs, create_run_dir, open_run, write_json_atomic
+from mcp_server.specs import build_argv
+
+ENV_ALLOW = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH",
+})
+ENV_ALLOW_PREFIXES = ("LC_", "CUDA_", "HIP_", "ROCR_", "HSA_", "ROCM_", "PYTORCH_", "TORCH_", "NCCL_", "OMP_", "MKL_")
+ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+START_TIMEOUT_S = 20.0
+FINALIZE_TIMEOUT_S = 15.0
+TAIL_LINES = 12
+TAIL_CHARS = 2000
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]|\x1b\[[0-9;?]*[A-Za-z]")
+_supervisors: list[subprocess.Popen[bytes]] = []
+
+
+class LaunchResult(BaseModel):
+    """What `launch_run` did (or, with dry_run, would do)."""
+
+    run_id: str | None
+    status: str
+    dry_run: bool
+    run_dir: str
+    argv: list[str]
+    env: dict[str, str]
+    pid: int | None
+    preflight: PreflightReport
+    next_step: str
+
+
+class RunInfo(BaseModel):
+    """A run as `list_runs` and `run_status` show it."""
+
+    run_id: str
+    experiment: str
+    status: str
+    created_at: str
+    elapsed_s: float | None
+    pid: int | None
+    exit_code: int | None
+    signal: int | None
+    failure: str | None
+    headline: str
+
+
+class RunStatus(RunInfo):
+    """`run_status`: the run, its latest metric values and, on failure, the end of stderr."""
+
+    epoch: int | None
+    epochs: int | None
+    latest: dict[str, float | None]
+    checkpoints: list[str]
+    stderr_tail: str | None
+    run_dir: str
+
+
+class StopResult(BaseModel):
+    run_id: str
+    status: str
+    how: str
+    processes_left: int
+    message: str
+
+
+def _trainer_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in ENV_ALLOW or k.startswith(ENV_ALLOW_PREFIXES)}
+    for key, value in extra.items():
+        if not ENV_NAME_RE.match(key) or "\x00" in value:
+            raise TrainguardError(f"trainer env {key!r} is not a valid variable; fix the trainer spec.")
+        env[key] = value
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _git_commit(project: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(project), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, stdin=subprocess.DEVNULL, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def launch(
+    experiment: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    note: str = "",
+    agent: str = "training-runner",
+    dry_run: bool = False,
+    project: Path | None = None,
+) -> LaunchResult:
+    """Re-run pre-flight, then start the experiment's trainer under a supervisor.
+
+    Raises:
+        Conflict: if pre-flight fails (the message lists the failed checks and their fixes).
+        NotFound / InvalidInput: for an unknown experiment or a bad override.
+    """
+    project = project or paths.project_root()
+    scratchpad.agent_dir(project, agent)  # validate before anything is created
+    note = scratchpad.clean_text(note, limit=1000) if note else ""
+    report, exp, spec = run_preflight(experiment, overrides, project)
+    if report.verdict == "fail":
+        fixes = [f"{c.name}: {c.detail} Fix: {c.fix}" for c in report.checks if c.verdict == "fail"]
+        raise Conflict(f"pre-flight failed for {exp.id}, nothing launched. " + " | ".join(fixes))
+
+    root = paths.runs_root(project)
+    stem = f"{exp.id}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    run = RunDir(root / stem) if dry_run else create_run_dir(root, stem)
+    argv = build_argv(spec, report.config, python=report.python, project=project, output_dir=run.checkpoints)
+    env = _trainer_env(spec.env) | {
+        "TRAINGUARD_RUN_ID": run.run_id,
+        "TRAINGUARD_RUN_DIR": str(run.path),
+        "TRAINGUARD_METRICS": str(run.metrics),
+    }
+    if dry_run:
+        return LaunchResult(
+            run_id=None, status="dry_run", dry_run=True, run_dir=str(run.path), argv=argv, env=env, pid=None,
+            preflight=report, next_step="Nothing was started. Call launch_run without dry_run to start it.",
+        )
+
+    run.checkpoints.mkdir()
+    torch_info = probe_torch(report.python)
+    manifest = {
+        "run_id": run.run_id,
+        "created_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "experiment": exp.id,
+        "experiment_dir": str(exp.dir),
+        "source": exp.source,
+        "title": exp.title,
+        "hypothesis": exp.hypothesis,
+        "trainer": spec.name,
+        "primary_metric": spec.primary_metric,
+        "primary_mode": spec.primary_mode,
+        "config": report.config,
+        "overrides": report.overrides,
+        "argv": argv,
+        "env": env,
+        "cwd": str(project),
+        "project_dir": str(project),
+        "agent": agent,
+        "note": note,
+        "git_commit": _git_commit(project),
+        "versions": {
+            "trainguard": __version__,
+            "python": torch_info.get("python"),
+            "torch": torch_info.get("torch"),
+            "cuda": torch_info.get("cuda"),
+            "hip": torch_info.get("hip"),
+        },
+        "host": {"hostname": socket.gethostname(), "platform": platform.platform(), "user": getpass.getuser()},
+        "gpus": torch_info.get("devices", []),
+        "preflight": {"verdict": report.verdict, "warnings": [c.detail for c in report.checks if c.verdict == "warn"]},
+    }
+    write_json_atomic(run.manifest, manifest)
+    run.write_state(RunState(status="starting", updated_at=time.time()))
+    _start_supervisor(run)
+    state = _wait_started(run)
+
+    line = f"launched {run.run_id} ({exp.title}); " + ", ".join(f"{k}={v}" for k, v in report.overrides.items())
+    if note:
+        line += f"; note: {note}"
+    scratchpad.append(project, agent, line.rstrip("; "), kind="launch")
+    return LaunchResult(
+        run_id=run.run_id, status=state.status, dry_run=False, run_dir=str(run.path), argv=argv, env=env,
+        pid=state.pid, preflight=report,
+        next_step=f"Poll run_status('{run.run_id}') every few minutes; call summarize_run when it ends.",
+    )
+
+
+def _start_supervisor(run: RunDir) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.PLUGIN_ROOT), env.get("PYTHONPATH")]))
+    with run.supervisor_log.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mcp_server.supervisor", str(run.path)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=str(paths.PLUGIN_ROOT),
+            start_new_session=True, close_fds=True,
+        )
+    _supervisors.append(proc)
+    # Reap it when it exits so no zombie lingers while this server lives.
+    threading.Thread(target=proc.wait, name=f"reap-{run.run_id}", daemon=True).start()
+
+
+def _wait_started(run: RunDir) -> RunState:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        state = run.read_state()
+        if state.status != "starting":
+            return state
+        time.sleep(0.05)
+    state = refresh(run)
+    if state.status == "starting":
+        raise TrainguardError(
+            f"run {run.run_id} did not start within {START_TIMEOUT_S:.0f} s; see {run.supervisor_log}."
+        )
+    return state
+
+
+def refresh(run: RunDir) -> RunState:
+    """The run's state, corrected if its supervisor died without recording an outcome."""
+    state = run.read_state()
+    if state.status in TERMINAL:
+        return state
+    if procs.is_alive(state.supervisor_pid, state.supervisor_started):
+        return state
+    if state.status == "starting" and state.supervisor_pid is None and time.time() - state.updated_at < START_TIMEOUT_S:
+        return state  # the supervisor is still coming up
+    state = run.read_state()  # it may have finished between the two reads
+    if state.status in TERMINAL or procs.is_alive(state.pid, state.pid_started):
+        return state
+    state.status = "lost"
+    state.failure = "the supervisor ended without recording how the trainer ended"
+    state.finished_at = time.time()
+    run.write_state(state)
+    return state
+
+
+def _info_fields(run: RunDir, manifest: dict[str, Any], state: RunState) -> dict[str, Any]:
+    end = state.finished_at or time.time()
+    summary = metrics.summarize_file(run.metrics, manifest["primary_metric"], manifest["primary_mode"])
+    return {
+        "run_id": run.run_id,
+        "experiment": manifest["experiment"],
+        "status": state.status,
+        "created_at": manifest["created_at"],
+        "elapsed_s": round(end - state.started_at, 1) if state.started_at else None,
+        "pid": state.pid,
+        "exit_code": state.exit_code,
+        "signal": state.signal,
+        "failure": state.failure,
+        "headline": summary.headline,
+    }, summary
+
+
+def list_runs(project: Path | None = None, limit: int = 50) -> list[RunInfo]:
+    """The most recent runs, newest first."""
+    runs = all_runs(paths.runs_root(project or paths.project_root()))
+    runs.sort(key=lambda r: r.manifest.stat().st_mtime, reverse=True)
+    out = []
+    for run in runs[:limit]:
+        fields, _ = _info_fields(run, run.read_manifest(), refresh(run))
+        out.append(RunInfo(**fields))
+    return out
+
+
+def sanitize(text: str) -> str:
+    """Strip control characters and terminal escapes from log text."""
+    return _CONTROL.sub("", text.replace("\r\n", "\n"))
+
+
+def tail(path: Path, lines: int = TAIL_LINES, max_chars: int = TAIL_CHARS) -> str:
+    """The last lines of a log file, bounded in size and cleaned of control characters."""
+    if not path.is_file():
+        return ""
+    with path.open("rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, fh.tell() - 64 * max_chars))
+        data = fh.read().decode("utf-8", errors="replace")
+    text = sanitize("\n".join(data.splitlines()[-lines:]))
+    return text[-max_chars:]
+
+
+def status(run_id: str, project: Path | None = None) -> RunStatus:
+    """Status of one run: state, latest metric values, checkpoints; stderr's end if it failed."""
+    run = open_run(paths.runs_root(project or paths.project_root()), run_id)
+    manifest, state = run.read_manifest(), refresh(run)
+    fields, summary = _info_fields(run, manifest, state)
+    latest = {m.name: m.last.value for m in summary.metrics}
+    epochs = [m.last.epoch for m in summary.metrics if m.last.epoch is not None]
+    ckpts = sorted(p.name for p in run.checkpoints.glob("*") if p.is_file() and not p.name.startswith("."))
+    return RunStatus(
+        **fields,
+        epoch=max(epochs) if epochs else None,
+        epochs=manifest["config"].get("epochs"),
+        latest=latest,
+        checkpoints=ckpts,
+        stderr_tail=tail(run.stderr) if state.status in ("failed", "lost") else None,
+        run_dir=str(run.path),
+    )
+
+
+def summary(run_id: str, project: Path | None = None) -> tuple[RunInfo, metrics.RunSummary]:
+    """The run and its metrics summary."""
+    run = open_run(paths.runs_root(project or paths.project_root()), run_id)
+    manifest, state = run.read_manifest(), refresh(run)
+    fields, summ = _info_fields(run, manifest, state)
+    return RunInfo(**fields), summ
+
+
+def stop(run_id: str, grace_s: float = 30.0, project: Path | None = None) -> StopResult:
+    """Ask the trainer to stop (SIGTERM: it checkpoints), then SIGKILL its whole group after `grace_s`."""
+    run = open_run(paths.runs_root(project or paths.project_root()), run_id)
+    state = refresh(run)
+    if state.status in TERMINAL:
+        return StopResult(
+            run_id=run_id, status=state.status, how="none", processes_left=0,
+            message=f"run already ended ({state.status}); nothing to stop.",
+        )
+    run.stop_marker.write_text(json.dumps({"requested_at": time.time()}), encoding="utf-8")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while state.pgid is None and state.status not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(0.05)
+        state = refresh(run)
+    how = "none"
+    if state.pgid is not None and state.status not in TERMINAL:
+        if procs.is_alive(state.pid, state.pid_started) or procs.group_members(state.pgid):
+            how = procs.stop_group(state.pgid, grace_s)
+    deadline = time.monotonic() + FINALIZE_TIMEOUT_S
+    while state.status not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(0.05)
+        state = refresh(run)
+    left = len(procs.group_members(state.pgid)) if state.pgid else 0
+    return StopResult(
+        run_id=run_id, status=state.status, how=how, processes_left=left,
+        message=f"run {state.status}; " + ("no process of it is left." if not left else f"{left} processes remain!"),
+    )

@@ -1,0 +1,110 @@
+"""The agents' scratchpad (seed 002): `.claude/scratchpad/<agent>/YYYY-MM-DD.md`.
+
+It is how sessions and agents hand work to each other: the coordinator writes what to
+train; the training-runner reads that and its own previous day, logs launches, GPU
+figures, loss summaries and errors, and ends with a 2-3 line summary. The server writes
+launch and finish entries itself so they are there even if an agent forgets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import re
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from mcp_server import paths
+from mcp_server.errors import InvalidInput
+
+AGENT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+DATE_FILE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}\.md$")
+KIND_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+MAX_ENTRY_CHARS = 4000
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+class ScratchpadFile(BaseModel):
+    """One day's scratchpad of one agent, possibly trimmed to its end."""
+
+    agent: str
+    date: str
+    path: str
+    text: str
+    truncated: bool
+
+
+def agent_dir(project: Path, agent: str) -> Path:
+    """The folder of one agent's scratchpad, with the agent name checked."""
+    if not isinstance(agent, str) or not AGENT_RE.match(agent):
+        raise InvalidInput(
+            f"agent {agent!r} is not a scratchpad name: use lower-case letters, digits, '-' or '_' "
+            "(e.g. 'training-runner', 'coordinator')."
+        )
+    root = paths.scratchpad_root(project)
+    return paths.confine(root, agent, what="agent")
+
+
+def clean_text(text: str, limit: int = MAX_ENTRY_CHARS) -> str:
+    """Drop control characters (keeping tabs and newlines) and bound the length."""
+    text = _CONTROL.sub("", text.replace("\r\n", "\n")).strip()
+    if len(text) > limit:
+        raise InvalidInput(f"entry is {len(text)} characters; keep it under {limit} (summarise, don't paste logs).")
+    return text
+
+
+def append(project: Path, agent: str, text: str, kind: str = "note", now: dt.datetime | None = None) -> Path:
+    """Append a timestamped entry to today's file of `agent`, creating it with a heading.
+
+    Returns:
+        The path of the file written.
+    """
+    if not KIND_RE.match(kind):
+        raise InvalidInput(f"kind {kind!r} must be a short lower-case word such as 'note' or 'gpu'.")
+    body = clean_text(text)
+    if not body:
+        raise InvalidInput("entry is empty; write what happened, e.g. 'val acc 0.91 at epoch 12'.")
+    now = now or dt.datetime.now()
+    folder = agent_dir(project, agent)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{now:%Y-%m-%d}.md"
+    lines = body.split("\n")
+    entry = f"- {now:%H:%M} [{kind}] {lines[0]}\n" + "".join(f"  {line}\n" for line in lines[1:])
+    with path.open("a", encoding="utf-8") as fh:
+        # The supervisor and the server may append at once: lock so entries never interleave.
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        if fh.tell() == 0:
+            fh.write(f"# {agent} scratchpad, {now:%Y-%m-%d}\n\n")
+        fh.write(entry)
+    return path
+
+
+def _read_tail(agent: str, path: Path, max_chars: int) -> ScratchpadFile:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    truncated = len(text) > max_chars
+    if truncated:
+        text = "...\n" + text[-max_chars:]
+    return ScratchpadFile(agent=agent, date=path.stem, path=str(path), text=text, truncated=truncated)
+
+
+def day_files(project: Path, agent: str) -> list[Path]:
+    """The agent's day files, oldest first."""
+    folder = agent_dir(project, agent)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if DATE_FILE_RE.match(p.name) and p.is_file())
+
+
+def latest(project: Path, agent: str, before: dt.date | None, max_chars: int) -> ScratchpadFile | None:
+    """The agent's most recent day file, or the most recent strictly before `before`."""
+    files = day_files(project, agent)
+    if before is not None:
+        files = [p for p in files if p.stem < f"{before:%Y-%m-%d}"]
+    return _read_tail(agent, files[-1], max_chars) if files else None
+
+
+def today(project: Path, agent: str, max_chars: int, now: dt.date | None = None) -> ScratchpadFile | None:
+    """The agent's file for today, if it has written one."""
+    path = agent_dir(project, agent) / f"{(now or dt.date.today()):%Y-%m-%d}.md"
+    return _read_tail(agent, path, max_chars) if path.is_file() else None

@@ -1,0 +1,222 @@
+"""The MCP server: a thin registry of tools over the plain modules of this package.
+
+Each tool validates nothing itself and knows no paths: it calls one function, and turns a
+`TrainguardError` into a `ToolError` whose message tells the calling model what to do.
+Nothing here writes to stdout (the MCP wire) or imports torch (start-up must stay fast).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel
+
+from mcp_server import __version__, gpu, metrics, paths, registry, runs, scratchpad
+from mcp_server.errors import TrainguardError
+from mcp_server.preflight import PreflightReport, run_preflight
+from mcp_server.specs import Scalar
+
+log = logging.getLogger("trainguard.server")
+F = TypeVar("F", bound=Callable[..., Any])
+
+INSTRUCTIONS = """trainguard runs ML training safely on this machine. Typical flow for experiment N:
+preflight(N) -> fix any 'fail' -> launch_run(N) -> run_status(run_id) every few minutes ->
+summarize_run(run_id) when it ends. Never read raw training logs: summarize_run and run_status
+are bounded. Log what you launch and learn with scratchpad_append; read scratchpad_read first."""
+
+mcp = MCPServer(name="trainguard", version=__version__, instructions=INSTRUCTIONS)
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+
+
+def tool(annotations: ToolAnnotations) -> Callable[[F], F]:
+    """Register a function as a tool whose `TrainguardError`s reach the model as `ToolError`s."""
+
+    def register(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except TrainguardError as exc:
+                raise ToolError(str(exc)) from exc
+
+        mcp.add_tool(wrapper, annotations=annotations)
+        return fn
+
+    return register
+
+
+class ExperimentInfo(BaseModel):
+    id: str
+    title: str
+    trainer: str | None
+    source: str | None
+    description: str
+    args: dict[str, Scalar]
+    error: str | None = None
+
+
+class ExperimentList(BaseModel):
+    experiments: list[ExperimentInfo]
+    project_dir: str
+
+
+class RunList(BaseModel):
+    runs: list[runs.RunInfo]
+    runs_dir: str
+
+
+class RunSummaryResult(BaseModel):
+    run: runs.RunInfo
+    summary: metrics.RunSummary
+
+
+class ScratchpadView(BaseModel):
+    """What an agent reads before it starts (seed 002's protocol)."""
+
+    coordinator_latest: scratchpad.ScratchpadFile | None
+    own_today: scratchpad.ScratchpadFile | None
+    own_previous_day: scratchpad.ScratchpadFile | None
+    hint: str
+
+
+class AppendResult(BaseModel):
+    path: str
+    agent: str
+    kind: str
+
+
+@tool(READ_ONLY)
+def list_experiments() -> ExperimentList:
+    """List the experiments `/train N` can run: the project's `experiments/NNN-slug/` first, then
+    the bundled examples. Each has a title, its trainer and its arguments; a broken one is listed
+    with the error that says how to fix it. Cheap; call it when the user names no experiment."""
+    project = paths.project_root()
+    items = []
+    for exp in registry.list_experiments(project):
+        if isinstance(exp, tuple):
+            folder, error = exp
+            items.append(ExperimentInfo(id=folder.name, title="(invalid)", trainer=None, source=None,
+                                        description="", args={}, error=error))
+        else:
+            items.append(ExperimentInfo(id=exp.id, title=exp.title, trainer=exp.trainer, source=exp.source,
+                                        description=exp.description, args=exp.args))
+    return ExperimentList(experiments=items, project_dir=str(project))
+
+
+@tool(READ_ONLY)
+def preflight(experiment: str | int, overrides: dict[str, Scalar] | None = None) -> PreflightReport:
+    """Check an experiment before launching it, changing nothing. `experiment` is N, NNN or
+    NNN-slug; `overrides` maps parameter names to values (e.g. {"lr": 0.0005}). Returns each check
+    (experiment, parameters, interpreter, torch, device, data, output, gpu) as pass/warn/fail with
+    a fix, the resolved config and a one-line summary. Takes a few seconds (it imports torch in a
+    subprocess). A bad experiment or parameter raises an error that says what to pass instead."""
+    report, _, _ = run_preflight(str(experiment), overrides)
+    return report
+
+
+@tool(WRITES)
+def launch_run(
+    experiment: str | int,
+    overrides: dict[str, Scalar] | None = None,
+    note: str = "",
+    agent: str = "training-runner",
+    dry_run: bool = False,
+) -> runs.LaunchResult:
+    """Start a training run of an experiment in the background and return its `run_id` at once.
+    Re-runs pre-flight first and refuses if any check fails. The trainer runs as a supervised
+    subprocess (own process group, stdin closed, logs and metrics in runs/<run_id>/) that survives
+    this session. `note` says why you launch it; `agent` names the scratchpad that gets the launch
+    and finish entries. `dry_run=True` returns the exact argv, env and run folder without starting
+    anything. Then poll run_status; never tail the logs yourself."""
+    return runs.launch(str(experiment), overrides, note=note, agent=agent, dry_run=dry_run)
+
+
+@tool(READ_ONLY)
+def list_runs(limit: int = 20) -> RunList:
+    """List recent runs, newest first: id, experiment, status (running, succeeded, failed, stopped,
+    lost), elapsed time, exit code and a one-line headline of the primary metric. Cheap."""
+    limit = max(1, min(int(limit), 200))
+    return RunList(runs=runs.list_runs(limit=limit), runs_dir=str(paths.runs_root()))
+
+
+@tool(READ_ONLY)
+def run_status(run_id: str) -> runs.RunStatus:
+    """Status of one run: status, epoch of epochs, the latest value of each metric, checkpoints
+    written, and, if it failed, the last lines of its stderr (bounded, cleaned). Cheap; poll it
+    every few minutes while a run trains, instead of reading logs."""
+    return runs.status(run_id)
+
+
+@tool(DESTRUCTIVE)
+def stop_run(run_id: str, grace_seconds: float = 30.0) -> runs.StopResult:
+    """Stop a running run: SIGTERM to its process group (the trainer saves a checkpoint and exits),
+    then SIGKILL to whatever is left after `grace_seconds`. Returns when no process of the run is
+    left. Stopping a run that already ended changes nothing."""
+    return runs.stop(run_id, grace_s=max(0.0, min(float(grace_seconds), 600.0)))
+
+
+@tool(READ_ONLY)
+def summarize_run(run_id: str) -> RunSummaryResult:
+    """Summarise a run's metrics in a few hundred tokens, however long it ran: per metric the first,
+    last and best value (with step and epoch), and a one-line trend; the primary metric (e.g. best
+    val/acc and its epoch) first in `summary.primary` and `summary.headline`. Use this, not the logs."""
+    info, summary = runs.summary(run_id)
+    return RunSummaryResult(run=info, summary=summary)
+
+
+@tool(READ_ONLY)
+def gpu_status() -> gpu.GpuReport:
+    """Snapshot of every GPU (name, memory used/total, utilisation, temperature, power, processes)
+    and the host's CPU, load and RAM. Says plainly when there is no GPU. Unknown figures are null
+    with the reason in `unavailable`, never 0. Cheap (about 0.1 s)."""
+    return gpu.gpu_report()
+
+
+@tool(READ_ONLY)
+def scratchpad_read(
+    agent: str = "training-runner", coordinator: str = "coordinator", max_chars: int = 4000
+) -> ScratchpadView:
+    """Read the scratchpad before starting work (seed 002's protocol): the coordinator's latest day
+    (what to train), and your own today's and previous day's files (runs you launched earlier).
+    Files live in .claude/scratchpad/<agent>/YYYY-MM-DD.md; each is trimmed to its last `max_chars`."""
+    project = paths.project_root()
+    max_chars = max(200, min(int(max_chars), 20000))
+    today = dt.date.today()
+    view = ScratchpadView(
+        coordinator_latest=scratchpad.latest(project, coordinator, None, max_chars),
+        own_today=scratchpad.today(project, agent, max_chars, today),
+        own_previous_day=scratchpad.latest(project, agent, today, max_chars),
+        hint="",
+    )
+    view.hint = (
+        "Nothing written yet: start today's file with scratchpad_append."
+        if not (view.coordinator_latest or view.own_today or view.own_previous_day)
+        else "Check runs your previous day left running with list_runs before launching more."
+    )
+    return view
+
+
+@tool(WRITES)
+def scratchpad_append(text: str, agent: str = "training-runner", kind: str = "note") -> AppendResult:
+    """Append a timestamped entry to today's scratchpad of `agent`. Log launches, GPU figures, loss
+    summaries, errors and cross-agent observations; end your work with a 2-3 line entry of
+    kind 'summary'. `kind` is one short word (note, gpu, loss, error, observation, summary). Keep
+    entries short (under 4,000 characters): summaries, never pasted logs."""
+    path = scratchpad.append(paths.project_root(), agent, text, kind=kind)
+    return AppendResult(path=str(path), agent=agent, kind=kind)
+
+
+def serve() -> None:
+    """Serve MCP over stdio. Logging goes to stderr: stdout is the wire."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    mcp.run("stdio")

@@ -1,0 +1,205 @@
+"""Trainer specs: how a training script is started and which parameters it takes.
+
+A spec is a TOML file, the same format for the bundled trainers (`trainers/<name>.toml`)
+and for a user's own scripts (`experiments/trainers/<name>.toml` in their project). It
+names the command as an argv template, and for each parameter its flag, type, range and
+default. Every value that reaches a command line is checked against its spec here, so a
+tool argument can never smuggle in a flag, a second value or a path outside the project.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from mcp_server.errors import InvalidInput
+
+Scalar = bool | int | float | str
+FLAG_RE = re.compile(r"^--?[A-Za-z0-9][A-Za-z0-9_-]*$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+PLACEHOLDERS = ("{python}", "{trainer_dir}", "{project_dir}")
+MAX_STR_LEN = 1024
+
+
+class ParamSpec(BaseModel):
+    """One parameter of a trainer: the flag it maps to, its type, range and default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["int", "float", "str", "bool", "path"]
+    flag: str
+    help: str
+    default: Scalar | None = None
+    min: float | None = None
+    max: float | None = None
+    choices: list[Scalar] | None = None
+    must_exist: bool = False
+
+    @field_validator("flag")
+    @classmethod
+    def _flag_shape(cls, flag: str) -> str:
+        if not FLAG_RE.match(flag):
+            raise ValueError(f"flag {flag!r} must look like --name (letters, digits, '-' and '_')")
+        return flag
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> ParamSpec:
+        if self.default is not None:
+            coerce_value("default", self, self.default, project=None)
+        return self
+
+
+class TrainerSpec(BaseModel):
+    """A trainer: its command template, parameters and where its metrics go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str
+    command: Annotated[list[str], Field(min_length=1)]
+    params: dict[str, ParamSpec]
+    output_flag: str | None = None
+    primary_metric: str = "val/loss"
+    primary_mode: Literal["min", "max"] = "min"
+    env: dict[str, str] = Field(default_factory=dict)
+    source: Path | None = None
+
+    @field_validator("params")
+    @classmethod
+    def _param_names(cls, params: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        for name in params:
+            if not NAME_RE.match(name):
+                raise ValueError(f"parameter name {name!r} must be lower_snake_case")
+        return params
+
+    @property
+    def trainer_dir(self) -> Path:
+        """Folder of the spec file; `{trainer_dir}` in the command expands to it."""
+        assert self.source is not None, "spec loaded without a source path"
+        return self.source.parent
+
+
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    "int": TypeAdapter(int),
+    "float": TypeAdapter(float),
+    "bool": TypeAdapter(bool),
+    "str": TypeAdapter(str),
+    "path": TypeAdapter(str),
+}
+
+
+def coerce_value(name: str, spec: ParamSpec, value: Any, project: Path | None) -> Scalar:
+    """Check one value against its spec and return it in the spec's type.
+
+    Strings that spell a number or a boolean exactly ("64", "1e-4", "true") are accepted for
+    numeric and boolean parameters, since agents and shells pass them that way.
+
+    Raises:
+        InvalidInput: with the expected type, range or choices in the message.
+    """
+    if isinstance(value, bool) and spec.type in ("int", "float"):
+        raise InvalidInput(f"parameter {name!r} takes {_a(spec.type)}, got the boolean {value!r}.")
+    try:
+        typed = _ADAPTERS[spec.type].validate_python(value)
+    except ValidationError:
+        raise InvalidInput(
+            f"parameter {name!r} takes {_a(spec.type)}, got {value!r}; {_expectation(spec)}."
+        ) from None
+    if isinstance(typed, float) and not math.isfinite(typed):
+        raise InvalidInput(f"parameter {name!r} must be a finite number, got {value!r}.")
+    if isinstance(typed, str):
+        _check_text(name, typed)
+    if spec.choices is not None and typed not in spec.choices:
+        raise InvalidInput(f"parameter {name!r} is {typed!r}; choose one of {spec.choices}.")
+    if isinstance(typed, int | float) and not isinstance(typed, bool):
+        if spec.min is not None and typed < spec.min:
+            raise InvalidInput(f"parameter {name!r} is {typed}; {_expectation(spec)}.")
+        if spec.max is not None and typed > spec.max:
+            raise InvalidInput(f"parameter {name!r} is {typed}; {_expectation(spec)}.")
+    if spec.type == "path" and project is not None:
+        from mcp_server.paths import confine
+
+        confine(project, typed, what=f"parameter {name!r}")
+    return typed
+
+
+def _check_text(name: str, text: str) -> None:
+    if text.startswith("-"):
+        raise InvalidInput(f"parameter {name!r} may not start with '-' (it would read as a flag): {text!r}.")
+    if any(ch in text for ch in "\x00\r\n"):
+        raise InvalidInput(f"parameter {name!r} may not contain NUL or line breaks.")
+    if len(text) > MAX_STR_LEN:
+        raise InvalidInput(f"parameter {name!r} is {len(text)} characters long; at most {MAX_STR_LEN}.")
+
+
+def _a(type_name: str) -> str:
+    return f"an {type_name}" if type_name == "int" else f"a {type_name}"
+
+
+def _expectation(spec: ParamSpec) -> str:
+    text = f"pass {_a(spec.type)}"
+    if spec.min is not None and spec.max is not None:
+        text += f" from {spec.min:g} to {spec.max:g}"
+    elif spec.min is not None:
+        text += f" of at least {spec.min:g}"
+    elif spec.max is not None:
+        text += f" of at most {spec.max:g}"
+    if spec.choices is not None:
+        text += f", one of {spec.choices}"
+    if spec.help:
+        text += f" ({spec.help})"
+    return text
+
+
+def resolve_config(
+    spec: TrainerSpec, layers: list[tuple[str, dict[str, Any]]], project: Path
+) -> dict[str, Scalar | None]:
+    """Merge parameter values: spec defaults, then each named layer in order.
+
+    Args:
+        spec: the trainer spec.
+        layers: e.g. `[("experiment 001", args), ("overrides", overrides)]`; later wins.
+        project: root that path parameters must stay inside.
+
+    Raises:
+        InvalidInput: for an unknown parameter (the message lists the known ones) or a bad value.
+    """
+    config: dict[str, Scalar | None] = {name: p.default for name, p in spec.params.items()}
+    for origin, values in layers:
+        for name, value in values.items():
+            if name not in spec.params:
+                known = ", ".join(sorted(spec.params))
+                raise InvalidInput(
+                    f"{origin}: unknown parameter {name!r} for trainer {spec.name!r}; known parameters: {known}."
+                )
+            config[name] = coerce_value(name, spec.params[name], value, project)
+    return config
+
+
+def build_argv(
+    spec: TrainerSpec, config: dict[str, Scalar | None], *, python: str, project: Path, output_dir: Path | None
+) -> list[str]:
+    """The exact argv for a run: the command template expanded, then one flag per set value.
+
+    Booleans are switches (the flag alone when true); None leaves the trainer's own default.
+    """
+    subst = {"{python}": python, "{trainer_dir}": str(spec.trainer_dir), "{project_dir}": str(project)}
+    argv = []
+    for part in spec.command:
+        for key, val in subst.items():
+            part = part.replace(key, val)
+        argv.append(part)
+    for name, param in spec.params.items():
+        value = config.get(name)
+        if value is None or (param.type == "bool" and value is False):
+            continue
+        argv.append(param.flag)
+        if param.type != "bool":
+            argv.append(repr(value) if isinstance(value, float) else str(value))
+    if spec.output_flag and output_dir is not None:
+        argv += [spec.output_flag, str(output_dir)]
+    return argv

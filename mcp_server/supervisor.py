@@ -1,0 +1,107 @@
+"""Run supervisor: the small process that owns one training run from start to finish.
+
+`launch_run` starts `python -m mcp_server.supervisor RUN_DIR` in a session of its own, so the
+run outlives the MCP server (a Claude Code session may end mid-run). The supervisor starts
+the trainer in a further process group with stdin closed and output to files, records its
+pid and start time, waits for it, and records how it ended: the exit code and status reach
+`state.json` and the scratchpad even when no server is running at that moment.
+
+It imports neither the MCP SDK nor torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mcp_server import metrics, procs, scratchpad
+from mcp_server.rundir import RunDir, RunState
+
+log = logging.getLogger("trainguard.supervisor")
+
+
+def classify(returncode: int, stop_requested: bool) -> tuple[str, int | None, int | None, str | None]:
+    """Map a trainer's return code to (status, exit_code, signal, failure)."""
+    if returncode < 0:
+        sig = -returncode
+        if stop_requested:
+            return "stopped", None, sig, None
+        return "failed", None, sig, f"killed by signal {signal.Signals(sig).name}"
+    if stop_requested:
+        return "stopped", returncode, None, None
+    if returncode == 0:
+        return "succeeded", 0, None, None
+    return "failed", returncode, None, f"exited with code {returncode}"
+
+
+def supervise(run: RunDir) -> int:
+    """Start the run's trainer, wait for it and record the outcome. Returns the trainer's code."""
+    manifest = run.read_manifest()
+    state = run.read_state()
+    state.supervisor_pid = os.getpid()
+    state.supervisor_started = procs.start_time(os.getpid())
+    # A stop for this run signals the trainer's group; the supervisor must outlive it to
+    # record the outcome, so it ignores the polite signals and only SIGKILL ends it early.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with run.stdout.open("ab") as out, run.stderr.open("ab") as err:
+            proc = subprocess.Popen(
+                manifest["argv"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=manifest["cwd"],
+                env=manifest["env"],
+                start_new_session=True,
+                close_fds=True,
+            )
+    except OSError as exc:
+        state.status, state.failure, state.finished_at = "failed", f"could not start the trainer: {exc}", time.time()
+        run.write_state(state)
+        _record_finish(run, manifest, state)
+        return 127
+    state.status = "running"
+    state.pid, state.pgid = proc.pid, proc.pid
+    state.pid_started = procs.start_time(proc.pid)
+    state.started_at = time.time()
+    run.write_state(state)
+
+    returncode = proc.wait()
+    # Grandchildren (data-loader workers...) may outlive the trainer; none may stay behind.
+    procs.stop_group(proc.pid, grace_s=2.0)
+    state.status, state.exit_code, state.signal, state.failure = classify(returncode, run.stop_marker.exists())
+    state.finished_at = time.time()
+    run.write_state(state)
+    _record_finish(run, manifest, state)
+    return returncode
+
+
+def _record_finish(run: RunDir, manifest: dict, state: RunState) -> None:
+    summary = metrics.summarize_file(run.metrics, manifest["primary_metric"], manifest["primary_mode"])
+    line = f"run {run.run_id} {state.status}"
+    if state.failure:
+        line += f" ({state.failure})"
+    if state.started_at and state.finished_at:
+        line += f" after {state.finished_at - state.started_at:.0f} s"
+    line += f": {summary.headline}"
+    scratchpad.append(Path(manifest["project_dir"]), manifest["agent"], line, kind="finish")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m mcp_server.supervisor RUN_DIR", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    supervise(RunDir(Path(args[0]).resolve()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

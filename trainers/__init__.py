@@ -1,0 +1,1 @@
+"""Bundled trainers: self-contained scripts that speak the trainguard metrics contract."""

@@ -1,0 +1,212 @@
+"""The trainer side of the trainguard contract: metrics stream, stop signals, safe checkpoints.
+
+Standard library only at import time (torch and numpy are imported inside the functions that
+need them), so a user's own training script can copy this file next to itself and import it.
+
+    from trainkit import MetricsStream, StopFlag, atomic_torch_save
+
+    with MetricsStream() as metrics:  # writes to $TRAINGUARD_METRICS; a no-op when unset
+        metrics.event("start", config=config)
+        metrics.log(step, "train", epoch=1, loss=0.7, acc=0.61)
+
+Non-finite floats are written as the strings "nan", "inf" and "-inf" so that every line is
+valid JSON for strict readers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _jsonable(value: Any) -> Any:
+    """Converts a value into plain JSON types, spelling non-finite floats as strings."""
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, numbers.Integral):  # numpy integers (torch tensors are not Integral)
+        return int(value)
+    return _jsonable(float(value))  # 0-d tensors and numpy floats; anything else raises TypeError
+
+
+class MetricsStream:
+    """Appends one JSON object per line to the metrics file that a supervisor tails.
+
+    Args:
+        path: File to append to. Defaults to ``$TRAINGUARD_METRICS``; when neither is given,
+            every method is a no-op so the same script runs unsupervised.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        path = path if path is not None else os.environ.get("TRAINGUARD_METRICS") or None
+        self.path = Path(path) if path is not None else None
+        self._file = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", buffering=1, encoding="utf-8")  # closed in close()
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            return
+        self._file.write(json.dumps(_jsonable(record), allow_nan=False) + "\n")
+        self._file.flush()  # the reader polls the file; no fsync, a crash may only lose the tail
+
+    def log(self, step: int, split: str, epoch: int | None = None, **values: float) -> None:
+        """Writes ``{"t", "step", "epoch"?, "split", **values}``; each value goes through float()."""
+        record: dict[str, Any] = {"t": time.time(), "step": int(step)}
+        if epoch is not None:
+            record["epoch"] = int(epoch)
+        record["split"] = split
+        record.update({name: float(v) for name, v in values.items()})
+        self._write(record)
+
+    def event(self, name: str, **fields: Any) -> None:
+        """Writes ``{"t", "event": name, **fields}`` (start, checkpoint, done, error)."""
+        self._write({"t": time.time(), "event": name, **fields})
+
+    def close(self) -> None:
+        """Closes the file; later writes are ignored."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> MetricsStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class StopFlag:
+    """Turns SIGTERM/SIGINT into a flag that the training loop checks between batches.
+
+    A second signal restores the previous handlers and re-delivers itself, so an impatient
+    Ctrl-C still works. Must be created in the main thread (a limit of ``signal.signal``).
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
+        self.requested = False
+        self.signum: int | None = None
+        self._previous = {s: signal.signal(s, self._handle) for s in signals}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        self.requested, self.signum = True, signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for death by this signal (143 for SIGTERM, 130 for SIGINT); 0 if none."""
+        return 128 + self.signum if self.signum is not None else 0
+
+    def restore(self) -> None:
+        """Puts back the handlers that were installed before this flag."""
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+
+def _atomic_write(path: str | os.PathLike, write: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Saves ``obj`` with torch.save so that ``path`` is never left half-written.
+
+    Args:
+        obj: Anything torch.save accepts, typically a checkpoint dict.
+        path: Destination; a temporary ``.<name>.tmp-<pid>`` is written beside it first.
+    """
+    import torch
+
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Writes ``obj`` as indented JSON (non-finite floats as strings), atomically like above."""
+    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def pick_device(requested: str = "auto") -> str:
+    """Resolves a device name.
+
+    Args:
+        requested: "auto" picks cuda (which also covers ROCm builds), then mps, then cpu.
+            An explicit "cpu", "cuda", "cuda:N" or "mps" is checked against this machine.
+
+    Returns:
+        A device string accepted by torch.
+
+    Raises:
+        ValueError: If the name is unknown or that device is not available here.
+    """
+    import torch
+
+    name = requested.strip().lower()
+    mps_ok = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else ("mps" if mps_ok else "cpu")
+    if name == "cpu":
+        return name
+    if name == "mps":
+        if not mps_ok:
+            raise ValueError("device 'mps' was requested but MPS is not available; use --device cpu or auto")
+        return name
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {requested!r} was requested but this torch build sees no CUDA/ROCm GPU "
+                f"(torch {torch.__version__}); use --device cpu or auto"
+            )
+        index = name.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise ValueError(
+                f"device {requested!r} does not exist; this machine has "
+                f"{torch.cuda.device_count()} GPU(s), numbered from 0"
+            )
+        return name
+    raise ValueError(f"unknown device {requested!r}; expected auto, cpu, cuda, cuda:N or mps")
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python's random, numpy (when installed), torch and every CUDA device."""
+    import torch
+
+    random.seed(seed)
+    try:
+        import numpy as np
+    except ImportError:
+        pass
+    else:
+        np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device, lazily
+    torch.cuda.manual_seed_all(seed)
