@@ -176,7 +176,10 @@ def resolve_config(
                 raise InvalidInput(
                     f"{origin}: unknown parameter {name!r} for trainer {spec.name!r}; known parameters: {known}."
                 )
-            config[name] = coerce_value(name, spec.params[name], value, project)
+            try:
+                config[name] = coerce_value(name, spec.params[name], value, project)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{origin}: {exc}") from None
     return config
 
 

@@ -1,0 +1,113 @@
+"""Shared fixtures: a throw-away user project with real experiments, and run clean-up."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mcp_server import paths, runs
+from mcp_server.rundir import TERMINAL, all_runs
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# Small enough for a 2-core CI machine, big enough to learn something in a few epochs.
+TINY_TRM = {"num_train": 300, "num_test": 60, "dim": 16, "depth": 1, "epochs": 3, "patience": 3, "device": "cpu"}
+
+
+def write_experiment(project: Path, name: str, trainer: str, args: dict, hypothesis: str | None = "It trains.") -> Path:
+    """Create `experiments/<name>/` in `project` with experiment.toml and hypothesis.md."""
+    folder = project / "experiments" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f'trainer = "{trainer}"', f'title = "test experiment {name}"', "", "[args]"]
+    for key, value in args.items():
+        lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
+    (folder / "experiment.toml").write_text("\n".join(lines).replace("True", "true").replace("False", "false") + "\n")
+    if hypothesis is not None:
+        (folder / "hypothesis.md").write_text(hypothesis + "\n")
+    return folder
+
+
+SCRIPTED_SPEC = """
+name = "scripted"
+description = "A user's own script with scripted faults (tests)."
+command = ["{python}", "{project_dir}/scripts/scripted_trainer.py"]
+output_flag = "--out"
+primary_metric = "val/acc"
+primary_mode = "max"
+
+[params.steps]
+type = "int"
+flag = "--steps"
+default = 5
+min = 1
+help = "Steps to run."
+
+[params.interval]
+type = "float"
+flag = "--interval"
+default = 0.0
+min = 0.0
+help = "Seconds between steps."
+
+[params.fail_at]
+type = "int"
+flag = "--fail-at"
+default = -1
+help = "Step at which to crash."
+
+[params.nan_at]
+type = "int"
+flag = "--nan-at"
+default = -1
+help = "Step whose loss is NaN."
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An empty user project, made current through CLAUDE_PROJECT_DIR. Every run it started is
+    stopped at teardown, so no test leaves a process behind."""
+    proj = tmp_path / "project"
+    proj.mkdir()
+    monkeypatch.setenv("CLAUDE_PROJECT_DIR", str(proj))
+    monkeypatch.delenv("TRAINGUARD_RUNS_DIR", raising=False)
+    monkeypatch.setenv("TRAINGUARD_PYTHON", sys.executable)
+    yield proj
+    for run in all_runs(paths.runs_root(proj)):
+        if run.state_file.exists() and runs.refresh(run).status not in TERMINAL:
+            runs.stop(run.run_id, grace_s=1.0, project=proj)
+
+
+@pytest.fixture
+def scripted(project: Path) -> Path:
+    """The project has the `scripted` trainer (a user's own script) and experiments 901-903."""
+    scripts = project / "scripts"
+    scripts.mkdir()
+    shutil.copy(FIXTURES / "scripted_trainer.py", scripts)
+    shutil.copy(REPO / "trainers" / "trainkit.py", scripts)
+    (project / "experiments" / "trainers").mkdir(parents=True)
+    (project / "experiments" / "trainers" / "scripted.toml").write_text(textwrap.dedent(SCRIPTED_SPEC))
+    write_experiment(project, "901-quick", "scripted", {"steps": 5})
+    write_experiment(project, "902-hang", "scripted", {"steps": 100000, "interval": 0.05})
+    write_experiment(project, "903-crash", "scripted", {"steps": 10, "fail_at": 3})
+    return project
+
+
+@pytest.fixture
+def tiny_trm(project: Path) -> Path:
+    """The project has 911-trm-tiny: the bundled TRM trainer with a budget of a few seconds."""
+    write_experiment(project, "911-trm-tiny", "trm_nav", TINY_TRM)
+    return project
+
+
+def server_env(project: Path) -> dict[str, str]:
+    """Environment for a server subprocess: a stdio client passes only a minimal one."""
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    env.update(CLAUDE_PROJECT_DIR=str(project), TRAINGUARD_PYTHON=sys.executable, PYTHONPATH=str(REPO))
+    return env

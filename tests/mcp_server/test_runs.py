@@ -1,0 +1,139 @@
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import write_experiment
+from mcp_server import paths, procs, runs
+from mcp_server.errors import Conflict, InvalidInput, NotFound
+from mcp_server.rundir import TERMINAL, open_run
+
+
+def wait_for(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_done(run_id, timeout=60.0):
+    def done():
+        st = runs.status(run_id)
+        return st if st.status in TERMINAL else None
+
+    return wait_for(done, timeout, f"run {run_id} to end")
+
+
+def test_a_run_completes_with_state_manifest_metrics_and_scratchpad(scripted):
+    result = runs.launch("901", note="smoke test")
+    assert result.status in ("running", "succeeded") and result.pid
+    st = wait_done(result.run_id)
+    assert st.status == "succeeded" and st.exit_code == 0 and st.epoch == 5
+    assert st.latest["val/acc"] == pytest.approx(0.9) and st.checkpoints == ["last.json"]
+    run = open_run(paths.runs_root(), result.run_id)
+    manifest = run.read_manifest()
+    assert manifest["argv"] == result.argv and manifest["config"]["steps"] == 5
+    assert manifest["env"]["TRAINGUARD_METRICS"] == str(run.metrics) and "note" in manifest
+    assert "step 5 loss 0.2" in run.stdout.read_text()
+    pad = (scripted / ".claude/scratchpad/training-runner").glob("*.md")
+    text = next(pad).read_text()
+    assert f"[launch] launched {result.run_id}" in text and "note: smoke test" in text
+    assert f"[finish] run {result.run_id} succeeded" in text and "best val/acc 0.9 at epoch 5" in text
+
+
+def test_trainer_env_is_allow_listed(scripted, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    monkeypatch.setenv("HSA_OVERRIDE_GFX_VERSION", "11.0.0")
+    result = runs.launch("901", dry_run=True)
+    assert "AWS_SECRET_ACCESS_KEY" not in result.env and result.env["HSA_OVERRIDE_GFX_VERSION"] == "11.0.0"
+
+
+def test_dry_run_starts_nothing_and_creates_nothing(scripted):
+    result = runs.launch("901", {"steps": 7}, dry_run=True)
+    assert result.run_id is None and result.argv[result.argv.index("--steps") + 1] == "7"
+    assert not paths.runs_root().exists() or not any(paths.runs_root().iterdir())
+
+
+def test_a_crash_is_recorded_as_failed_with_the_end_of_stderr(scripted):
+    st = wait_done(runs.launch("903").run_id)
+    assert st.status == "failed" and st.exit_code == 1 and st.failure == "exited with code 1"
+    assert "RuntimeError: scripted failure" in st.stderr_tail
+    assert "error: scripted failure" in st.headline
+
+
+def test_stop_leaves_no_process_of_the_group(scripted):
+    result = runs.launch("902")
+    run = open_run(paths.runs_root(), result.run_id)
+    wait_for(lambda: run.metrics.exists() and run.metrics.stat().st_size > 0, what="first metrics")
+    pgid = run.read_state().pgid
+    stopped = runs.stop(result.run_id, grace_s=10)
+    assert stopped.status == "stopped" and stopped.how == "terminated" and stopped.processes_left == 0
+    assert procs.group_members(pgid) == []
+    assert (run.checkpoints / "last.json").exists()  # the trainer checkpointed on SIGTERM
+    assert runs.status(result.run_id).signal is None and runs.status(result.run_id).exit_code == 143
+    again = runs.stop(result.run_id)
+    assert again.how == "none" and "already ended" in again.message
+
+
+def test_a_trainer_that_ignores_sigterm_is_killed_after_the_grace(scripted):
+    script = scripted / "scripts" / "stubborn.py"
+    script.write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)\n")
+    spec = (scripted / "experiments/trainers/scripted.toml").read_text()
+    (scripted / "experiments/trainers/stubborn.toml").write_text(
+        spec.replace('name = "scripted"', 'name = "stubborn"').replace("scripted_trainer.py", "stubborn.py")
+    )
+    write_experiment(scripted, "904-stubborn", "stubborn", {})
+    result = runs.launch("904")
+    stopped = runs.stop(result.run_id, grace_s=0.5)
+    assert stopped.how == "killed" and stopped.processes_left == 0 and stopped.status == "stopped"
+    assert runs.status(result.run_id).signal == signal.SIGKILL
+
+
+def test_a_dead_supervisor_is_noticed(scripted):
+    result = runs.launch("902")
+    run = open_run(paths.runs_root(), result.run_id)
+    state = run.read_state()
+    os.kill(state.supervisor_pid, signal.SIGKILL)
+    wait_for(lambda: not procs.is_alive(state.supervisor_pid, state.supervisor_started), what="supervisor death")
+    assert runs.status(result.run_id).status == "running"  # the trainer itself still runs
+    os.killpg(state.pgid, signal.SIGKILL)
+    wait_for(lambda: runs.status(result.run_id).status == "lost", what="lost status")
+    assert "supervisor ended" in runs.status(result.run_id).failure
+
+
+def test_launch_refuses_when_preflight_fails(scripted):
+    folder = write_experiment(scripted, "905-badpy", "scripted", {})
+    text = (folder / "experiment.toml").read_text().replace("[args]", 'python = ".venv/bin/python"\n\n[args]')
+    (folder / "experiment.toml").write_text(text)
+    with pytest.raises(Conflict, match="pre-flight failed.*interpreter.*Fix: Point the experiment's `python`"):
+        runs.launch("905")
+    assert not paths.runs_root().exists() or not any(paths.runs_root().iterdir())
+
+
+def test_two_launches_in_the_same_second_get_their_own_folders(scripted):
+    a, b = runs.launch("901"), runs.launch("901")
+    assert a.run_id != b.run_id
+    wait_done(a.run_id), wait_done(b.run_id)
+    assert [r.status for r in runs.list_runs()] == ["succeeded", "succeeded"]
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a/b", "", ".", "..", "x" * 200, "run\x00"])
+def test_run_ids_that_are_not_ids_are_refused(scripted, bad):
+    with pytest.raises(InvalidInput, match="not a run id"):
+        runs.status(bad)
+
+
+def test_unknown_run_id_says_how_to_find_one(scripted):
+    with pytest.raises(NotFound, match="call list_runs"):
+        runs.status("001-nothing-here")
+
+
+def test_log_tail_is_bounded_and_clean(tmp_path):
+    log = tmp_path / "stderr.log"
+    log.write_bytes(b"\x1b[31mred\x1b[0m\x07 line\n" + b"x" * 100000 + b"\nlast\n")
+    text = runs.tail(log, lines=5, max_chars=300)
+    assert len(text) <= 300 and text.endswith("last") and "\x1b" not in text

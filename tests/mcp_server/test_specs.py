@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from mcp_server import registry
+from mcp_server.errors import InvalidInput
+from mcp_server.specs import build_argv, coerce_value, resolve_config
+
+
+@pytest.fixture
+def spec():
+    return registry.load_trainer("trm_nav", Path("/nonexistent-project"))
+
+
+def test_numeric_strings_are_accepted_as_numbers(spec):
+    assert coerce_value("lr", spec.params["lr"], "5e-4", None) == 5e-4
+    assert coerce_value("dim", spec.params["dim"], "128", None) == 128
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "needle"),
+    [
+        ("dim", "big", "takes an int"),
+        ("dim", 64.5, "takes an int"),
+        ("dim", True, "boolean"),
+        ("dim", 4, "from 8 to 2048"),
+        ("lr", float("nan"), "finite"),
+        ("device", "tpu", "choose one of"),
+        ("device", "--evil", "may not start with"),
+    ],
+)
+def test_bad_values_are_refused_with_the_expectation(spec, name, value, needle):
+    with pytest.raises(InvalidInput, match=needle):
+        coerce_value(name, spec.params[name], value, None)
+
+
+def test_strings_cannot_become_flags_or_extra_lines(spec):
+    param = spec.params["device"].model_copy(update={"choices": None})
+    for bad in ("--lr=1", "-x", "cpu\n--lr", "a\x00b", "x" * 5000):
+        with pytest.raises(InvalidInput):
+            coerce_value("device", param, bad, None)
+
+
+def test_unknown_parameter_lists_the_known_ones(spec):
+    with pytest.raises(InvalidInput, match="unknown parameter 'dimm'.*known parameters: batch_size"):
+        resolve_config(spec, [("overrides", {"dimm": 3})], Path("/tmp"))
+
+
+def test_later_layers_win_and_defaults_fill_the_rest(spec):
+    config = resolve_config(spec, [("exp", {"dim": 32, "lr": 0.01}), ("overrides", {"lr": 0.002})], Path("/tmp"))
+    assert config["dim"] == 32 and config["lr"] == 0.002 and config["depth"] == spec.params["depth"].default
+
+
+def test_argv_is_the_template_then_one_flag_per_value(spec, tmp_path):
+    config = resolve_config(spec, [("o", {"dim": 32, "lr": 1e-5})], tmp_path)
+    argv = build_argv(spec, config, python="/py", project=tmp_path, output_dir=tmp_path / "ck")
+    assert argv[:2] == ["/py", str(spec.trainer_dir / "trm_nav.py")]
+    assert argv[argv.index("--dim") + 1] == "32"
+    assert argv[argv.index("--lr") + 1] == "1e-05"
+    assert argv[-2:] == ["--checkpoint-dir", str(tmp_path / "ck")]
+
+
+def test_path_parameters_stay_inside_the_project(spec, tmp_path):
+    param = spec.params["device"].model_copy(update={"type": "path", "choices": None})
+    (tmp_path / "data").mkdir()
+    assert coerce_value("data", param, "data", tmp_path) == "data"
+    with pytest.raises(InvalidInput, match="outside"):
+        coerce_value("data", param, "../../etc", tmp_path)
