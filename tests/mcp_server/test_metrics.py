@@ -32,7 +32,8 @@ def test_best_validation_accuracy_and_its_epoch(tmp_path):
 
 def test_torn_last_line_and_garbage_lines_are_skipped(tmp_path):
     path = tmp_path / "m.jsonl"
-    write_lines(path, epoch_records([0.5], [1.0]) + ["not json", "[1, 2]"], torn_tail='{"step": 99, "split": "val", "ac')
+    torn = '{"step": 99, "split": "val", "ac'
+    write_lines(path, epoch_records([0.5], [1.0]) + ["not json", "[1, 2]"], torn_tail=torn)
     s = summarize_file(path, "val/acc", "max")
     assert s.records == 2 and s.skipped_lines == 2 and s.primary.count == 1
 
