@@ -39,7 +39,6 @@ FINALIZE_TIMEOUT_S = 15.0
 TAIL_LINES = 12
 TAIL_CHARS = 2000
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]|\x1b\[[0-9;?]*[A-Za-z]")
-_supervisors: list[subprocess.Popen[bytes]] = []
 
 
 class LaunchResult(BaseModel):
@@ -207,7 +206,6 @@ def _start_supervisor(run: RunDir) -> None:
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=str(paths.PLUGIN_ROOT),
             start_new_session=True, close_fds=True,
         )
-    _supervisors.append(proc)
     # Reap it when it exits so no zombie lingers while this server lives.
     threading.Thread(target=proc.wait, name=f"reap-{run.run_id}", daemon=True).start()
 

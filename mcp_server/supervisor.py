@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from mcp_server import metrics, procs, scratchpad
+from mcp_server.errors import TrainguardError
 from mcp_server.rundir import RunDir, RunState
 
 log = logging.getLogger("trainguard.supervisor")
@@ -63,8 +64,7 @@ def supervise(run: RunDir) -> int:
             )
     except OSError as exc:
         state.status, state.failure, state.finished_at = "failed", f"could not start the trainer: {exc}", time.time()
-        run.write_state(state)
-        _record_finish(run, manifest, state)
+        _finish(run, manifest, state)
         return 127
     state.status = "running"
     state.pid, state.pgid = proc.pid, proc.pid
@@ -77,12 +77,21 @@ def supervise(run: RunDir) -> int:
     procs.stop_group(proc.pid, grace_s=2.0)
     state.status, state.exit_code, state.signal, state.failure = classify(returncode, run.stop_marker.exists())
     state.finished_at = time.time()
-    run.write_state(state)
-    _record_finish(run, manifest, state)
+    _finish(run, manifest, state)
     return returncode
 
 
-def _record_finish(run: RunDir, manifest: dict, state: RunState) -> None:
+def _finish(run: RunDir, manifest: dict, state: RunState) -> None:
+    """Write the scratchpad's finish entry, then the terminal state: once a reader sees the
+    run ended, everything about its end is on disk."""
+    try:
+        _scratchpad_finish(run, manifest, state)
+    except (OSError, TrainguardError) as exc:  # the outcome must be recorded even so
+        state.failure = (state.failure or "") + f" (scratchpad not written: {exc})"
+    run.write_state(state)
+
+
+def _scratchpad_finish(run: RunDir, manifest: dict, state: RunState) -> None:
     summary = metrics.summarize_file(run.metrics, manifest["primary_metric"], manifest["primary_mode"])
     line = f"run {run.run_id} {state.status}"
     if state.failure:

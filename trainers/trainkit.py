@@ -1,16 +1,12 @@
 """The trainer side of the trainguard contract: metrics stream, stop signals, safe checkpoints.
 
-Standard library only at import time (torch and numpy are imported inside the functions that
-need them), so a user's own training script can copy this file next to itself and import it.
+Standard library only at import time (torch and numpy are imported where needed), so a user's
+training script can copy this file beside itself. Non-finite floats are written as the strings
+"nan", "inf" and "-inf", so every line stays valid JSON for strict readers.
 
-    from trainkit import MetricsStream, StopFlag, atomic_torch_save
-
-    with MetricsStream() as metrics:  # writes to $TRAINGUARD_METRICS; a no-op when unset
+    with MetricsStream() as metrics:  # appends to $TRAINGUARD_METRICS; a no-op when unset
         metrics.event("start", config=config)
         metrics.log(step, "train", epoch=1, loss=0.7, acc=0.61)
-
-Non-finite floats are written as the strings "nan", "inf" and "-inf" so that every line is
-valid JSON for strict readers.
 """
 
 from __future__ import annotations
@@ -31,9 +27,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, bool | int | str) or value is None:
         return value
     if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return value if math.isfinite(value) else str(value)  # str() spells them nan, inf, -inf
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -54,18 +48,17 @@ class MetricsStream:
     """
 
     def __init__(self, path: str | os.PathLike | None = None):
-        path = path if path is not None else os.environ.get("TRAINGUARD_METRICS") or None
-        self.path = Path(path) if path is not None else None
+        path = path or os.environ.get("TRAINGUARD_METRICS")
+        self.path = Path(path) if path else None
         self._file = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", buffering=1, encoding="utf-8")  # closed in close()
 
     def _write(self, record: dict[str, Any]) -> None:
-        if self._file is None:
-            return
-        self._file.write(json.dumps(_jsonable(record), allow_nan=False) + "\n")
-        self._file.flush()  # the reader polls the file; no fsync, a crash may only lose the tail
+        if self._file is not None:  # flush, not fsync: the reader polls; a crash loses only the tail
+            self._file.write(json.dumps(_jsonable(record), allow_nan=False) + "\n")
+            self._file.flush()
 
     def log(self, step: int, split: str, epoch: int | None = None, **values: float) -> None:
         """Writes ``{"t", "step", "epoch"?, "split", **values}``; each value goes through float()."""
@@ -120,7 +113,7 @@ class StopFlag:
     def restore(self) -> None:
         """Puts back the handlers that were installed before this flag."""
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)  # None: set outside Python
         self._previous = {}
 
 
@@ -139,29 +132,24 @@ def _atomic_write(path: str | os.PathLike, write: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """Saves ``obj`` with torch.save so that ``path`` is never left half-written.
-
-    Args:
-        obj: Anything torch.save accepts, typically a checkpoint dict.
-        path: Destination; a temporary ``.<name>.tmp-<pid>`` is written beside it first.
-    """
+    """torch.save to a temporary ``.<name>.tmp-<pid>`` beside ``path``, fsync, then rename over it."""
     import torch
 
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Writes ``obj`` as indented JSON (non-finite floats as strings), atomically like above."""
+    """Writes ``obj`` as JSON (non-finite floats as strings), atomically like atomic_torch_save."""
     text = json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
     _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def pick_device(requested: str = "auto") -> str:
-    """Resolves a device name.
+    """Resolves a device name, checking an explicit one against this machine.
 
     Args:
-        requested: "auto" picks cuda (which also covers ROCm builds), then mps, then cpu.
-            An explicit "cpu", "cuda", "cuda:N" or "mps" is checked against this machine.
+        requested: "auto" (cuda, which also covers ROCm builds, then mps, then cpu), or an
+            explicit "cpu", "cuda", "cuda:N" or "mps".
 
     Returns:
         A device string accepted by torch.
@@ -172,29 +160,21 @@ def pick_device(requested: str = "auto") -> str:
     import torch
 
     name = requested.strip().lower()
-    mps_ok = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    cuda_ok, mps_ok = torch.cuda.is_available(), torch.backends.mps.is_available()
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else ("mps" if mps_ok else "cpu")
-    if name == "cpu":
-        return name
-    if name == "mps":
-        if not mps_ok:
-            raise ValueError("device 'mps' was requested but MPS is not available; use --device cpu or auto")
-        return name
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {requested!r} was requested but this torch build sees no CUDA/ROCm GPU "
-                f"(torch {torch.__version__}); use --device cpu or auto"
-            )
-        index = name.partition(":")[2]
-        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            raise ValueError(
-                f"device {requested!r} does not exist; this machine has "
-                f"{torch.cuda.device_count()} GPU(s), numbered from 0"
-            )
-        return name
-    raise ValueError(f"unknown device {requested!r}; expected auto, cpu, cuda, cuda:N or mps")
+        return "cuda" if cuda_ok else ("mps" if mps_ok else "cpu")
+    kind, colon, index = name.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (colon and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"unknown device {requested!r}; expected auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not cuda_ok:
+        raise ValueError(
+            f"{requested!r} requested, but torch {torch.__version__} sees no CUDA/ROCm GPU; use auto or cpu"
+        )
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"{requested!r} requested, but there are {torch.cuda.device_count()} GPUs, numbered from 0")
+    if kind == "mps" and not mps_ok:
+        raise ValueError(f"{requested!r} requested, but MPS is not available here; use auto or cpu")
+    return name
 
 
 def seed_everything(seed: int) -> None:
@@ -204,9 +184,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     try:
         import numpy as np
+
+        np.random.seed(seed)
     except ImportError:
         pass
-    else:
-        np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device, lazily
-    torch.cuda.manual_seed_all(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)  # already implied by manual_seed; explicit for older builds

@@ -1,0 +1,294 @@
+"""The TRM navigation trainer, run for real as a subprocess, and the trainkit contract it uses."""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainers import trainkit, trm_nav
+
+TRAINER = Path(trm_nav.__file__).resolve()
+TINY = ["--num-train", "300", "--num-test", "60", "--dim", "16", "--depth", "1", "--device", "cpu"]
+EPOCH_LINE = re.compile(
+    r"^Epoch (\d+)/(\d+) - Train Loss: \d+\.\d{4}, Train Acc: [01]\.\d{4} "
+    r"Val Loss: \d+\.\d{4}, Val Acc: [01]\.\d{4}( \*)?$"
+)
+CHECKPOINT_KEYS = {"epoch", "model_state_dict", "optimizer_state_dict", "val_acc", "val_loss", "config"}
+
+
+def _launch(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path, Path]:
+    metrics = tmp_path / "metrics.jsonl"
+    ckpt = tmp_path / "ckpt"
+    env = {**os.environ, "TRAINGUARD_METRICS": str(metrics)}
+    env.pop("TRAINGUARD_RUN_DIR", None)
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAINER), *TINY, "--checkpoint-dir", str(ckpt), *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, metrics, ckpt
+
+
+def _records(metrics: Path) -> list[dict]:
+    def strict(name: str) -> None:
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    if not metrics.exists():
+        return []
+    complete = metrics.read_text().split("\n")[:-1]  # a line still being written has no newline yet
+    return [json.loads(line, parse_constant=strict) for line in complete]
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_tiny_run_writes_checkpoints_history_metrics_and_epoch_lines(tmp_path):
+    proc, metrics, ckpt = _launch(tmp_path, "--epochs", "2")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+
+    epoch_lines = [line for line in out.splitlines() if line.startswith("Epoch ")]
+    assert [EPOCH_LINE.match(line).group(1, 2) for line in epoch_lines] == [("1", "2"), ("2", "2")]
+    assert epoch_lines[0].endswith(" *")  # the first epoch is always a new best
+
+    best = _load(ckpt / "best.pt")
+    assert set(best) == CHECKPOINT_KEYS
+    assert best["config"] == {"grid_size": 8, "dim": 16, "depth": 1, "dropout": 0.1}
+    model = trm_nav.create_model(**best["config"])
+    model.load_state_dict(best["model_state_dict"])
+    assert set(_load(ckpt / "last.pt")) == CHECKPOINT_KEYS and _load(ckpt / "last.pt")["epoch"] == 2
+
+    history = json.loads((ckpt / "history.json").read_text())
+    assert {k: len(v) for k, v in history.items()} == dict.fromkeys(
+        ("train_loss", "train_acc", "val_loss", "val_acc", "lr"), 2
+    )
+    assert max(history["val_acc"]) == pytest.approx(best["val_acc"])
+
+    records = _records(metrics)
+    assert records[0]["event"] == "start" and records[0]["config"]["dim"] == 16
+    for epoch in (1, 2):
+        train = [r for r in records if r.get("split") == "train" and r["epoch"] == epoch]
+        val = [r for r in records if r.get("split") == "val" and r["epoch"] == epoch]
+        assert len(train) == len(val) == 1
+        assert {"t", "step", "epoch", "split", "loss", "acc", "lr", "sps"} == set(train[0])
+        assert {"t", "step", "epoch", "split", "loss", "acc"} == set(val[0])
+        assert train[0]["step"] == val[0]["step"] == epoch * 5  # ceil(300 / 64) optimizer steps per epoch
+    kinds = [r["kind"] for r in records if r.get("event") == "checkpoint"]
+    assert kinds.count("last") == 2 and "best" in kinds
+    done = records[-1]
+    assert done["event"] == "done" and done["reason"] == "completed"
+    assert done["best_val_acc"] == pytest.approx(best["val_acc"]) and done["best_epoch"] == best["epoch"]
+
+
+@pytest.mark.parametrize(
+    ("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"]
+)
+def test_stop_signal_saves_last_checkpoint_then_exits_with_signal_code(tmp_path, signum, exit_code):
+    proc, metrics, ckpt = _launch(tmp_path, "--num-train", "2000", "--epochs", "1000", "--patience", "0")
+    try:
+        deadline = time.monotonic() + 90
+        while not any(r.get("split") == "val" for r in _records(metrics)):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "no val record within 90 s"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == exit_code, err
+
+    last = _load(ckpt / "last.pt")
+    assert set(last) == CHECKPOINT_KEYS and last["epoch"] >= 1
+    records = _records(metrics)
+    assert records[-1]["event"] == "done" and records[-1]["reason"] == "stopped"
+    assert records[-2]["event"] == "checkpoint" and records[-2]["kind"] == "last"
+    assert not [p.name for p in ckpt.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_crash_is_recorded_as_an_error_event_and_a_nonzero_exit(tmp_path):
+    proc, metrics, _ = _launch(tmp_path, "--device", "cuda")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "ValueError" in err
+    error = _records(metrics)[-1]
+    assert error["event"] == "error" and error["type"] == "ValueError" and "no CUDA" in error["message"]
+
+
+# ---------------------------------------------------------------------------- labels
+
+
+def _bfs_distances(walls: np.ndarray, goal: tuple[int, int]) -> dict[tuple[int, int], int]:
+    n = walls.shape[0]
+    dist, queue = {goal: 0}, deque([goal])
+    while queue:
+        r, c = queue.popleft()
+        for dr, dc in trm_nav.MOVES:
+            nxt = (r + dr, c + dc)
+            if 0 <= nxt[0] < n and 0 <= nxt[1] < n and not walls[nxt] and nxt not in dist:
+                dist[nxt] = dist[(r, c)] + 1
+                queue.append(nxt)
+    return dist
+
+
+def _astar_length(walls: np.ndarray, start: tuple[int, int], goal: tuple[int, int]) -> int:
+    """A textbook A* with the Manhattan heuristic: an oracle independent of the trainer's search."""
+    n = walls.shape[0]
+
+    def h(p: tuple[int, int]) -> int:
+        return abs(p[0] - goal[0]) + abs(p[1] - goal[1])
+
+    frontier, best = [(h(start), 0, start)], {start: 0}
+    while frontier:
+        _, g, cell = heapq.heappop(frontier)
+        if cell == goal:
+            return g
+        for dr, dc in trm_nav.MOVES:
+            nxt = (cell[0] + dr, cell[1] + dc)
+            if 0 <= nxt[0] < n and 0 <= nxt[1] < n and not walls[nxt] and g + 1 < best.get(nxt, 1 << 30):
+                best[nxt] = g + 1
+                heapq.heappush(frontier, (g + 1 + h(nxt), g + 1, nxt))
+    raise AssertionError("goal unreachable")
+
+
+def _decode(tokens: np.ndarray, n: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    grid = tokens.reshape(n, n)
+    agent = tuple(int(v) for v in np.argwhere(grid == trm_nav.AGENT)[0])
+    goals = np.argwhere(grid == trm_nav.GOAL)
+    goal = tuple(int(v) for v in goals[0]) if len(goals) else agent  # at the goal, the agent covers it
+    return grid == trm_nav.WALL, agent, goal
+
+
+def test_every_label_is_the_first_move_in_fixed_order_that_gets_closer():
+    n = 8
+    tokens, labels, _ = trm_nav.generate_samples(400, n, np.random.default_rng(0), (0.2, 0.3), views=8)
+    assert tokens.shape == (8, 400, n * n) and labels.shape == (8, 400)
+    assert set(np.unique(labels[0])) == set(range(5))
+    for x, y in zip(tokens.reshape(-1, n * n), labels.reshape(-1), strict=True):
+        walls, agent, goal = _decode(x, n)
+        dist = _bfs_distances(walls, goal)
+        closer = [
+            a
+            for a, (dr, dc) in enumerate(trm_nav.MOVES)
+            if dist.get((agent[0] + dr, agent[1] + dc), -1) == dist[agent] - 1
+        ]
+        assert y == (closer[0] if agent != goal else trm_nav.STAY)
+
+
+def test_following_the_labels_reaches_the_goal_in_the_astar_path_length():
+    n = 8
+    tokens, labels, _ = trm_nav.generate_samples(400, n, np.random.default_rng(1), (0.2, 0.3))
+    tokens, labels = tokens[0], labels[0]
+    starts = [0] + [i + 1 for i in np.flatnonzero(labels == trm_nav.STAY)[:-1]]
+    assert len(starts) > 20
+    for start in starts:
+        walls, agent, goal = _decode(tokens[start], n)
+        moves = 0
+        while labels[start + moves] != trm_nav.STAY:
+            dr, dc = trm_nav.MOVES[labels[start + moves]]
+            agent = (agent[0] + dr, agent[1] + dc)
+            moves += 1
+            assert _decode(tokens[start + moves], n)[1] == agent  # the next sample is the state we moved to
+        assert agent == goal
+        assert moves == _astar_length(walls, _decode(tokens[start], n)[1], goal)
+
+
+def test_datasets_are_deterministic_and_test_grids_are_unseen_in_training():
+    args = trm_nav.parse_args(["--num-train", "200", "--num-test", "50", "--no-augment"])
+    first, again = trm_nav.make_datasets(args), trm_nav.make_datasets(args)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    x_train, _, x_test, _ = first
+    layouts = {(x == trm_nav.WALL).tobytes() for x in x_train[0]}
+    assert not layouts & {(x == trm_nav.WALL).tobytes() for x in x_test}
+
+
+def test_build_model_and_batch_gives_one_trainable_batch():
+    model, x, y = trm_nav.build_model_and_batch({"dim": 16, "depth": 1}, batch_size=4)
+    assert x.shape == (4, 64) and x.dtype == torch.int64 and y.shape == (4,)
+    logits = model(x)  # (4, 5)
+    assert logits.shape == (4, 5)
+    torch.nn.functional.cross_entropy(logits, y).backward()
+
+
+# ---------------------------------------------------------------------------- trainkit
+
+
+def test_metrics_stream_writes_non_finite_values_as_json_strings(tmp_path):
+    path = tmp_path / "m.jsonl"
+    with trainkit.MetricsStream(path) as stream:
+        stream.log(3, "train", epoch=1, loss=float("nan"), acc=torch.tensor(0.5), lr=np.float32(1e-3))
+        stream.log(4, "val", hi=float("inf"), lo=float("-inf"))
+        stream.event("done", reason="completed", best_val_acc=float("nan"), best_epoch=np.int64(2))
+    first, second, third = _records(path)
+    assert first["loss"] == "nan" and first["acc"] == 0.5 and first["lr"] == pytest.approx(1e-3)
+    assert first["step"] == 3 and first["epoch"] == 1 and first["split"] == "train"
+    assert "epoch" not in second and second["hi"] == "inf" and second["lo"] == "-inf"
+    assert third["event"] == "done" and third["best_val_acc"] == "nan" and third["best_epoch"] == 2
+
+
+def test_metrics_stream_without_a_path_is_a_no_op(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRAINGUARD_METRICS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    stream = trainkit.MetricsStream()
+    stream.log(1, "train", loss=1.0)
+    stream.event("done", reason="completed")
+    stream.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_writes_replace_the_file_and_leave_no_temp_file(tmp_path):
+    target = tmp_path / "history.json"
+    trainkit.atomic_write_json({"val_acc": [0.5, float("nan")]}, target)
+    with pytest.raises(TypeError):
+        trainkit.atomic_write_json({"bad": object()}, target)
+    assert json.loads(target.read_text()) == {"val_acc": [0.5, "nan"]}  # the failed write changed nothing
+    trainkit.atomic_torch_save({"w": torch.ones(2)}, tmp_path / "c.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "history.json"]
+
+
+def test_trainkit_imports_without_torch_or_numpy():
+    code = (
+        "import sys; sys.modules['torch'] = sys.modules['numpy'] = None; "
+        f"sys.path.insert(0, {str(TRAINER.parent)!r}); import trainkit; trainkit.MetricsStream().log(1, 'train')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRAINGUARD_METRICS"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, stdin=subprocess.DEVNULL, timeout=30)
+
+
+def test_stop_flag_records_the_signal_and_restores_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    flag = trainkit.StopFlag()
+    try:
+        signal.raise_signal(signal.SIGTERM)
+        assert flag.requested and flag.signum == signal.SIGTERM and flag.exit_code == 143
+    finally:
+        flag.restore()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_pick_device_validates_explicit_requests():
+    assert trainkit.pick_device("cpu") == "cpu"
+    assert trainkit.pick_device("auto") in {"cpu", "cuda", "mps"}
+    with pytest.raises(ValueError, match="unknown device"):
+        trainkit.pick_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA/ROCm GPU"):
+            trainkit.pick_device("cuda")
