@@ -2,6 +2,7 @@
 
     trainguard train 1 [--set lr=5e-4 ...] [--detach]   pre-flight, launch, follow, summarise
     trainguard preflight 1 [--set ...]                   the checks alone
+    trainguard prepare 2                                 create missing data (e.g. the image folder)
     trainguard runs | status RUN | stop RUN | summary RUN | gpu | experiments
     trainguard serve                                     MCP over stdio (what the plugin starts)
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server import gpu, paths, registry, runs
+from mcp_server import gpu, paths, prepare, registry, runs
 from mcp_server.errors import InvalidInput, TrainguardError
 from mcp_server.preflight import PreflightReport, run_preflight
 from mcp_server.rundir import TERMINAL, open_run
@@ -125,6 +126,17 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     return 1 if report.verdict == "fail" else 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    result = prepare.prepare_data(args.experiment, _parse_sets(args.set))
+    if args.json:
+        _emit_json(result)
+        return 0
+    for p in result.paths:
+        print(f"{p.param}: {p.action} {p.path}" + (f" in {p.seconds} s (log: {p.log})" if p.seconds else ""))
+    print(result.summary)
+    return 0
+
+
 def cmd_experiments(args: argparse.Namespace) -> int:
     for exp in registry.list_experiments():
         if isinstance(exp, tuple):
@@ -217,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("serve", cmd_serve, "serve MCP over stdio (what the Claude Code plugin starts)")
     for name, fn, help_ in (("train", cmd_train, "pre-flight, launch and follow an experiment"),
-                            ("preflight", cmd_preflight, "run the pre-flight checks only")):
+                            ("preflight", cmd_preflight, "run the pre-flight checks only"),
+                            ("prepare", cmd_prepare, "create the data an experiment needs, if missing")):
         p = add(name, fn, help_)
         p.add_argument("experiment", help="N, NNN or NNN-slug")
         p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a parameter")

@@ -171,20 +171,22 @@ def _device_check(info: dict[str, Any], requested: Any) -> Check:
     return Check(name="device", verdict="pass", detail=f"device={requested}")
 
 
-def _data_checks(spec: TrainerSpec, config: dict[str, Any], project: Path) -> list[Check]:
+def _data_checks(exp_id: str, spec: TrainerSpec, config: dict[str, Any], project: Path) -> list[Check]:
     checks = []
     for name, param in spec.params.items():
         if param.type != "path" or config.get(name) is None:
             continue
         path = paths.confine(project, str(config[name]), what=f"parameter {name!r}")
         if param.must_exist and not path.exists():
+            fix = (
+                f"Create it with prepare_data(experiment='{exp_id}') (CLI: trainguard prepare {exp_id}), "
+                f"or override {name} with an existing path."
+                if param.prepare
+                else f"Create or download it, or override {name} with an existing path inside {project}."
+            )
             checks.append(
-                Check(
-                    name=f"data:{name}",
-                    verdict="fail",
-                    detail=f"{name}={config[name]} does not exist ({path}).",
-                    fix=f"Create or download it, or override {name} with an existing path inside {project}.",
-                )
+                Check(name=f"data:{name}", verdict="fail", detail=f"{name}={config[name]} does not exist ({path}).",
+                      fix=fix)
             )
         else:
             checks.append(Check(name=f"data:{name}", verdict="pass", detail=f"{name}={config[name]} ({path})"))
@@ -260,7 +262,7 @@ def run_preflight(
         ),
     ]
     checks += _interpreter_checks(python, probe_torch(python), config)
-    checks += _data_checks(spec, config, project)
+    checks += _data_checks(exp.id, spec, config, project)
     checks.append(_output_check(paths.runs_root(project)))
     checks.append(_gpu_check())
 

@@ -7,12 +7,38 @@ its start time match what was recorded when we started it.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
 import psutil
 
+from mcp_server.errors import InvalidInput
+
 POLL_S = 0.05
+# What a trainer may inherit from the server's environment: locale, paths and accelerator
+# settings, never tokens or keys.
+ENV_ALLOW = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH",
+})
+ENV_ALLOW_PREFIXES = ("LC_", "CUDA_", "HIP_", "ROCR_", "HSA_", "ROCM_", "PYTORCH_", "TORCH_", "NCCL_", "OMP_", "MKL_")
+ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment for a trainer or data-preparation process: the allow-listed part of
+    ours, plus `extra` (from a trainer spec), with Python's output unbuffered.
+
+    Raises:
+        InvalidInput: if an extra variable's name or value is malformed.
+    """
+    env = {k: v for k, v in os.environ.items() if k in ENV_ALLOW or k.startswith(ENV_ALLOW_PREFIXES)}
+    for key, value in extra.items():
+        if not ENV_NAME_RE.match(key) or "\x00" in value:
+            raise InvalidInput(f"environment variable {key!r} is malformed; fix the trainer spec's [env] table.")
+        env[key] = value
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 def start_time(pid: int) -> float | None:

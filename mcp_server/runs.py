@@ -29,11 +29,6 @@ from mcp_server.preflight import PreflightReport, probe_torch, run_preflight
 from mcp_server.rundir import TERMINAL, RunDir, RunState, all_runs, create_run_dir, open_run, write_json_atomic
 from mcp_server.specs import build_argv
 
-ENV_ALLOW = frozenset({
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH",
-})
-ENV_ALLOW_PREFIXES = ("LC_", "CUDA_", "HIP_", "ROCR_", "HSA_", "ROCM_", "PYTORCH_", "TORCH_", "NCCL_", "OMP_", "MKL_")
-ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 START_TIMEOUT_S = 20.0
 FINALIZE_TIMEOUT_S = 15.0
 TAIL_LINES = 12
@@ -89,16 +84,6 @@ class StopResult(BaseModel):
     message: str
 
 
-def _trainer_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k in ENV_ALLOW or k.startswith(ENV_ALLOW_PREFIXES)}
-    for key, value in extra.items():
-        if not ENV_NAME_RE.match(key) or "\x00" in value:
-            raise TrainguardError(f"trainer env {key!r} is not a valid variable; fix the trainer spec.")
-        env[key] = value
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def _git_commit(project: Path) -> str | None:
     try:
         out = subprocess.run(
@@ -137,7 +122,7 @@ def launch(
     stem = f"{exp.id}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     run = RunDir(root / stem) if dry_run else create_run_dir(root, stem)
     argv = build_argv(spec, report.config, python=report.python, project=project, output_dir=run.checkpoints)
-    env = _trainer_env(spec.env) | {
+    env = procs.child_env(spec.env) | {
         "TRAINGUARD_RUN_ID": run.run_id,
         "TRAINGUARD_RUN_DIR": str(run.path),
         "TRAINGUARD_METRICS": str(run.metrics),

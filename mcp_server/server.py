@@ -18,7 +18,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel
 
-from mcp_server import __version__, gpu, metrics, paths, registry, runs, scratchpad
+from mcp_server import __version__, gpu, metrics, paths, prepare, registry, runs, scratchpad
 from mcp_server.errors import TrainguardError
 from mcp_server.preflight import PreflightReport, run_preflight
 from mcp_server.specs import Scalar
@@ -122,6 +122,14 @@ def preflight(experiment: str | int, overrides: dict[str, Scalar] | None = None)
     subprocess). A bad experiment or parameter raises an error that says what to pass instead."""
     report, _, _ = run_preflight(str(experiment), overrides)
     return report
+
+
+@tool(WRITES)
+def prepare_data(experiment: str | int, overrides: dict[str, Scalar] | None = None) -> prepare.PrepareResult:
+    """Create the data an experiment needs when pre-flight reports a data path missing and offers
+    this tool as the fix (e.g. the image folder built from real photographs). Runs the trainer
+    spec's own preparation command; never touches data that exists. Can take minutes."""
+    return prepare.prepare_data(str(experiment), overrides)
 
 
 @tool(WRITES)

@@ -38,6 +38,10 @@ class ParamSpec(BaseModel):
     max: float | None = None
     choices: list[Scalar] | None = None
     must_exist: bool = False
+    prepare: list[str] | None = Field(
+        default=None,
+        description="For a path: the argv template of the command that creates it ({value} is the path).",
+    )
 
     @field_validator("flag")
     @classmethod
@@ -48,6 +52,8 @@ class ParamSpec(BaseModel):
 
     @model_validator(mode="after")
     def _default_fits(self) -> ParamSpec:
+        if self.prepare is not None and (self.type != "path" or not self.prepare):
+            raise ValueError("prepare is an argv template for a path parameter, e.g. [\"{python}\", ...]")
         if self.default is not None:
             coerce_value("default", self, self.default, project=None)
         return self
@@ -183,6 +189,17 @@ def resolve_config(
     return config
 
 
+def expand(template: list[str], *, python: str, trainer_dir: Path, project: Path, value: str = "") -> list[str]:
+    """Fill an argv template's placeholders: {python}, {trainer_dir}, {project_dir}, {value}."""
+    subst = {"{python}": python, "{trainer_dir}": str(trainer_dir), "{project_dir}": str(project), "{value}": value}
+    argv = []
+    for part in template:
+        for key, val in subst.items():
+            part = part.replace(key, val)
+        argv.append(part)
+    return argv
+
+
 def build_argv(
     spec: TrainerSpec, config: dict[str, Scalar | None], *, python: str, project: Path, output_dir: Path | None
 ) -> list[str]:
@@ -190,12 +207,7 @@ def build_argv(
 
     Booleans are switches (the flag alone when true); None leaves the trainer's own default.
     """
-    subst = {"{python}": python, "{trainer_dir}": str(spec.trainer_dir), "{project_dir}": str(project)}
-    argv = []
-    for part in spec.command:
-        for key, val in subst.items():
-            part = part.replace(key, val)
-        argv.append(part)
+    argv = expand(spec.command, python=python, trainer_dir=spec.trainer_dir, project=project)
     for name, param in spec.params.items():
         value = config.get(name)
         if value is None or (param.type == "bool" and value is False):
