@@ -89,7 +89,8 @@ def _follow(run_id: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    result = runs.launch(args.experiment, _parse_sets(args.set), note=args.note, dry_run=args.dry_run)
+    result = runs.launch(args.experiment, _parse_sets(args.set), note=args.note, acknowledge=args.acknowledge,
+                         dry_run=args.dry_run)
     if args.json:
         _emit_json(result)
         if args.detach or args.dry_run:
@@ -236,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a parameter")
         if name == "train":
             p.add_argument("--note", default="", help="why you launch it (goes to the scratchpad)")
+            p.add_argument("--acknowledge", action="append", default=[], metavar="RULE_ID",
+                           help="run despite this danger rule (pre-flight names the ones that fire)")
             p.add_argument("--detach", action="store_true", help="return after launching; the run goes on")
             p.add_argument("--dry-run", action="store_true", help="show the command without starting it")
     add("experiments", cmd_experiments, "list experiments")

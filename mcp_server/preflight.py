@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from mcp_server import gpu, paths, registry
+from mcp_server import gpu, paths, registry, rules
 from mcp_server.errors import InvalidInput
 from mcp_server.specs import Scalar, TrainerSpec, resolve_config
 
@@ -70,6 +70,7 @@ class PreflightReport(BaseModel):
     overrides: dict[str, Scalar]
     verdict: Verdict
     checks: list[Check]
+    danger_fired: list[str]
     summary: str
 
 
@@ -171,6 +172,26 @@ def _device_check(info: dict[str, Any], requested: Any) -> Check:
     return Check(name="device", verdict="pass", detail=f"device={requested}")
 
 
+def _rule_checks(spec: TrainerSpec, config: dict[str, Any], fired: list[rules.DangerRule]) -> list[Check]:
+    checks = []
+    if spec.known_good:
+        off = rules.deviations(spec.known_good, config)
+        checks.append(
+            Check(name="known-good", verdict="warn", detail="deviates from the known-good table: " + "; ".join(off),
+                  fix="Use the known-good values unless this run tests an alternative on purpose.")
+            if off else
+            Check(name="known-good", verdict="pass", detail=f"all {len(spec.known_good)} known-good values kept")
+        )
+    for rule in fired:
+        conditions = ", ".join(f"{name}={config.get(name)!r}" for name in rule.when)
+        fix = rule.fix or "Change the setting."
+        if rule.severity == "warn":
+            fix += f" To run it anyway, tell the user and pass acknowledge=['{rule.id}'] to launch_run."
+        checks.append(Check(name=f"danger:{rule.id}", verdict=rule.severity, detail=f"{rule.message} ({conditions})",
+                            fix=fix))
+    return checks
+
+
 def _data_checks(exp_id: str, spec: TrainerSpec, config: dict[str, Any], project: Path) -> list[Check]:
     checks = []
     for name, param in spec.params.items():
@@ -261,6 +282,8 @@ def run_preflight(
             detail=f"{len(config)} parameters valid" + (f"; overridden: {', '.join(changed)}" if changed else ""),
         ),
     ]
+    fired = rules.fired(spec.danger, config)
+    checks += _rule_checks(spec, config, fired)
     checks += _interpreter_checks(python, probe_torch(python), config)
     checks += _data_checks(exp.id, spec, config, project)
     checks.append(_output_check(paths.runs_root(project)))
@@ -277,6 +300,7 @@ def run_preflight(
     }[verdict]
     report = PreflightReport(
         experiment=exp.id, title=exp.title, source=exp.source, trainer=spec.name, python=python,
-        config=config, overrides={k: config[k] for k in overrides}, verdict=verdict, checks=checks, summary=summary,
+        config=config, overrides={k: config[k] for k in overrides}, verdict=verdict, checks=checks,
+        danger_fired=[rule.id for rule in fired], summary=summary,
     )
     return report, exp, spec

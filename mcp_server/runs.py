@@ -24,10 +24,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from mcp_server import __version__, metrics, paths, procs, scratchpad
-from mcp_server.errors import Conflict, TrainguardError
+from mcp_server.errors import Conflict, InvalidInput, TrainguardError
 from mcp_server.preflight import PreflightReport, probe_torch, run_preflight
 from mcp_server.rundir import TERMINAL, RunDir, RunState, all_runs, create_run_dir, open_run, write_json_atomic
-from mcp_server.specs import build_argv
+from mcp_server.specs import TrainerSpec, build_argv
 
 START_TIMEOUT_S = 20.0
 FINALIZE_TIMEOUT_S = 15.0
@@ -101,14 +101,16 @@ def launch(
     *,
     note: str = "",
     agent: str = "training-runner",
+    acknowledge: list[str] | None = None,
     dry_run: bool = False,
     project: Path | None = None,
 ) -> LaunchResult:
     """Re-run pre-flight, then start the experiment's trainer under a supervisor.
 
     Raises:
-        Conflict: if pre-flight fails (the message lists the failed checks and their fixes).
-        NotFound / InvalidInput: for an unknown experiment or a bad override.
+        Conflict: if pre-flight fails (the message lists the failed checks and their fixes), or a
+            danger rule fires that `acknowledge` does not name.
+        NotFound / InvalidInput: for an unknown experiment, a bad override or an unknown rule id.
     """
     project = project or paths.project_root()
     scratchpad.agent_dir(project, agent)  # validate before anything is created
@@ -120,7 +122,7 @@ def launch(
 
     root = paths.runs_root(project)
     stem = f"{exp.id}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    run = RunDir(root / stem) if dry_run else create_run_dir(root, stem)
+    run = RunDir(root / stem)  # the folder is only created once the launch is sure to go ahead
     argv = build_argv(spec, report.config, python=report.python, project=project, output_dir=run.checkpoints)
     env = procs.child_env(spec.env) | {
         "TRAINGUARD_RUN_ID": run.run_id,
@@ -133,6 +135,8 @@ def launch(
             preflight=report, next_step="Nothing was started. Call launch_run without dry_run to start it.",
         )
 
+    acknowledged = _check_acknowledged(spec, report, acknowledge or [])
+    run = create_run_dir(root, stem)
     run.checkpoints.mkdir()
     torch_info = probe_torch(report.python)
     manifest = {
@@ -154,6 +158,7 @@ def launch(
         "project_dir": str(project),
         "agent": agent,
         "note": note,
+        "acknowledged": acknowledged,
         "git_commit": _git_commit(project),
         "versions": {
             "trainguard": __version__,
@@ -172,6 +177,8 @@ def launch(
     state = _wait_started(run)
 
     line = f"launched {run.run_id} ({exp.title}); " + ", ".join(f"{k}={v}" for k, v in report.overrides.items())
+    if acknowledged:
+        line += f"; acknowledged danger rules: {', '.join(acknowledged)}"
     if note:
         line += f"; note: {note}"
     scratchpad.append(project, agent, line.rstrip("; "), kind="launch")
@@ -180,6 +187,24 @@ def launch(
         pid=state.pid, preflight=report,
         next_step=f"Poll run_status('{run.run_id}') every few minutes; call summarize_run when it ends.",
     )
+
+
+def _check_acknowledged(spec: TrainerSpec, report: PreflightReport, acknowledge: list[str]) -> list[str]:
+    """The fired danger rules, each of which `acknowledge` must name."""
+    known = {rule.id for rule in spec.danger}
+    unknown = sorted(set(acknowledge) - known)
+    if unknown:
+        raise InvalidInput(
+            f"acknowledge names unknown danger rules {unknown}; {spec.name}'s rules are {sorted(known) or 'none'}."
+        )
+    missing = [rule_id for rule_id in report.danger_fired if rule_id not in acknowledge]
+    if missing:
+        details = [f"{c.name}: {c.detail}" for c in report.checks if c.name.removeprefix("danger:") in missing]
+        raise Conflict(
+            "danger rules fired, nothing launched: " + " | ".join(details)
+            + f". Change the settings, or tell the user and pass acknowledge={missing}."
+        )
+    return list(report.danger_fired)
 
 
 def _start_supervisor(run: RunDir) -> None:

@@ -138,15 +138,17 @@ def launch_run(
     overrides: dict[str, Scalar] | None = None,
     note: str = "",
     agent: str = "training-runner",
+    acknowledge: list[str] | None = None,
     dry_run: bool = False,
 ) -> runs.LaunchResult:
     """Start a training run of an experiment in the background and return its `run_id` at once.
     Re-runs pre-flight first and refuses if any check fails. The trainer runs as a supervised
     subprocess (own process group, stdin closed, logs and metrics in runs/<run_id>/) that survives
     this session. `note` says why you launch it; `agent` names the scratchpad that gets the launch
-    and finish entries. `dry_run=True` returns the exact argv, env and run folder without starting
-    anything. Then poll run_status; never tail the logs yourself."""
-    return runs.launch(str(experiment), overrides, note=note, agent=agent, dry_run=dry_run)
+    and finish entries. If pre-flight reports danger rules (`danger_fired`), the launch is refused
+    unless `acknowledge` lists each rule id: tell the user first. `dry_run=True` returns the exact
+    argv, env and run folder without starting anything. Then poll run_status; never tail logs."""
+    return runs.launch(str(experiment), overrides, note=note, agent=agent, acknowledge=acknowledge, dry_run=dry_run)
 
 
 @tool(READ_ONLY)

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from mcp_server.errors import InvalidInput
+from mcp_server.rules import DangerRule, KnownGood
 
 Scalar = bool | int | float | str
 FLAG_RE = re.compile(r"^--?[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -72,6 +73,8 @@ class TrainerSpec(BaseModel):
     primary_metric: str = "val/loss"
     primary_mode: Literal["min", "max"] = "min"
     env: dict[str, str] = Field(default_factory=dict)
+    known_good: dict[str, KnownGood] = Field(default_factory=dict)
+    danger: list[DangerRule] = Field(default_factory=list)
     source: Path | None = None
 
     @field_validator("params")
@@ -81,6 +84,20 @@ class TrainerSpec(BaseModel):
             if not NAME_RE.match(name):
                 raise ValueError(f"parameter name {name!r} must be lower_snake_case")
         return params
+
+    @model_validator(mode="after")
+    def _rules_name_params(self) -> TrainerSpec:
+        for name in self.known_good:
+            if name not in self.params:
+                raise ValueError(f"known_good names {name!r}, which is not a parameter")
+        ids = [rule.id for rule in self.danger]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"danger rule ids must be unique: {ids}")
+        for rule in self.danger:
+            for name in rule.when:
+                if name not in self.params:
+                    raise ValueError(f"danger rule {rule.id!r} tests {name!r}, which is not a parameter")
+        return self
 
     @property
     def trainer_dir(self) -> Path:
