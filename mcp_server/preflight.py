@@ -119,7 +119,9 @@ def probe_torch(python: str) -> dict[str, Any]:
     return info
 
 
-def _interpreter_checks(python: str, info: dict[str, Any], config: dict[str, Any]) -> list[Check]:
+def _interpreter_checks(
+    python: str, info: dict[str, Any], config: dict[str, Any], gpus: gpu.GpuReport
+) -> list[Check]:
     if "interpreter_error" in info:
         return [
             Check(
@@ -141,10 +143,27 @@ def _interpreter_checks(python: str, info: dict[str, Any], config: dict[str, Any
             )
         )
         return checks
-    build = f"ROCm {info['hip']}" if info.get("hip") else f"CUDA {info['cuda']}" if info.get("cuda") else "CPU"
-    checks.append(Check(name="torch", verdict="pass", detail=f"torch {info['torch']} ({build} build)"))
+    checks.append(_build_check(info, gpus))
     checks.append(_device_check(info, config.get("device")))
     return checks
+
+
+def _build_check(info: dict[str, Any], gpus: gpu.GpuReport) -> Check:
+    """torch's build (CUDA, ROCm or CPU) against the GPUs that are actually here."""
+    build = f"ROCm {info['hip']}" if info.get("hip") else f"CUDA {info['cuda']}" if info.get("cuda") else "CPU"
+    detail = f"torch {info['torch']} ({build} build)"
+    vendors = {d.vendor for d in gpus.devices}
+    if "nvidia" in vendors and not info.get("cuda"):
+        return Check(
+            name="torch", verdict="warn", detail=f"{detail}, but an NVIDIA GPU is here and this build cannot use it",
+            fix="Install a CUDA build of torch into the trainer's interpreter (see pytorch.org for the command).",
+        )
+    if "nvidia" in vendors and not info.get("cuda_available"):
+        return Check(
+            name="torch", verdict="warn", detail=f"{detail}, but torch cannot reach the NVIDIA GPU",
+            fix="Check that the driver supports this CUDA version (nvidia-smi shows the highest it supports).",
+        )
+    return Check(name="torch", verdict="pass", detail=detail)
 
 
 def _device_check(info: dict[str, Any], requested: Any) -> Check:
@@ -238,8 +257,7 @@ def _output_check(runs_root: Path) -> Check:
     return Check(name="output", verdict="pass", detail=detail)
 
 
-def _gpu_check() -> Check:
-    report = gpu.gpu_report()
+def _gpu_check(report: gpu.GpuReport) -> Check:
     if not report.devices:
         return Check(name="gpu", verdict="pass", detail=report.note)
     busy = [f"GPU {d.index}: pids {[p.pid for p in d.processes]}" for d in report.devices if d.processes]
@@ -284,10 +302,11 @@ def run_preflight(
     ]
     fired = rules.fired(spec.danger, config)
     checks += _rule_checks(spec, config, fired)
-    checks += _interpreter_checks(python, probe_torch(python), config)
+    gpus = gpu.gpu_report()
+    checks += _interpreter_checks(python, probe_torch(python), config, gpus)
     checks += _data_checks(exp.id, spec, config, project)
     checks.append(_output_check(paths.runs_root(project)))
-    checks.append(_gpu_check())
+    checks.append(_gpu_check(gpus))
 
     verdict: Verdict = "fail" if any(c.verdict == "fail" for c in checks) else (
         "warn" if any(c.verdict == "warn" for c in checks) else "pass"

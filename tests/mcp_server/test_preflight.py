@@ -1,0 +1,75 @@
+"""Pre-flight checks with a pass and a fail case each (GPU facts from a fake report)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_experiment
+from mcp_server import gpu, preflight
+from mcp_server.preflight import run_preflight
+
+CPU_TORCH = {"python": "3.11", "torch": "2.13.0+cpu", "cuda": None, "hip": None, "cuda_available": False,
+             "devices": [], "mps_available": False}
+CUDA_TORCH = CPU_TORCH | {"torch": "2.13.0+cu130", "cuda": "13.0", "cuda_available": True, "devices": ["H100"]}
+
+
+def report_with(*vendors):
+    host = gpu.host_status()
+    devices = [
+        gpu.GpuDevice(index=i, vendor=v, name=f"{v} gpu", uuid=None, memory_used_bytes=0,
+                      memory_total_bytes=2**34, utilization_percent=0, temperature_c=30, power_w=None,
+                      power_limit_w=None, processes=[], unavailable={})
+        for i, v in enumerate(vendors)
+    ]
+    return gpu.GpuReport(backend="fake", devices=devices, note="", host=host)
+
+
+def test_torch_build_matches_the_gpu_that_is_there():
+    assert preflight._build_check(CUDA_TORCH, report_with("nvidia")).verdict == "pass"
+    assert preflight._build_check(CPU_TORCH, report_with()).verdict == "pass"
+    mismatch = preflight._build_check(CPU_TORCH, report_with("nvidia"))
+    assert mismatch.verdict == "warn" and "CPU build" in mismatch.detail and "CUDA build" in mismatch.fix
+    unreachable = preflight._build_check(CUDA_TORCH | {"cuda_available": False}, report_with("nvidia"))
+    assert unreachable.verdict == "warn" and "cannot reach" in unreachable.detail
+
+
+@pytest.mark.parametrize(
+    ("info", "device", "verdict"),
+    [(CUDA_TORCH, "auto", "pass"), (CPU_TORCH, "auto", "warn"), (CPU_TORCH, "cuda", "fail"),
+     (CUDA_TORCH, "cuda", "pass"), (CPU_TORCH, "cpu", "pass"), (CPU_TORCH, "mps", "fail")],
+)
+def test_device_check(info, device, verdict):
+    assert preflight._device_check(info, device).verdict == verdict
+
+
+def test_a_missing_torch_fails_with_the_install_command(project, tmp_path):
+    venv = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)  # no torch in it
+    python = str(venv / "bin" / "python")
+    checks = preflight._interpreter_checks(python, preflight.probe_torch(python), {}, report_with())
+    torch_check = next(c for c in checks if c.name == "torch")
+    assert torch_check.verdict == "fail" and "ModuleNotFoundError" in torch_check.detail
+    assert f"{python} -m pip install torch" in torch_check.fix
+
+
+def test_the_experiment_interpreter_must_exist_inside_the_project(scripted):
+    folder = write_experiment(scripted, "907-py", "scripted", {})
+    toml = folder / "experiment.toml"
+    toml.write_text(toml.read_text().replace("[args]", 'python = ".venv/bin/python"\n[args]'))
+    report, _, _ = run_preflight("907")
+    check = next(c for c in report.checks if c.name == "interpreter")
+    assert check.verdict == "fail" and ".venv/bin/python" in check.detail
+    toml.write_text(toml.read_text().replace(".venv/bin/python", "../../usr/bin/python3"))
+    with pytest.raises(Exception, match="outside the project"):
+        run_preflight("907")
+
+
+def test_a_runs_folder_that_cannot_be_made_fails(scripted, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # even root cannot make a folder inside a file
+    monkeypatch.setenv("TRAINGUARD_RUNS_DIR", str(blocker / "runs"))
+    report, _, _ = run_preflight("901")
+    output = next(c for c in report.checks if c.name == "output")
+    assert output.verdict == "fail" and "TRAINGUARD_RUNS_DIR" in output.fix
+    assert report.verdict == "fail"
