@@ -89,14 +89,19 @@ def _follow(run_id: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    result = runs.launch(args.experiment, _parse_sets(args.set), note=args.note, acknowledge=args.acknowledge,
+    overrides = _parse_sets(args.set)
+    if not args.json:
+        report, _, _ = run_preflight(args.experiment, overrides)
+        _print_preflight(report)
+        if report.verdict == "fail":
+            return 1
+    result = runs.launch(args.experiment, overrides, note=args.note, acknowledge=args.acknowledge,
                          dry_run=args.dry_run)
     if args.json:
         _emit_json(result)
         if args.detach or args.dry_run:
             return 0
     else:
-        _print_preflight(result.preflight)
         if args.dry_run:
             print("Dry run, nothing started. Would run:\n  " + " ".join(result.argv))
             print(f"  in {result.run_dir}")

@@ -25,9 +25,9 @@ from pydantic import BaseModel
 
 from mcp_server import __version__, metrics, paths, procs, scratchpad
 from mcp_server.errors import Conflict, InvalidInput, TrainguardError
-from mcp_server.preflight import PreflightReport, probe_torch, run_preflight
+from mcp_server.preflight import Check, PreflightReport, probe_torch, run_preflight
 from mcp_server.rundir import TERMINAL, RunDir, RunState, all_runs, create_run_dir, open_run, write_json_atomic
-from mcp_server.specs import TrainerSpec, build_argv
+from mcp_server.specs import Scalar, TrainerSpec, build_argv
 
 START_TIMEOUT_S = 20.0
 FINALIZE_TIMEOUT_S = 15.0
@@ -46,7 +46,10 @@ class LaunchResult(BaseModel):
     argv: list[str]
     env: dict[str, str]
     pid: int | None
-    preflight: PreflightReport
+    config: dict[str, Scalar | None]
+    preflight_verdict: str
+    preflight_notes: list[Check]
+    acknowledged: list[str]
     next_step: str
 
 
@@ -129,10 +132,12 @@ def launch(
         "TRAINGUARD_RUN_DIR": str(run.path),
         "TRAINGUARD_METRICS": str(run.metrics),
     }
+    notes = [c for c in report.checks if c.verdict != "pass"]
     if dry_run:
         return LaunchResult(
             run_id=None, status="dry_run", dry_run=True, run_dir=str(run.path), argv=argv, env=env, pid=None,
-            preflight=report, next_step="Nothing was started. Call launch_run without dry_run to start it.",
+            config=report.config, preflight_verdict=report.verdict, preflight_notes=notes, acknowledged=[],
+            next_step="Nothing was started. Call launch_run without dry_run to start it.",
         )
 
     acknowledged = _check_acknowledged(spec, report, acknowledge or [])
@@ -184,7 +189,8 @@ def launch(
     scratchpad.append(project, agent, line.rstrip("; "), kind="launch")
     return LaunchResult(
         run_id=run.run_id, status=state.status, dry_run=False, run_dir=str(run.path), argv=argv, env=env,
-        pid=state.pid, preflight=report,
+        pid=state.pid, config=report.config, preflight_verdict=report.verdict, preflight_notes=notes,
+        acknowledged=acknowledged,
         next_step=f"Poll run_status('{run.run_id}') every few minutes; call summarize_run when it ends.",
     )
 
