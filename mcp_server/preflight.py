@@ -211,28 +211,70 @@ def _rule_checks(spec: TrainerSpec, config: dict[str, Any], fired: list[rules.Da
     return checks
 
 
+MAX_FILES_COUNTED = 100_000
+
+
 def _data_checks(exp_id: str, spec: TrainerSpec, config: dict[str, Any], project: Path) -> list[Check]:
     checks = []
     for name, param in spec.params.items():
         if param.type != "path" or config.get(name) is None:
             continue
         path = paths.confine(project, str(config[name]), what=f"parameter {name!r}")
-        if param.must_exist and not path.exists():
-            fix = (
-                f"Create it with prepare_data(experiment='{exp_id}') (CLI: trainguard prepare {exp_id}), "
-                f"or override {name} with an existing path."
-                if param.prepare
-                else f"Create or download it, or override {name} with an existing path inside {project}."
-            )
-            checks.append(
-                Check(name=f"data:{name}", verdict="fail", detail=f"{name}={config[name]} does not exist ({path}).",
-                      fix=fix)
-            )
-        else:
-            checks.append(Check(name=f"data:{name}", verdict="pass", detail=f"{name}={config[name]} ({path})"))
+        if param.output:
+            checks.append(_output_path_check(name, config[name], path, spec))
+        elif param.must_exist:
+            checks.append(_input_path_check(exp_id, name, param, config[name], path, project))
     if not checks:
         checks.append(Check(name="data", verdict="pass", detail=f"{spec.name} generates its own data"))
     return checks
+
+
+def _input_path_check(exp_id: str, name: str, param: Any, value: Any, path: Path, project: Path) -> Check:
+    label = f"data:{name}"
+    if not path.exists():
+        fix = (
+            f"Create it with prepare_data(experiment='{exp_id}') (CLI: trainguard prepare {exp_id}), "
+            f"or override {name} with an existing path."
+            if param.prepare
+            else f"Create or download it, or override {name} with an existing path inside {project}."
+        )
+        return Check(name=label, verdict="fail", detail=f"{name}={value} does not exist ({path}).", fix=fix)
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        return Check(name=label, verdict="fail", detail=f"{name}={value} is not readable.", fix=f"chmod u+rX {path}")
+    if param.min_files and path.is_dir():
+        count = 0
+        for item in path.glob(param.file_glob):
+            count += item.is_file()
+            if count >= param.min_files or count >= MAX_FILES_COUNTED:
+                break
+        if count < param.min_files:
+            return Check(
+                name=label, verdict="fail",
+                detail=f"{name}={value} holds {count} files matching {param.file_glob}; it needs at least "
+                f"{param.min_files}.",
+                fix=f"Fill it (e.g. prepare_data(experiment='{exp_id}')) or point {name} at the full data set."
+                if param.prepare else f"Point {name} at the full data set.",
+            )
+        return Check(name=label, verdict="pass",
+                     detail=f"{name}={value}: at least {count} files matching {param.file_glob}")
+    return Check(name=label, verdict="pass", detail=f"{name}={value} ({path})")
+
+
+def _output_path_check(name: str, value: Any, path: Path, spec: TrainerSpec) -> Check:
+    label = f"output:{name}"
+    if path.is_dir() and any(path.iterdir()):
+        names = sorted(p.name for p in path.iterdir())[:5]
+        fresh = next(f"{value}-{n}" for n in range(2, 10_000) if not path.with_name(f"{path.name}-{n}").exists())
+        resume = " or resume from its checkpoint (the resume parameter)" if "resume" in spec.params else ""
+        return Check(
+            name=label, verdict="fail",
+            detail=f"{name}={value} already holds a run ({', '.join(names)}...): training would overwrite it.",
+            fix=f"Override {name} with a fresh folder such as {fresh!r}{resume}.",
+        )
+    if path.exists() and not path.is_dir():
+        return Check(name=label, verdict="fail", detail=f"{name}={value} is a file, not a folder.",
+                     fix=f"Override {name} with a folder path.")
+    return Check(name=label, verdict="pass", detail=f"{name}={value} is fresh ({path})")
 
 
 def _output_check(runs_root: Path) -> Check:

@@ -39,6 +39,9 @@ class ParamSpec(BaseModel):
     max: float | None = None
     choices: list[Scalar] | None = None
     must_exist: bool = False
+    min_files: int | None = Field(default=None, ge=1, description="input folder: fewest files matching file_glob")
+    file_glob: str = Field(default="**/*", description="which files of an input folder count, e.g. '**/*.png'")
+    output: bool = Field(default=False, description="the trainer writes here: pre-flight refuses a non-empty one")
     prepare: list[str] | None = Field(
         default=None,
         description="For a path: the argv template of the command that creates it ({value} is the path).",
@@ -53,6 +56,10 @@ class ParamSpec(BaseModel):
 
     @model_validator(mode="after")
     def _default_fits(self) -> ParamSpec:
+        if (self.must_exist or self.output or self.min_files) and self.type != "path":
+            raise ValueError("must_exist, min_files and output apply to path parameters only")
+        if self.output and self.must_exist:
+            raise ValueError("a path is either an input (must_exist) or an output, not both")
         if self.prepare is not None and (self.type != "path" or not self.prepare):
             raise ValueError("prepare is an argv template for a path parameter, e.g. [\"{python}\", ...]")
         if self.default is not None:

@@ -73,3 +73,79 @@ def test_a_runs_folder_that_cannot_be_made_fails(scripted, monkeypatch, tmp_path
     output = next(c for c in report.checks if c.name == "output")
     assert output.verdict == "fail" and "TRAINGUARD_RUNS_DIR" in output.fix
     assert report.verdict == "fail"
+
+
+USER_SPEC = """
+name = "user_script"
+description = "A user's script with an input folder and an output folder of its own."
+command = ["{python}", "-c", "pass"]
+
+[params.data_dir]
+type = "path"
+flag = "--data_dir"
+default = "images/training_diverse"
+must_exist = true
+min_files = 3
+file_glob = "**/*.png"
+help = "Real images only."
+
+[params.output_dir]
+type = "path"
+flag = "--output_dir"
+default = "checkpoints/exp2"
+output = true
+help = "Where checkpoints go."
+
+[params.resume]
+type = "path"
+flag = "--resume"
+help = "Checkpoint to resume from."
+"""
+
+
+@pytest.fixture
+def user_project(project):
+    (project / "experiments" / "trainers").mkdir(parents=True)
+    (project / "experiments" / "trainers" / "user_script.toml").write_text(USER_SPEC)
+    write_experiment(project, "960-user", "user_script", {})
+    return project
+
+
+def checks_of(experiment="960", overrides=None):
+    report, _, _ = run_preflight(experiment, overrides)
+    return {c.name: c for c in report.checks}
+
+
+def test_an_input_folder_needs_enough_files_of_its_kind(user_project):
+    data = user_project / "images" / "training_diverse" / "train"
+    data.mkdir(parents=True)
+    (data / "a.png").write_bytes(b"x")
+    (data / "notes.txt").write_text("not an image")
+    check = checks_of()["data:data_dir"]
+    assert check.verdict == "fail" and "holds 1 files matching **/*.png; it needs at least 3" in check.detail
+    for name in ("b.png", "c.png"):
+        (data / name).write_bytes(b"x")
+    assert checks_of()["data:data_dir"].verdict == "pass"
+
+
+def test_a_used_output_folder_is_refused_with_a_fresh_name(user_project):
+    (user_project / "images" / "training_diverse").mkdir(parents=True)
+    assert checks_of()["output:output_dir"].verdict == "pass"
+    used = user_project / "checkpoints" / "exp2"
+    used.mkdir(parents=True)
+    (used / "best.pt").write_bytes(b"weights")
+    check = checks_of()["output:output_dir"]
+    assert check.verdict == "fail" and "best.pt" in check.detail and "would overwrite" in check.detail
+    assert "'checkpoints/exp2-2'" in check.fix and "resume" in check.fix
+    assert checks_of(overrides={"output_dir": "checkpoints/exp2-2"})["output:output_dir"].verdict == "pass"
+
+
+def test_output_and_input_roles_are_exclusive_and_for_paths_only():
+    from pydantic import ValidationError
+
+    from mcp_server.specs import ParamSpec
+
+    with pytest.raises(ValidationError, match="either an input"):
+        ParamSpec(type="path", flag="--x", help="h", must_exist=True, output=True)
+    with pytest.raises(ValidationError, match="path parameters only"):
+        ParamSpec(type="int", flag="--x", help="h", min_files=3)
