@@ -181,12 +181,14 @@ def launch(
     _start_supervisor(run)
     state = _wait_started(run)
 
-    line = f"launched {run.run_id} ({exp.title}); " + ", ".join(f"{k}={v}" for k, v in report.overrides.items())
+    parts = [f"launched {run.run_id} ({exp.title})"]
+    if report.overrides:
+        parts.append("overrides " + ", ".join(f"{k}={v}" for k, v in report.overrides.items()))
     if acknowledged:
-        line += f"; acknowledged danger rules: {', '.join(acknowledged)}"
+        parts.append(f"acknowledged danger rules: {', '.join(acknowledged)}")
     if note:
-        line += f"; note: {note}"
-    scratchpad.append(project, agent, line.rstrip("; "), kind="launch")
+        parts.append(f"note: {note}")
+    scratchpad.append(project, agent, "; ".join(parts), kind="launch")
     return LaunchResult(
         run_id=run.run_id, status=state.status, dry_run=False, run_dir=str(run.path), argv=argv, env=env,
         pid=state.pid, config=report.config, preflight_verdict=report.verdict, preflight_notes=notes,

@@ -41,7 +41,7 @@ def test_a_run_completes_with_state_manifest_metrics_and_scratchpad(scripted):
     assert "step 5 loss 0.2" in run.stdout.read_text()
     pad = (scripted / ".claude/scratchpad/training-runner").glob("*.md")
     text = next(pad).read_text()
-    assert f"[launch] launched {result.run_id}" in text and "note: smoke test" in text
+    assert f"[launch] launched {result.run_id} (test experiment 901-quick); note: smoke test\n" in text
     assert f"[finish] run {result.run_id} succeeded" in text and "best val/acc 0.9 at epoch 5" in text
 
 
