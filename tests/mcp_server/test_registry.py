@@ -75,3 +75,12 @@ def test_list_shows_broken_experiments_with_their_error(project):
     broken = [e for e in listed if isinstance(e, tuple)]
     assert [f.name for f, _ in broken] == ["005-nohyp"]
     assert any(not isinstance(e, tuple) and e.id == "001-trm-fast-dev" for e in listed)
+
+
+def test_every_bundled_experiment_and_trainer_spec_is_valid(project):
+    listed = registry.list_experiments()
+    broken = [f"{e[0].name}: {e[1]}" for e in listed if isinstance(e, tuple)]
+    assert broken == []
+    assert {e.trainer for e in listed} <= set(registry.known_trainers(project))
+    for name in registry.known_trainers(project):
+        assert registry.load_trainer(name).params
