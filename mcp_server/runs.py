@@ -314,7 +314,7 @@ def status(run_id: str, project: Path | None = None) -> RunStatus:
     fields, summary = _info_fields(run, manifest, state)
     latest = {m.name: m.last.value for m in summary.metrics}
     epochs = [m.last.epoch for m in summary.metrics if m.last.epoch is not None]
-    ckpts = sorted(p.name for p in run.checkpoints.glob("*") if p.is_file() and not p.name.startswith("."))
+    ckpts = _list_outputs(run.checkpoints)
     return RunStatus(
         **fields,
         epoch=max(epochs) if epochs else None,
@@ -324,6 +324,22 @@ def status(run_id: str, project: Path | None = None) -> RunStatus:
         stderr_tail=tail(run.stderr) if state.status in ("failed", "lost") else None,
         run_dir=str(run.path),
     )
+
+
+MAX_LISTED_FILES = 40
+
+
+def _list_outputs(folder: Path) -> list[str]:
+    """Files the trainer wrote (relative paths, models/ppo.pth too), temp files left out, bounded."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+            found.append(str(rel))
+            if len(found) == MAX_LISTED_FILES:
+                found.append("...")
+                break
+    return found
 
 
 def summary(run_id: str, project: Path | None = None) -> tuple[RunInfo, metrics.RunSummary]:
