@@ -80,6 +80,10 @@ class TrainerSpec(BaseModel):
     primary_metric: str = "val/loss"
     primary_mode: Literal["min", "max"] = "min"
     env: dict[str, str] = Field(default_factory=dict)
+    exclusive: list[list[str]] = Field(
+        default_factory=list,
+        description="groups of parameters of which at most one is set: a later layer's choice clears the others",
+    )
     known_good: dict[str, KnownGood] = Field(default_factory=dict)
     danger: list[DangerRule] = Field(default_factory=list)
     source: Path | None = None
@@ -94,6 +98,10 @@ class TrainerSpec(BaseModel):
 
     @model_validator(mode="after")
     def _rules_name_params(self) -> TrainerSpec:
+        for group in self.exclusive:
+            for name in group:
+                if name not in self.params:
+                    raise ValueError(f"exclusive group {group} names {name!r}, which is not a parameter")
         for name in self.known_good:
             if name not in self.params:
                 raise ValueError(f"known_good names {name!r}, which is not a parameter")
@@ -200,6 +208,12 @@ def resolve_config(
     """
     config: dict[str, Scalar | None] = {name: p.default for name, p in spec.params.items()}
     for origin, values in layers:
+        for group in spec.exclusive:
+            chosen = [name for name in group if name in values]
+            if len(chosen) > 1:
+                raise InvalidInput(f"{origin}: set only one of {group}, not {chosen}.")
+            for other in group if chosen else ():
+                config[other] = None  # this layer picks chosen[0]; an earlier choice no longer applies
         for name, value in values.items():
             if name not in spec.params:
                 known = ", ".join(sorted(spec.params))

@@ -66,3 +66,13 @@ def test_path_parameters_stay_inside_the_project(spec, tmp_path):
     assert coerce_value("data", param, "data", tmp_path) == "data"
     with pytest.raises(InvalidInput, match="outside"):
         coerce_value("data", param, "../../etc", tmp_path)
+
+
+def test_an_override_of_one_exclusive_parameter_clears_the_other(project):
+    from mcp_server import registry
+
+    spec = registry.load_trainer("ppo_gridworld")
+    config = resolve_config(spec, [("experiment", {"updates": 200}), ("overrides", {"timesteps": 50000})], project)
+    assert config["timesteps"] == 50000 and config["updates"] is None
+    with pytest.raises(InvalidInput, match="set only one of"):
+        resolve_config(spec, [("overrides", {"timesteps": 1, "updates": 2})], project)
