@@ -4,16 +4,23 @@ Usage:
     python trainers/trm_nav.py                      # defaults: 5,000 train / 500 test samples, dim 64
     python trainers/trm_nav.py --num-train 5000 --num-test 500 --dim 64 --depth 2 \\
         --dropout 0.1 --epochs 30 --patience 10     # the training guide's Recipe 1
+    python trainers/trm_dataset.py --num-train 50000 --num-test 2000 --augment --output-dir data
+    python trainers/trm_nav.py --train-path data/train.pt --val-path data/test.pt \\
+        --checkpoint-dir ckpt --dim 128 --depth 3   # the guide's "Recommended Workflow"
+    python trainers/trm_nav.py --resume ckpt/last.pt --checkpoint-dir ckpt --dim 128 --depth 3 \\
+        --train-path data/train.pt --val-path data/test.pt   # continue at the epoch after last.pt's
 
 The task: an agent and a goal sit on a grid with random walls. Each sample is one state along
 a shortest path (cells as tokens: 0 empty, 1 wall, 2 agent, 3 goal) and its label is the next
-action (0 up, 1 down, 2 left, 3 right, 4 stay). The data is generated here, deterministically
-from --seed, so the script needs no files.
+action (0 up, 1 down, 2 left, 3 right, 4 stay). Without --train-path/--val-path the data is
+generated here by trm_dataset.py's code, deterministically from --seed, so no files are needed.
 
 Outputs, in --checkpoint-dir (default $TRAINGUARD_RUN_DIR/checkpoints, else ./checkpoints):
     best.pt       the checkpoint with the best validation accuracy so far
     last.pt       the latest checkpoint, written every epoch and on SIGTERM/SIGINT
     history.json  per-epoch lists train_loss, train_acc, val_loss, val_acc, lr
+Both checkpoints hold everything --resume needs: weights, optimizer, step (the lr schedule's
+position), epoch, best-so-far, history and the RNG state, so a resumed run continues exactly.
 
 Under trainguard, $TRAINGUARD_METRICS names a JSON-lines file that receives a start event,
 one train and one val record per epoch, checkpoint events and a done event (see trainkit.py).
@@ -28,10 +35,8 @@ import math
 import os
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -46,11 +51,22 @@ from trainkit import (  # noqa: E402
     pick_device,
     seed_everything,
 )
+from trm_dataset import (  # noqa: E402, F401  (re-exported: the labels' vocabulary belongs with the policy)
+    ACTIONS,
+    AGENT,
+    EMPTY,
+    GOAL,
+    MOVES,
+    STAY,
+    WALL,
+    generate_samples,
+    load_split,
+    make_datasets,
+)
 
-ACTIONS = ("up", "down", "left", "right", "stay")
-MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))  # (d_row, d_col) of actions 0..3, also the tie-break order
-EMPTY, WALL, AGENT, GOAL = 0, 1, 2, 3
-STAY = 4
+HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+RESUME_KEYS = {"epoch", "step", "model_state_dict", "optimizer_state_dict", "config", "best_val_acc", "history"}
+RESUME_KEYS |= {"best_epoch", "rng"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,7 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     arg = p.add_argument
     # data
-    arg("--num-train", type=int, default=5000, help="training samples (states, not grids)")
+    arg("--train-path", type=Path, help="train.pt written by trm_dataset.py; then the data flags below are unused")
+    arg("--val-path", type=Path, help="test.pt written by trm_dataset.py with the same command as --train-path")
+    arg("--num-train", type=int, default=5000, help="training samples (states, not grids) to generate")
     arg("--num-test", type=int, default=500, help="validation samples, drawn from grids unseen in training")
     arg("--grid-size", type=int, default=8, help="side of the square grid")
     arg("--min-density", type=float, default=0.2, help="lowest fraction of wall cells in a grid")
@@ -72,8 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--augment",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="show each training state in a random one of the 8 rotations/reflections each epoch "
-        "(labels are recomputed for the new orientation)",
+        help="use all 8 rotations/reflections of each training state (labels recomputed per orientation): each "
+        "epoch shows every state once, in a freshly drawn orientation, so an epoch costs the same as without. "
+        "With --train-path the file decides: one written with --augment is always used this way",
     )
     # model
     arg("--dim", type=int, default=64, help="width of the token embeddings")
@@ -90,7 +109,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     arg("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     arg("--batch-size", type=int, default=64, help="samples per optimizer step")
     arg("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (0 disables)")
-    arg("--epochs", type=int, default=100, help="maximum number of passes over the training set")
+    arg(
+        "--aux-weight",
+        type=float,
+        default=0.5,
+        help="weight of the auxiliary loss: the move from every free cell, as if the agent stood there (0 disables)",
+    )
+    arg("--epochs", type=int, default=100, help="last epoch to train (early stopping may end sooner)")
     arg(
         "--patience",
         type=int,
@@ -101,6 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     arg("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps; auto prefers cuda, then mps")
     arg("--seed", type=int, default=42, help="seed for the data, the initial weights and the batch order")
     arg("--checkpoint-dir", type=Path, default=default_dir, help="where best.pt, last.pt, history.json go")
+    arg("--resume", type=Path, help="a last.pt/best.pt of this trainer: continue from its epoch + 1, same flags")
     args = p.parse_args(argv)
     for name in ("num_train", "num_test", "dim", "depth", "batch_size", "epochs"):
         if getattr(args, name) < 1:
@@ -111,134 +137,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("need 0 <= --min-density <= --max-density < 1")
     if not 0.0 <= args.dropout < 1.0:
         p.error("--dropout must be in [0, 1)")
+    if args.aux_weight < 0:
+        p.error("--aux-weight must be at least 0")
+    if (args.train_path is None) != (args.val_path is None):
+        p.error("pass --train-path and --val-path together (trm_dataset.py writes both), or neither to generate here")
     return args
 
 
 # ---------------------------------------------------------------------------- data
 
 
-def neighbour_table(n: int) -> list[list[int]]:
-    """For each flat cell index, its neighbour per action 0..3, or -1 off the grid."""
-    table = []
-    for cell in range(n * n):
-        r, c = divmod(cell, n)
-        table.append([(r + dr) * n + c + dc if 0 <= r + dr < n and 0 <= c + dc < n else -1 for dr, dc in MOVES])
-    return table
-
-
-def cost_to_go(walls: list[bool], goal: int, nbrs: list[list[int]]) -> list[int]:
-    """Exact shortest-path distance from every cell to ``goal`` (-1 where unreachable).
-
-    The training guide builds its paths with A*. On a 4-connected grid with unit costs, one
-    breadth-first search outward from the goal gives the exact cost-to-go that A* estimates
-    with its heuristic, for every cell at once, which is what labelling every state needs.
-    """
-    dist = [-1] * len(walls)
-    dist[goal] = 0
-    queue = deque([goal])
-    while queue:
-        u = queue.popleft()
-        for v in nbrs[u]:
-            if v >= 0 and dist[v] < 0 and not walls[v]:
-                dist[v] = dist[u] + 1
-                queue.append(v)
-    return dist
-
-
-def best_action(cell: int, dist: list[int], nbrs: list[list[int]]) -> int:
-    """The first action, in the fixed order up, down, left, right, that moves one step closer.
-
-    Shortest paths tie often (goal up-left: up-first and left-first are both optimal). Taking
-    the first closer move in a fixed order makes the label a function of the grid alone, which
-    is what lets a classifier reach high accuracy; a search's own tie-breaking would depend on
-    where the path started, which the input does not show.
-    """
-    if dist[cell] == 0:
-        return STAY
-    return next(a for a, v in enumerate(nbrs[cell]) if v >= 0 and dist[v] == dist[cell] - 1)
-
-
-def dihedral_perms(n: int) -> list[np.ndarray]:
-    """Cell permutations of the 8 rotations/reflections: new_grid.flat = old_grid.flat[perm]."""
-    base = np.arange(n * n).reshape(n, n)
-    return [g.ravel() for r in range(4) for g in (np.rot90(base, r), np.rot90(base, r).T)]
-
-
-def generate_samples(
-    num_samples: int,
-    grid_size: int,
-    rng: np.random.Generator,
-    density: tuple[float, float],
-    views: int = 1,
-    exclude: set[bytes] | None = None,
-) -> tuple[np.ndarray, np.ndarray, set[bytes]]:
-    """Generates states along shortest paths on random grids, with their next-action labels.
-
-    Args:
-        num_samples: States to return; the last grid's path is cut short to hit it exactly.
-        grid_size: Side of the square grid.
-        rng: Source of all randomness, so the output is a function of its seed.
-        density: (low, high) range from which each grid's wall fraction is drawn.
-        views: 1 for the grids as drawn; 8 also returns every rotation/reflection of each state.
-        exclude: Wall layouts (``walls.tobytes()``) that must not be used, e.g. the training grids.
-
-    Returns:
-        tokens (views, N, grid_size**2) int64, labels (views, N) int64, and the wall layouts used.
-    """
-    n, cells = grid_size, grid_size * grid_size
-    nbrs = neighbour_table(n)
-    perms = dihedral_perms(n)[:views]
-    tokens = np.empty((views, num_samples, cells), dtype=np.int64)  # (V, N, G*G)
-    labels = np.empty((views, num_samples), dtype=np.int64)  # (V, N)
-    layouts: set[bytes] = set()
-    filled = attempts = 0
-    while filled < num_samples:
-        attempts += 1
-        if attempts > 100 * num_samples + 1000:  # tiny grids run out of distinct layouts
-            raise ValueError(
-                f"could not draw {num_samples} samples from distinct {n}x{n} grids with wall density "
-                f"{density}; use a larger --grid-size, fewer samples or a lower density"
-            )
-        walls = rng.random(cells) < rng.uniform(*density)  # (G*G,) bool
-        free = np.flatnonzero(~walls)
-        key = walls.tobytes()
-        if len(free) < 2 or key in layouts or (exclude is not None and key in exclude):
-            continue
-        goal = int(free[rng.integers(len(free))])
-        dist = cost_to_go(walls.tolist(), goal, nbrs)
-        reachable = [int(c) for c in free if dist[c] > 0]
-        if not reachable:
-            continue  # the goal is walled in; draw a new grid rather than bias the start
-        layouts.add(key)
-        path = [reachable[rng.integers(len(reachable))]]
-        while path[-1] != goal:  # walk the labelled policy; it ends at the goal in dist[start] moves
-            path.append(nbrs[path[-1]][best_action(path[-1], dist, nbrs)])
-        path = np.array(path[: num_samples - filled])  # (L,), the goal state last: label "stay"
-        rows = np.arange(filled, filled + len(path))
-        for v, perm in enumerate(perms):
-            inverse = np.argsort(perm)  # old cell -> new cell
-            w, g = walls[perm], int(inverse[goal])
-            d = dist if v == 0 else cost_to_go(w.tolist(), g, nbrs)
-            grid = w.astype(np.int64)
-            grid[g] = GOAL
-            tokens[v, rows] = grid
-            tokens[v, rows, inverse[path]] = AGENT  # at the goal the agent hides the goal token
-            labels[v, rows] = [best_action(int(c), d, nbrs) for c in inverse[path]]
-        filled += len(path)
-    return tokens, labels, layouts
-
-
-def make_datasets(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Train views (V, N, G*G) and labels (V, N); test tokens (M, G*G) and labels (M,), from disjoint grids."""
-    density = (args.min_density, args.max_density)
-    views = 8 if args.augment else 1
-    x_train, y_train, seen = generate_samples(
-        args.num_train, args.grid_size, np.random.default_rng([args.seed, 0]), density, views
-    )
-    x_test, y_test, _ = generate_samples(
-        args.num_test, args.grid_size, np.random.default_rng([args.seed, 1]), density, exclude=seen
-    )
-    return x_train, y_train, x_test[0], y_test[0]
+def load_data(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The train and validation splits (trm_dataset.py's dicts): read from the paths, or generated here."""
+    if args.train_path is None:
+        return make_datasets(
+            args.num_train, args.num_test, args.grid_size, (args.min_density, args.max_density), args.augment, args.seed
+        )
+    train, val = load_split(args.train_path, "--train-path"), load_split(args.val_path, "--val-path")
+    tm, vm = train["meta"], val["meta"]
+    if tm["grid_size"] != vm["grid_size"]:
+        raise ValueError(f"--train-path has {tm['grid_size']}x{tm['grid_size']} grids, --val-path {vm['grid_size']}")
+    if vm["views"] != 1:
+        raise ValueError(f"--val-path {args.val_path} holds augmented copies; pass the test.pt written beside it")
+    if args.augment and tm["views"] == 1:
+        raise ValueError(
+            f"--augment asked for, but {args.train_path} was written without it; regenerate with "
+            "python trainers/trm_dataset.py --augment ..., or drop --augment"
+        )
+    # Validation must measure unseen grids: a val file from another command could share them.
+    train_walls = {bytes(row) for row in (train["tokens"] == WALL).numpy()}
+    shared = sum(bytes(row) in train_walls for row in (val["tokens"] == WALL).numpy())
+    if shared:
+        raise ValueError(
+            f"{shared} of {vm['count']} validation states use grids that occur in {args.train_path}; pass the "
+            "test.pt written by the same trm_dataset.py command"
+        )
+    return train, val
 
 
 # ---------------------------------------------------------------------------- model
@@ -264,23 +198,82 @@ class MixerBlock(nn.Module):
         return x + self.channel_mlp(self.channel_norm(x))  # (B, T, C)
 
 
+def agent_index(tokens: torch.Tensor) -> torch.Tensor:
+    """Flat cell index of the agent in each grid (B, G*G) -> (B,); the first cell if there is none."""
+    return (tokens == AGENT).int().argmax(dim=1)
+
+
 class NavMixer(nn.Module):
-    """MLP-Mixer policy: cell tokens (B, G*G) -> action logits (B, 5)."""
+    """MLP-Mixer policy: cell tokens (B, G*G) -> action logits (B, 5), read at the agent's cell.
+
+    Each cell enters the mixer as the sum of five vectors. Two are a plain Mixer's: what the cell
+    holds and where it is. A plain Mixer tops out near 79% on Recipe 1 and overfits: its token MLP
+    must learn "the cell above the agent is a wall" separately for each of the 64 agent positions
+    from ~750 training grids. So three more carry what the labelling rule depends on, with weights
+    shared by every position:
+      - the cell's offset from the agent and its offset from the goal (one learned vector per
+        (d_row, d_col)): "above the agent" is one vector wherever the agent is, and the offset to
+        the goal gives every cell its Manhattan direction;
+      - a small conv stem over the one-hot grid (4 layers of 3x3, receptive field 9x9): local wall
+        shapes (corridors, dead ends, corners) found the same way at every position.
+    The mixer blocks then relate cells globally. The head gives logits at every cell, i.e. the
+    move the agent would make there, which the auxiliary loss supervises; the prediction is the
+    agent's cell's.
+    """
 
     def __init__(self, grid_size: int, dim: int, depth: int, dropout: float):
         super().__init__()
-        num_tokens = grid_size * grid_size
+        n, num_tokens, width = grid_size, grid_size * grid_size, max(16, dim // 2)
+        self.grid_size = n
         self.token_emb = nn.Embedding(4, dim)  # empty, wall, agent, goal
         self.pos_emb = nn.Parameter(torch.randn(num_tokens, dim) * 0.02)  # learned, one per cell
+        self.from_agent = nn.Embedding((2 * n - 1) ** 2, dim)  # one vector per (d_row, d_col) offset
+        self.from_goal = nn.Embedding((2 * n - 1) ** 2, dim)
+        self.stem = nn.Sequential(  # zero padding: off-grid reads as "no token at all", unlike an empty cell
+            nn.Conv2d(4, width, 3, padding=1), nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.GELU(),
+            nn.Conv2d(width, dim, 3, padding=1),
+        )  # fmt: skip
         self.blocks = nn.ModuleList(MixerBlock(num_tokens, dim, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, len(ACTIONS))
+        cell = torch.arange(num_tokens)
+        self.register_buffer("rows", cell // n, persistent=False)  # (T,), derived: kept out of checkpoints
+        self.register_buffer("cols", cell % n, persistent=False)  # (T,)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # tokens: (B, T) int64
-        x = self.token_emb(tokens) + self.pos_emb  # (B, T, C)
+    def _offsets(self, at: torch.Tensor) -> torch.Tensor:  # at: (B,) flat cell -> (B, T) offset ids
+        n = self.grid_size
+        d_row = self.rows - (at // n)[:, None] + n - 1  # (B, T), in [0, 2n-2]
+        d_col = self.cols - (at % n)[:, None] + n - 1  # (B, T)
+        return d_row * (2 * n - 1) + d_col  # (B, T)
+
+    def cell_logits(self, tokens: torch.Tensor) -> torch.Tensor:  # tokens: (B, T) int
+        """Action logits as if the agent stood on each cell: (B, T, 5)."""
+        tokens = tokens.long()
+        b, n = tokens.shape[0], self.grid_size
+        agent = agent_index(tokens)  # (B,)
+        goal_cell = tokens == GOAL  # (B, T)
+        goal = torch.where(goal_cell.any(dim=1), goal_cell.int().argmax(dim=1), agent)  # at the goal: under the agent
+        one_hot = F.one_hot(tokens, 4).transpose(1, 2).reshape(b, 4, n, n).float()  # (B, 4, G, G)
+        x = (
+            self.token_emb(tokens)  # (B, T, C)
+            + self.pos_emb  # (T, C)
+            + self.from_agent(self._offsets(agent))  # (B, T, C)
+            + self.from_goal(self._offsets(goal))  # (B, T, C)
+            + self.stem(one_hot).flatten(2).transpose(1, 2)  # (B, C, G, G) -> (B, T, C)
+        )
         for block in self.blocks:
             x = block(x)  # (B, T, C)
-        return self.head(self.norm(x).mean(dim=1))  # (B, 5)
+        return self.head(self.norm(x))  # (B, T, 5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # tokens: (B, T) int
+        return at_agent(self.cell_logits(tokens), tokens)  # (B, 5)
+
+
+def at_agent(cell_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Picks each grid's agent cell out of (B, T, 5) logits: (B, 5)."""
+    return cell_logits[torch.arange(len(tokens), device=tokens.device), agent_index(tokens)]
 
 
 def create_model(grid_size: int = 8, dim: int = 64, depth: int = 2, dropout: float = 0.1) -> NavMixer:
@@ -293,7 +286,8 @@ def build_model_and_batch(
 ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """One training batch's worth of model and data, without generating the dataset.
 
-    Pre-flight checks use this to measure the memory of a forward/backward pass.
+    Pre-flight checks use this to measure the memory of a forward/backward pass. The forward
+    pass computes logits at every cell either way, so the auxiliary loss adds no activations.
 
     Args:
         config: grid_size, dim, depth, dropout (missing keys take the command-line defaults).
@@ -321,11 +315,22 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     model.eval()
     loss_sum, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
     for i in range(0, len(y), batch_size):
-        logits = model(x[i : i + batch_size])  # (b, 5)
+        logits = model(x[i : i + batch_size]).float()  # (b, 5)
         loss_sum += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum")
         correct += (logits.argmax(-1) == y[i : i + batch_size]).sum()
     model.train()
     return loss_sum.item() / len(y), correct.item() / len(y)
+
+
+def load_resume(path: Path) -> dict:
+    """Reads a checkpoint for --resume, with a message that says what to pass when it cannot be used."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {path} does not exist; pass a last.pt or best.pt written by trm_nav.py")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors, numbers, lists: no pickle code
+    missing = RESUME_KEYS - set(ckpt) if isinstance(ckpt, dict) else RESUME_KEYS
+    if missing:
+        raise ValueError(f"--resume {path} lacks {sorted(missing)}: it was not written by this trm_nav.py")
+    return ckpt
 
 
 def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> int:
@@ -333,32 +338,44 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     # 1. Resolve everything the run depends on, and announce it before the slow parts.
     device = pick_device(args.device)
     seed_everything(args.seed)
+    resume = load_resume(args.resume) if args.resume else None
     ckpt_dir = Path(args.checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    model_config = {"grid_size": args.grid_size, "dim": args.dim, "depth": args.depth, "dropout": args.dropout}
-    metrics.event("start", config={**vars(args), "checkpoint_dir": str(ckpt_dir), "resolved_device": device})
+    metrics.event(
+        "start",
+        config={
+            **vars(args),
+            "checkpoint_dir": str(ckpt_dir),
+            "resolved_device": device,
+            "resume_epoch": resume["epoch"] if resume else None,
+        },
+    )
 
     # 2. Data: small enough to live on the device whole, so batches are just index lookups.
+    #    Tokens stay uint8 (8 views of 100K states would take 400 MB as int64); batches widen them.
     t0 = time.time()
-    x_views, y_views, x_test, y_test = make_datasets(args)
-    # Stored as uint8 (8x smaller than int64: 8 views of 100K states would otherwise take 400 MB);
-    # each batch is widened to int64 for the embedding lookup.
-    x_views = torch.from_numpy(x_views.astype(np.uint8)).to(device)  # (V, N, T)
-    y_views = torch.from_numpy(y_views).to(device)  # (V, N)
-    x_test, y_test = torch.from_numpy(x_test).to(device), torch.from_numpy(y_test).to(device)  # (M, T), (M,)
-    num_views, n_train = y_views.shape
+    train_split, val_split = load_data(args)
+    meta = train_split["meta"]
+    num_views, n_train, grid_size = meta["views"], meta["num_samples"], meta["grid_size"]
+    x_views = train_split["tokens"].reshape(num_views, n_train, -1).to(device)  # (V, N, T) uint8
+    y_views = train_split["labels"].reshape(num_views, n_train).to(device)  # (V, N)
+    p_views = train_split["policy"].reshape(num_views, n_train, -1).to(device)  # (V, N, T) int8
+    x_test, y_test = val_split["tokens"].to(device), val_split["labels"].to(device)  # (M, T), (M,)
     counts = torch.bincount(y_views[0], minlength=len(ACTIONS)).tolist()
+    source = f"from {args.train_path} and {args.val_path}" if args.train_path else "generated"
     print(
-        f"Data: {n_train} train / {len(y_test)} test samples in {time.time() - t0:.1f}s, "
-        f"label counts {dict(zip(ACTIONS, counts, strict=True))}, device {device}",
+        f"Data: {n_train} train states x {num_views} views / {len(y_test)} test, {source}, {grid_size}x{grid_size} "
+        f"grids, in {time.time() - t0:.1f}s; label counts {dict(zip(ACTIONS, counts, strict=True))}; device {device}",
         flush=True,
     )
 
     # 3. Model and optimizer.
+    model_config = {"grid_size": grid_size, "dim": args.dim, "depth": args.depth, "dropout": args.dropout}
     model = create_model(**model_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(n_train / args.batch_size)
     total_steps, warmup = args.epochs * steps_per_epoch, steps_per_epoch
+    use_autocast = device.startswith("cuda")  # bf16 matmuls pay off on a GPU; on a CPU they only cost accuracy
 
     def lr_at(step: int) -> float:
         if args.lr_schedule == "constant":
@@ -370,10 +387,27 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
 
     print(f"Model: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
 
-    # 4. Train, evaluate after every epoch, keep the best, stop early when it stops improving.
-    history: dict[str, list[float]] = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")}
+    # 4. Start fresh, or pick up where a checkpoint left off (weights, Adam moments, the lr
+    #    schedule's step, early-stopping state, history, and the RNG so batches continue as they would have).
+    history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
     best_acc, best_epoch, epochs_done, step = -1.0, 0, 0, 0
     val_loss = val_acc = None
+    if resume is not None:
+        if resume["config"] != model_config:
+            raise ValueError(
+                f"--resume {args.resume} holds a model with {resume['config']}, these flags build {model_config}; "
+                "pass the same --dim, --depth, --dropout and data"
+            )
+        model.load_state_dict(resume["model_state_dict"])
+        optimizer.load_state_dict(resume["optimizer_state_dict"])
+        step, epochs_done = resume["step"], resume["epoch"]
+        best_acc, best_epoch = resume["best_val_acc"], resume["best_epoch"]
+        history = {k: list(resume["history"][k]) for k in HISTORY_KEYS}
+        val_acc, val_loss = resume.get("val_acc"), resume.get("val_loss")
+        torch.set_rng_state(resume["rng"]["torch"])
+        if use_autocast and resume["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(resume["rng"]["cuda"])
+        print(f"Resumed from {args.resume}: epoch {epochs_done}, step {step}, best val acc {best_acc:.4f}", flush=True)
     reason = "completed"
 
     def save(kind: str, epoch: int) -> None:
@@ -386,19 +420,26 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
                 "val_acc": val_acc,
                 "val_loss": val_loss,
                 "config": model_config,
+                "step": step,
+                "best_val_acc": best_acc,
+                "best_epoch": best_epoch,
+                "history": history,
+                "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if use_autocast else None},
+                "data": {"train": meta, "val": val_split["meta"]},
             },
             path,
         )
         metrics.event("checkpoint", path=str(path), step=step, epoch=epoch, kind=kind)
 
-    for epoch in range(1, args.epochs + 1):
-        # 4a. One pass; with --augment every state is shown in a freshly drawn orientation.
+    # 5. Train, evaluate after every epoch, keep the best, stop early when it stops improving.
+    for epoch in range(epochs_done + 1, args.epochs + 1):
+        # 5a. One pass; with 8 views every state is shown in a freshly drawn orientation.
         t_epoch = time.time()
         rows = torch.arange(n_train, device=device)
         view = torch.randint(0, num_views, (n_train,), device=device)
-        x_train, y_train = x_views[view, rows], y_views[view, rows]  # (N, T), (N,)
+        x_train, y_train, p_train = x_views[view, rows], y_views[view, rows], p_views[view, rows]  # (N, T) (N,) (N, T)
         order = torch.randperm(n_train, device=device)
-        loss_sum = torch.zeros((), device=device)
+        loss_sum, aux_sum = torch.zeros((), device=device), torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
         for i in range(0, n_train, args.batch_size):
@@ -408,11 +449,19 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[i : i + args.batch_size]
-            xb, yb = x_train[idx].long(), y_train[idx]  # (B, T), (B,)
-            logits = model(xb)  # (B, 5)
-            loss = F.cross_entropy(logits, yb)
+            xb, yb, pb = x_train[idx].long(), y_train[idx], p_train[idx].long()  # (B, T), (B,), (B, T)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+                cells = model.cell_logits(xb).float()  # (B, T, 5)
+            logits = at_agent(cells, xb)  # (B, 5)
+            loss = total = F.cross_entropy(logits, yb)
+            if args.aux_weight:
+                # Every free cell's move is known, so each grid teaches 50-odd labels instead of one;
+                # walls and cells cut off from the goal are -1 and ignored.
+                aux = F.cross_entropy(cells.flatten(0, 1), pb.flatten(), ignore_index=-1)
+                total = loss + args.aux_weight * aux
+                aux_sum += aux.detach() * len(idx)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             if args.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
@@ -424,22 +473,23 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
         if stop.requested:
             break
         train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
+        aux_loss = {"aux_loss": aux_sum.item() / seen} if args.aux_weight else {}  # loss: the agent's cell only
         samples_per_s = seen / (time.time() - t_epoch)  # .item() above already waited for the device
 
-        # 4b. Validate, report, checkpoint.
+        # 5b. Validate, report, checkpoint.
         val_loss, val_acc = evaluate(model, x_test, y_test)
         epochs_done = epoch
         improved = val_acc > best_acc
         if improved:
             best_acc, best_epoch = val_acc, epoch
-        for key, value in zip(history, (train_loss, train_acc, val_loss, val_acc, lr), strict=True):
+        for key, value in zip(HISTORY_KEYS, (train_loss, train_acc, val_loss, val_acc, lr), strict=True):
             history[key].append(value)
         print(
             f"Epoch {epoch}/{args.epochs} - Train Loss: {train_loss:.4f}, Train Acc: {train_acc:.4f} "
             f"Val Loss: {val_loss:.4f}, Val Acc: {val_acc:.4f}" + (" *" if improved else ""),
             flush=True,
         )
-        metrics.log(step, "train", epoch=epoch, loss=train_loss, acc=train_acc, lr=lr, sps=samples_per_s)
+        metrics.log(step, "train", epoch=epoch, loss=train_loss, acc=train_acc, lr=lr, sps=samples_per_s, **aux_loss)
         metrics.log(step, "val", epoch=epoch, loss=val_loss, acc=val_acc)
         if improved:
             save("best", epoch)
@@ -450,7 +500,7 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
             print(f"Early stopping: no better val acc for {args.patience} epochs", flush=True)
             break
 
-    # 5. A stop request lands here mid-epoch: keep the weights, then say why we are exiting.
+    # 6. A stop request lands here mid-epoch: keep the weights, then say why we are exiting.
     if stop.requested:
         reason = "stopped"
         save("last", epochs_done)  # "epoch" stays the last completed one, so a resume starts at +1
