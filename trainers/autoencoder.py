@@ -46,7 +46,14 @@ import torch.nn.functional as F
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # lets tests import this file by path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trainkit import MetricsStream, StopFlag, atomic_torch_save, pick_device, seed_everything  # noqa: E402
+from trainkit import (  # noqa: E402
+    MetricsStream,
+    StopFlag,
+    atomic_torch_save,
+    pick_device,
+    run_trainer,
+    seed_everything,
+)
 
 ARCHS = ("baseline", "residual", "attention")
 DOWNSAMPLE = 8  # three stride-2 stages
@@ -600,18 +607,8 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: parses flags, runs training, records a crash as an ``error`` event."""
-    args = parse_args(argv)
-    stop = StopFlag()
-    metrics = MetricsStream()
-    try:
-        return train(args, metrics, stop)
-    except Exception as exc:
-        metrics.event("error", message=str(exc), type=type(exc).__name__)
-        raise
-    finally:
-        metrics.close()
-        stop.restore()
+    """Entry point: parses flags and runs training under the trainer contract (trainkit.run_trainer)."""
+    return run_trainer(train, parse_args(argv))
 
 
 if __name__ == "__main__":

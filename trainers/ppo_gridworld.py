@@ -77,6 +77,7 @@ from trainkit import (  # noqa: E402
     atomic_torch_save,
     atomic_write_json,
     pick_device,
+    run_trainer,
     seed_everything,
 )
 
@@ -910,18 +911,8 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> t
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: parses flags, runs training, records a crash as an ``error`` event."""
-    args = parse_args(argv)
-    stop = StopFlag()
-    metrics = MetricsStream()
-    try:
-        return train(args, metrics, stop)[0]
-    except Exception as exc:
-        metrics.event("error", message=str(exc), type=type(exc).__name__)
-        raise
-    finally:
-        metrics.close()
-        stop.restore()
+    """Entry point: parses flags and runs training under the trainer contract (trainkit.run_trainer)."""
+    return run_trainer(lambda a, m, s: train(a, m, s)[0], parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -190,3 +190,25 @@ def seed_everything(seed: int) -> None:
         pass
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)  # already implied by manual_seed; explicit for older builds
+
+
+def run_trainer(train: Any, args: Any) -> int:
+    """Runs ``train(args, metrics, stop)`` with the contract's plumbing around it.
+
+    Opens the metrics stream and installs the stop flag; a crash is written as an ``error``
+    event and re-raised (non-zero exit); the stream is closed and the signal handlers put back
+    whatever happens.
+
+    Returns:
+        What ``train`` returns: the process's exit code.
+    """
+    stop = StopFlag()
+    metrics = MetricsStream()
+    try:
+        return train(args, metrics, stop)
+    except Exception as exc:
+        metrics.event("error", message=str(exc), type=type(exc).__name__)
+        raise
+    finally:
+        metrics.close()
+        stop.restore()

@@ -49,6 +49,7 @@ from trainkit import (  # noqa: E402
     atomic_torch_save,
     atomic_write_json,
     pick_device,
+    run_trainer,
     seed_everything,
 )
 from trm_dataset import (  # noqa: E402, F401  (re-exported: the labels' vocabulary belongs with the policy)
@@ -519,18 +520,8 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: parses flags, runs training, records a crash as an ``error`` event."""
-    args = parse_args(argv)
-    stop = StopFlag()
-    metrics = MetricsStream()
-    try:
-        return train(args, metrics, stop)
-    except Exception as exc:
-        metrics.event("error", message=str(exc), type=type(exc).__name__)
-        raise
-    finally:
-        metrics.close()
-        stop.restore()
+    """Entry point: parses flags and runs training under the trainer contract (trainkit.run_trainer)."""
+    return run_trainer(train, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -438,3 +438,18 @@ def test_pick_device_validates_explicit_requests():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA/ROCm GPU"):
             trainkit.pick_device("cuda")
+
+
+def test_run_trainer_records_a_crash_as_an_error_event_and_reraises(tmp_path, monkeypatch):
+    metrics_file = tmp_path / "m.jsonl"
+    monkeypatch.setenv("TRAINGUARD_METRICS", str(metrics_file))
+
+    def train(args, metrics, stop):
+        metrics.log(1, "train", loss=1.0)
+        raise RuntimeError("CUDA out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainkit.run_trainer(train, None)
+    last = json.loads(metrics_file.read_text().splitlines()[-1])
+    assert last["event"] == "error" and last["type"] == "RuntimeError" and "out of memory" in last["message"]
+    assert trainkit.run_trainer(lambda a, m, s: 0, None) == 0
