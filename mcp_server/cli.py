@@ -2,6 +2,7 @@
 
     trainguard train 1 [--set lr=5e-4 ...] [--detach]   pre-flight, launch, follow, summarise
     trainguard preflight 1 [--set ...]                   the checks alone
+    trainguard memory 2 [--set batch_size=16]            peak-memory estimate and the largest batch that fits
     trainguard prepare 2                                 create missing data (e.g. the image folder)
     trainguard runs | status RUN | stop RUN | summary RUN | gpu | experiments
     trainguard serve                                     MCP over stdio (what the plugin starts)
@@ -20,7 +21,7 @@ from pydantic import BaseModel
 
 from mcp_server import gpu, paths, prepare, registry, runs
 from mcp_server.errors import InvalidInput, TrainguardError
-from mcp_server.preflight import PreflightReport, run_preflight
+from mcp_server.preflight import PreflightReport, estimate_memory, run_preflight
 from mcp_server.rundir import TERMINAL, open_run
 
 MARK = {"pass": "ok  ", "warn": "WARN", "fail": "FAIL"}
@@ -132,6 +133,24 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     return 1 if report.verdict == "fail" else 0
 
 
+def cmd_memory(args: argparse.Namespace) -> int:
+    est = estimate_memory(args.experiment, _parse_sets(args.set))
+    if args.json:
+        _emit_json(est)
+        return 0
+    print(f"Memory for {est.experiment} on {est.target} ({est.method} trace, {est.seconds:.1f} s):")
+    print(f"  [{MARK[est.verdict]}] {est.detail}")
+    if est.fix and est.verdict != "pass":
+        print(f"         fix: {est.fix}")
+    if est.note:
+        print(f"  note: {est.note}")
+    print(f"  {est.batch_param:>12}  {'need':>10}  fits")
+    for row in est.table:
+        fits = "?" if row.fits is None else ("yes" if row.fits else "no")
+        print(f"  {row.batch_size:>12}  {row.need_bytes / 2**30:>6.2f} GiB  {fits}")
+    return 1 if est.verdict == "fail" else 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     result = prepare.prepare_data(args.experiment, _parse_sets(args.set))
     if args.json:
@@ -236,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("serve", cmd_serve, "serve MCP over stdio (what the Claude Code plugin starts)")
     for name, fn, help_ in (("train", cmd_train, "pre-flight, launch and follow an experiment"),
                             ("preflight", cmd_preflight, "run the pre-flight checks only"),
+                            ("memory", cmd_memory, "estimate peak memory and the largest batch that fits"),
                             ("prepare", cmd_prepare, "create the data an experiment needs, if missing")):
         p = add(name, fn, help_)
         p.add_argument("experiment", help="N, NNN or NNN-slug")

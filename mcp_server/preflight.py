@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from mcp_server import gpu, paths, registry, rules
+from mcp_server import gpu, memory, paths, registry, rules
 from mcp_server.errors import InvalidInput
 from mcp_server.specs import Scalar, TrainerSpec, resolve_config
 
@@ -316,6 +316,51 @@ def _gpu_check(report: gpu.GpuReport) -> Check:
     return Check(name="gpu", verdict="pass", detail="; ".join(free) or report.note)
 
 
+def resolve(
+    experiment: str, overrides: dict[str, Any], project: Path
+) -> tuple[registry.Experiment, TrainerSpec, dict[str, Scalar | None], str]:
+    """The experiment, its trainer spec, the config with the overrides applied, and the interpreter.
+
+    Raises:
+        NotFound / InvalidInput: for an unknown experiment or a bad override.
+    """
+    exp = registry.load_experiment(experiment, project)
+    spec = registry.load_trainer(exp.trainer, project)
+    config = resolve_config(spec, [(f"experiment {exp.id}", exp.args), ("overrides", overrides)], project)
+    return exp, spec, config, trainer_python(exp, project)
+
+
+def _memory_check(exp_id: str, spec: TrainerSpec, config: dict[str, Any], python: str, project: Path,
+                  torch_info: dict[str, Any], gpus: gpu.GpuReport) -> Check:
+    if spec.memory is None:
+        return Check(name="memory", verdict="pass",
+                     detail=f"no estimate: trainer {spec.name} has no [memory] table (README: Estimating memory)")
+    try:
+        est = memory.estimate(exp_id, spec, config, python, project, torch_info, gpus)
+    except memory.ProbeFailed as exc:
+        return Check(name="memory", verdict="warn", detail=f"no estimate: {exc}",
+                     fix="Fix the trainer's memory_step, or watch the first epoch's memory with gpu_status.")
+    return Check(name="memory", verdict=est.verdict, detail=est.detail, fix=est.fix)
+
+
+def estimate_memory(experiment: str, overrides: dict[str, Any] | None = None,
+                    project: Path | None = None) -> memory.MemoryEstimate:
+    """`estimate_memory`: the memory table for an experiment with its overrides.
+
+    Raises:
+        NotFound / InvalidInput: bad experiment or override; ProbeFailed: no estimate possible.
+    """
+    project = project or paths.project_root()
+    exp, spec, config, python = resolve(experiment, dict(overrides or {}), project)
+    torch_info = probe_torch(python)
+    if "torch" not in torch_info:
+        raise memory.ProbeFailed(
+            f"torch does not import with {python}: "
+            f"{torch_info.get('torch_error') or torch_info.get('interpreter_error')}; run preflight for the fix."
+        )
+    return memory.estimate(exp.id, spec, config, python, project, torch_info, gpu.gpu_report())
+
+
 def run_preflight(
     experiment: str, overrides: dict[str, Any] | None = None, project: Path | None = None
 ) -> tuple[PreflightReport, registry.Experiment, TrainerSpec]:
@@ -326,10 +371,7 @@ def run_preflight(
     """
     project = project or paths.project_root()
     overrides = dict(overrides or {})
-    exp = registry.load_experiment(experiment, project)
-    spec = registry.load_trainer(exp.trainer, project)
-    config = resolve_config(spec, [(f"experiment {exp.id}", exp.args), ("overrides", overrides)], project)
-    python = trainer_python(exp, project)
+    exp, spec, config, python = resolve(experiment, overrides, project)
 
     changed = [f"{k}={config[k]!r}" for k in overrides]
     checks = [
@@ -345,7 +387,10 @@ def run_preflight(
     fired = rules.fired(spec.danger, config)
     checks += _rule_checks(spec, config, fired)
     gpus = gpu.gpu_report()
-    checks += _interpreter_checks(python, probe_torch(python), config, gpus)
+    torch_info = probe_torch(python)
+    checks += _interpreter_checks(python, torch_info, config, gpus)
+    if "torch" in torch_info:
+        checks.append(_memory_check(exp.id, spec, config, python, project, torch_info, gpus))
     checks += _data_checks(exp.id, spec, config, project)
     checks.append(_output_check(paths.runs_root(project)))
     checks.append(_gpu_check(gpus))

@@ -18,9 +18,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel
 
-from mcp_server import __version__, gpu, metrics, paths, prepare, registry, runs, scratchpad
+from mcp_server import __version__, gpu, memory, metrics, paths, prepare, registry, runs, scratchpad
 from mcp_server.errors import TrainguardError
-from mcp_server.preflight import PreflightReport, run_preflight
+from mcp_server.preflight import PreflightReport, estimate_memory as _estimate_memory, run_preflight
 from mcp_server.specs import Scalar
 
 log = logging.getLogger("trainguard.server")
@@ -122,6 +122,17 @@ def preflight(experiment: str | int, overrides: dict[str, Scalar] | None = None)
     subprocess). A bad experiment or parameter raises an error that says what to pass instead."""
     report, _, _ = run_preflight(str(experiment), overrides)
     return report
+
+
+@tool(READ_ONLY)
+def estimate_memory(experiment: str | int, overrides: dict[str, Scalar] | None = None) -> memory.MemoryEstimate:
+    """Estimate an experiment's peak memory before launching it: one training step is traced
+    under PyTorch's fake tensors (nothing is computed or allocated) at two batch sizes, then the
+    device context and an allocator margin are added. Returns the need at the configured batch
+    size, what the GPU (or, for CPU training, the host) has free, the largest batch size that
+    fits, and a small table of batch sizes. Use it before raising batch size, image size or model
+    size. Takes a few seconds. preflight runs the same estimate as its `memory` check."""
+    return _estimate_memory(str(experiment), overrides)
 
 
 @tool(WRITES)

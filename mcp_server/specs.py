@@ -67,6 +67,17 @@ class ParamSpec(BaseModel):
         return self
 
 
+class MemorySpec(BaseModel):
+    """How pre-flight estimates a trainer's peak memory (trainers/memprobe.py runs it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    script: str = Field(description="the file defining the function, e.g. '{trainer_dir}/train.py'")
+    function: str = Field(default="memory_step", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    batch_param: str = Field(default="batch_size", description="the int parameter the estimate varies")
+    batch_default: int | None = Field(default=None, ge=1, description="its value when the config leaves it unset")
+
+
 class TrainerSpec(BaseModel):
     """A trainer: its command template, parameters and where its metrics go."""
 
@@ -86,6 +97,7 @@ class TrainerSpec(BaseModel):
     )
     known_good: dict[str, KnownGood] = Field(default_factory=dict)
     danger: list[DangerRule] = Field(default_factory=list)
+    memory: MemorySpec | None = None
     source: Path | None = None
 
     @field_validator("params")
@@ -112,6 +124,9 @@ class TrainerSpec(BaseModel):
             for name in rule.when:
                 if name not in self.params:
                     raise ValueError(f"danger rule {rule.id!r} tests {name!r}, which is not a parameter")
+        if self.memory and (self.memory.batch_param not in self.params
+                            or self.params[self.memory.batch_param].type != "int"):
+            raise ValueError(f"memory.batch_param {self.memory.batch_param!r} must name an int parameter")
         return self
 
     @property

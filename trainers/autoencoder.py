@@ -360,28 +360,36 @@ def latent_report(latent_channels: int, image_size: int) -> dict:
     return {"latent_shape": list(shape), "latent_values": values, "compression_ratio": 3 * image_size**2 / values}
 
 
-def build_model_and_batch(
-    config: dict, batch_size: int, device: str = "cpu"
-) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """One training batch's worth of model and data, without reading any image.
+def memory_step(argv: list[str], batch_size: int, device: str = "cpu"):
+    """One training step as the loop runs it, for pre-flight's memory estimate (trainers/memprobe.py).
 
-    Pre-flight checks use this to measure the memory of a forward/backward pass.
+    Builds what training keeps on the device: the model, its optimizer, the train and val
+    images as uint8 (counted in --data-dir, or none when it is missing) and one float batch.
 
     Args:
-        config: arch, base_channels, latent_channels, image_size (missing keys take the defaults).
-        batch_size: Images in the batch.
-        device: Where to put the model and tensors.
+        argv: The flags the run gets (parsed with this trainer's own parser).
+        batch_size: Images per step; replaces --batch-size.
+        device: Where to build everything.
 
     Returns:
-        The model in train mode, images (B, 3, S, S) in [0, 1] and the targets, which are the images.
+        A closure running one optimizer step: forward, MSE, backward, clipping, update.
     """
-    defaults = vars(parse_args([]))
-    cfg = {k: config.get(k, defaults[k]) for k in MODEL_KEYS}
-    model = create_model(**cfg).to(device).train()
+    args = parse_args(argv)
+    data = Path(args.data_dir)
+    n_train = len(find_images(data / "train")) if (data / "train").is_dir() else 0
+    n_val = len(find_images(data / "val")) if (data / "val").is_dir() else 0
+    n_train = max(1, round(args.data_fraction * n_train)) if n_train else 0
+    size = args.image_size
+    resident = torch.zeros(n_train + n_val, 3, size, size, dtype=torch.uint8, device=device)  # the images
+    model = create_model(**{k: getattr(args, k) for k in MODEL_KEYS}).to(device).train()
+    optimizer = make_optimizer(model, args.optimizer, args.lr, args.weight_decay)
     gen = torch.Generator().manual_seed(0)  # random but reproducible, and leaves the global RNG alone
-    size = cfg["image_size"]
     images = torch.rand(batch_size, 3, size, size, generator=gen).to(device)  # (B, 3, S, S)
-    return model, images, images
+
+    def step(_resident=resident):  # the default argument keeps the images alive with the step
+        return train_step(model, optimizer, images, args.max_grad_norm, lambda: autocast_for(device, args.amp))
+
+    return step
 
 
 # ---------------------------------------------------------------------------- training pieces

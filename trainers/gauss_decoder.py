@@ -503,32 +503,6 @@ def create_model(num_gaussians: int = 256, image_size: int = 128, width: int = 6
     return GaussDecoder(num_gaussians, image_size, width, renderer, phase_blending)
 
 
-def build_model_and_batch(
-    config: dict, batch_size: int, device: str = "cpu"
-) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """One training batch's worth of model and data, without reading the dataset.
-
-    Pre-flight checks use this to measure the memory of a forward/backward pass:
-    ``F.mse_loss(model(inputs), targets).backward()`` renders with the configured renderer.
-
-    Args:
-        config: num_gaussians, image_size, width, renderer, use_phase_blending, experiment
-            (missing keys take the command-line defaults and the experiment's preset).
-        batch_size: Images in the batch.
-        device: Where to put the model and tensors.
-
-    Returns:
-        The model in train mode, images (B, 3, S, S) and the same images as targets.
-    """
-    experiment = ["--experiment", str(config["experiment"])] if config.get("experiment") is not None else []
-    defaults = vars(parse_args(experiment))
-    cfg = {k: config[k] if config.get(k) is not None else defaults[k] for k in defaults}
-    model = create_model(*(cfg[k] for k in MODEL_KEYS), cfg["renderer"], cfg["use_phase_blending"]).to(device).train()
-    gen = torch.Generator().manual_seed(0)  # random but reproducible, and leaves the global RNG alone
-    images = torch.rand(batch_size, 3, cfg["image_size"], cfg["image_size"], generator=gen).to(device)  # (B, 3, S, S)
-    return model, images, images
-
-
 # ---------------------------------------------------------------------------- losses and evaluation
 
 
@@ -553,6 +527,49 @@ def losses(model: GaussDecoder, x: torch.Tensor, args: argparse.Namespace, autoc
     phase = fourier_magnitude_loss(image, x) if args.phase_retrieval_weight > 0 else torch.zeros((), device=x.device)
     total = recon + args.occ_weight * occ + args.phase_retrieval_weight * phase
     return {"loss": total, "recon_loss": recon, "occ_loss": occ, "phase_loss": phase, "image": image, "alpha": alpha}
+
+
+def train_step(
+    model: GaussDecoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, args: argparse.Namespace, autocast,
+    skip_nonfinite: bool = True,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimizer step on images x (B, 3, S, S); a step whose gradient is not finite is skipped.
+
+    Args:
+        skip_nonfinite: Read the gradient norm and skip the update when it is not finite. The
+            memory probe turns it off: fake tensors hold no number to read, and it costs no memory.
+
+    Returns:
+        The loss parts (see losses) and the gradient norm before clipping (0-d).
+    """
+    parts = losses(model, x, args, autocast)
+    optimizer.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    clip = args.grad_clip if args.grad_clip > 0 else math.inf
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if not skip_nonfinite or torch.isfinite(grad_norm):
+        optimizer.step()
+    return parts, grad_norm
+
+
+def memory_step(argv: list[str], batch_size: int, device: str = "cpu"):
+    """One training step as the loop runs it, for pre-flight's memory estimate (trainers/memprobe.py).
+
+    The images stay on the CPU and only each batch moves, so the device holds the model, Adam
+    and one batch. The tile renderer's size depends on where the Gaussians land, so the probe
+    traces it with real tensors on the CPU (random images, untrained model).
+
+    Returns:
+        A closure running one optimizer step with the configured renderer and losses.
+    """
+    args = parse_args(argv)
+    model = create_model(*(getattr(args, k) for k in MODEL_KEYS), args.renderer, args.use_phase_blending)
+    model = model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    gen = torch.Generator().manual_seed(0)  # random but reproducible, and leaves the global RNG alone
+    x = torch.rand(batch_size, 3, args.image_size, args.image_size, generator=gen).to(device)  # (B, 3, S, S)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    return lambda: train_step(model, optimizer, x, args, autocast, skip_nonfinite=False)
 
 
 @torch.no_grad()
@@ -672,15 +689,10 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
             x = train_images[idx].to(device).float() / 255.0  # (B, 3, S, S)
             flip = torch.rand(len(idx)) < 0.5
             x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
-            parts = losses(model, x, args, autocast)
-            optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            clip = args.grad_clip if args.grad_clip > 0 else math.inf
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
-            if not torch.isfinite(grad_norm):  # a NaN step would poison the weights for good; skip it
+            parts, grad_norm = train_step(model, optimizer, x, args, autocast)
+            if not torch.isfinite(grad_norm):  # a NaN step would poison the weights for good; it was skipped
                 skipped += 1
                 continue
-            optimizer.step()
             step += 1
             batches += 1
             seen += len(idx)

@@ -482,40 +482,33 @@ class ActorCritic(nn.Module):
         return out[: self.n_actions], out[self.n_actions]  # (A, B), (B,)
 
 
-def build_model_and_batch(
-    config: dict, batch_size: int, device: str = "cpu"
-) -> tuple[nn.Module, torch.Tensor, dict[str, torch.Tensor]]:
-    """One PPO minibatch's worth of model and data, without running the environment.
+def memory_step(argv: list[str], batch_size: int, device: str = "cpu"):
+    """One PPO update as the loop runs it, for pre-flight's memory estimate (trainers/memprobe.py).
 
-    Pre-flight checks use this to measure the memory of a forward/backward pass.
-
-    Args:
-        config: mode, hidden_size, hidden_layers, view_radius (missing keys take the defaults).
-        batch_size: Rows in the minibatch.
-        device: Where to put the model and tensors.
+    The "batch" is --n-envs: the worlds, the rollout buffers (steps_per_env x n_envs) and the
+    minibatches all grow with it. Builds the first mode's worlds, model and fused Adam.
 
     Returns:
-        The model in train mode, observations (B, obs_dim) float32, and the rest of a PPO
-        minibatch: actions (B,) int64, logp, advantages and returns (B,) float32.
+        A closure running one rollout, its advantages and the k_epochs of minibatch updates.
     """
-    defaults, _ = load_config(None)
-    cfg = {**defaults["ppo"], **defaults["env"], "mode": "ground_truth", **config}
-    view = 2 * cfg["view_radius"] + 1
-    channels = N_CELL_TYPES if MODES[cfg["mode"]].obs == "onehot" else 1
-    model = ActorCritic(view * view * channels, cfg["hidden_size"], hidden_layers=cfg["hidden_layers"])
-    model = model.to(device).train()
-    gen = torch.Generator().manual_seed(0)  # random but reproducible, and leaves the global RNG alone
-    obs = (torch.rand(batch_size, view * view * channels, generator=gen) < 0.1).float().to(device)  # (B, D)
-    batch = {
-        "actions": torch.randint(0, len(MOVES), (batch_size,), generator=gen).to(device),  # (B,)
-        "logp": torch.full((batch_size,), -math.log(len(MOVES))).to(device),  # (B,)
-        "advantages": torch.randn(batch_size, generator=gen).to(device),  # (B,)
-        "returns": torch.randn(batch_size, generator=gen).to(device),  # (B,)
-    }
-    return model, obs, batch
+    args = parse_args([*argv, "--n-envs", str(batch_size)])
+    cfg, _ = load_config(args.config)
+    cfg = resolve(args, cfg)
+    ppo, dev = cfg["ppo"], torch.device(device)
+    env = make_env(args.modes[0], ppo["n_envs"], cfg, device, seed=args.seed)
+    model = ActorCritic(env.obs_dim, ppo["hidden_size"], hidden_layers=ppo["hidden_layers"]).to(dev)
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=ppo["learning_rate"], eps=1e-5, fused=dev.type in ("cpu", "cuda"))
+    obs_buf = torch.empty(ppo["steps_per_env"], env.n, env.obs_dim, device=dev)  # (T, N, D), reused
+    state = {"obs": env.observe()}
 
+    def step() -> dict[str, float]:
+        buf, state["obs"] = collect_rollout(model, env, state["obs"], obs_buf, ppo["gamma"], False)
+        adv, returns = gae(buf, ppo["gamma"], ppo["gae_lambda"])
+        return ppo_update(model, params, optimizer, buf, adv, returns, ppo, ppo["eps_clip"],
+                          ppo["entropy_initial"], False)
 
-# ---------------------------------------------------------------------------- PPO
+    return step
 
 
 def entropy_coef(progress: float, ppo: dict) -> float:

@@ -310,6 +310,72 @@ def build_model_and_batch(
 # ---------------------------------------------------------------------------- training
 
 
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor, pb: torch.Tensor,
+    args: argparse.Namespace, use_autocast: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One optimizer step on tokens xb (B, T), labels yb (B,) and per-cell policy pb (B, T).
+
+    Returns:
+        The action loss and the auxiliary loss (None without --aux-weight), both detached 0-d,
+        and the logits at the agent (B, 5), detached.
+    """
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+        cells = model.cell_logits(xb).float()  # (B, T, 5)
+    logits = at_agent(cells, xb)  # (B, 5)
+    loss = total = F.cross_entropy(logits, yb)
+    aux = None
+    if args.aux_weight:
+        # Every free cell's move is known, so each grid teaches 50-odd labels instead of one;
+        # walls and cells cut off from the goal are -1 and ignored.
+        aux = F.cross_entropy(cells.flatten(0, 1), pb.flatten(), ignore_index=-1)
+        total = loss + args.aux_weight * aux
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if args.grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    optimizer.step()
+    return loss.detach(), None if aux is None else aux.detach(), logits.detach()
+
+
+def memory_step(argv: list[str], batch_size: int, device: str = "cpu"):
+    """One training step as the loop runs it, for pre-flight's memory estimate (trainers/memprobe.py).
+
+    Builds what training keeps on the device: the data (8 views with --augment) as the loop
+    holds it, one epoch's gathered copy, the model, AdamW and one batch. With --train-path the
+    sizes come from the flags' counts, not the file.
+
+    Returns:
+        A closure running one optimizer step.
+    """
+    args = parse_args(argv)
+    args.batch_size = batch_size
+    views, cells = (8 if args.augment else 1), args.grid_size**2
+    n, m = args.num_train, args.num_test
+    resident = [
+        torch.zeros(views, n, cells, dtype=torch.uint8, device=device),  # x_views
+        torch.zeros(views, n, dtype=torch.int64, device=device),  # y_views
+        torch.zeros(views, n, cells, dtype=torch.int8, device=device),  # p_views
+        torch.zeros(m, cells, dtype=torch.uint8, device=device),  # x_test
+        torch.zeros(m, dtype=torch.int64, device=device),  # y_test
+        torch.zeros(n, cells, dtype=torch.uint8, device=device),  # this epoch's x_train
+        torch.zeros(n, dtype=torch.int64, device=device),  # y_train
+        torch.zeros(n, cells, dtype=torch.int8, device=device),  # p_train
+    ]
+    model = create_model(args.grid_size, args.dim, args.depth, args.dropout).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    gen = torch.Generator().manual_seed(0)  # random but reproducible, and leaves the global RNG alone
+    xb = torch.randint(0, 4, (batch_size, cells), generator=gen).to(device)  # (B, T)
+    yb = torch.randint(0, len(ACTIONS), (batch_size,), generator=gen).to(device)  # (B,)
+    pb = torch.randint(-1, len(ACTIONS), (batch_size, cells), generator=gen).to(device)  # (B, T)
+    use_autocast = device.startswith("cuda")
+
+    def step(_resident=resident):  # the default argument keeps the data alive with the step
+        return train_step(model, optimizer, xb, yb, pb, args, use_autocast)
+
+    return step
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over (x, y), in eval mode (no dropout)."""
@@ -451,24 +517,12 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
                 group["lr"] = lr
             idx = order[i : i + args.batch_size]
             xb, yb, pb = x_train[idx].long(), y_train[idx], p_train[idx].long()  # (B, T), (B,), (B, T)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
-                cells = model.cell_logits(xb).float()  # (B, T, 5)
-            logits = at_agent(cells, xb)  # (B, 5)
-            loss = total = F.cross_entropy(logits, yb)
-            if args.aux_weight:
-                # Every free cell's move is known, so each grid teaches 50-odd labels instead of one;
-                # walls and cells cut off from the goal are -1 and ignored.
-                aux = F.cross_entropy(cells.flatten(0, 1), pb.flatten(), ignore_index=-1)
-                total = loss + args.aux_weight * aux
-                aux_sum += aux.detach() * len(idx)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if args.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            optimizer.step()
+            loss, aux, logits = train_step(model, optimizer, xb, yb, pb, args, use_autocast)
+            if aux is not None:
+                aux_sum += aux * len(idx)
             step += 1
             # Accumulate on the device: .item() here would be a CPU-GPU sync point every batch.
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += loss * len(idx)
             correct += (logits.argmax(-1) == yb).sum()
             seen += len(idx)
         if stop.requested:

@@ -1,0 +1,230 @@
+"""Will the run fit? Peak memory of one training step, estimated before launch.
+
+`trainers/memprobe.py` traces the trainer's `memory_step` under PyTorch's fake tensors in a
+subprocess with the trainer's own interpreter (the server never imports torch) at two batch
+sizes. Peak memory is linear in the batch size for these models (weights, gradients and
+optimizer state are fixed; activations and batches grow with it), so two points give the
+fixed part and the part per sample; the estimate adds the device's runtime context and an
+allocator margin, and compares the need with what the target device has free.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+from pydantic import BaseModel
+
+from mcp_server import gpu, paths
+from mcp_server.errors import TrainguardError
+from mcp_server.specs import TrainerSpec, build_argv, expand
+
+Verdict = Literal["pass", "warn", "fail"]
+MIB = 2**20
+GIB = 2**30
+# A GPU process holds its runtime before the first tensor: the CUDA/HIP context, kernels and
+# cuBLAS/cuDNN handles, 0.3-0.7 GB by card and version (DESIGN.md). The CPU runtime of torch
+# is smaller. Calibrate with bench/bench_memory.py on a real GPU.
+CONTEXT_BYTES = {"gpu": 512 * MIB, "cpu": 256 * MIB}
+# The caching allocator rounds blocks up and fragments; tensors alone undercount the reserve.
+ALLOCATOR_MARGIN = 0.10
+WARN_FRACTION = 0.90  # a need above this share of the free memory is too close to call
+PROBE_TIMEOUT_S = 180
+PROBE_TTL_S = 600
+MEMPROBE = paths.PLUGIN_ROOT / "trainers" / "memprobe.py"
+_cache: dict[tuple, tuple[float, dict[str, Any]]] = {}
+
+
+class ProbeFailed(TrainguardError):
+    """The memory probe could not trace the step; the message carries its error."""
+
+
+class MemoryRow(BaseModel):
+    batch_size: int
+    need_bytes: int
+    fits: bool | None
+
+
+class MemoryEstimate(BaseModel):
+    """The estimate for one experiment's config on the device it would train on."""
+
+    experiment: str
+    batch_param: str
+    batch_size: int
+    method: Literal["fake", "real-cpu"]
+    traced_bytes: dict[int, int]
+    fixed_bytes: int
+    per_sample_bytes: int
+    tensor_bytes: int
+    context_bytes: int
+    margin_bytes: int
+    need_bytes: int
+    target: str
+    free_bytes: int | None
+    total_bytes: int | None
+    largest_batch: int | None
+    verdict: Verdict
+    detail: str
+    fix: str | None
+    table: list[MemoryRow]
+    note: str | None
+    seconds: float
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 4 else f"{n / MIB:.0f} MiB"
+
+
+def probe_flags(spec: TrainerSpec, config: dict[str, Any], python: str, project: Path) -> list[str]:
+    """The flags the run would get (its argv after the command template), without an output dir."""
+    argv = build_argv(spec, config, python=python, project=project, output_dir=None)
+    return argv[len(expand(spec.command, python=python, trainer_dir=spec.trainer_dir, project=project)) :]
+
+
+def run_probe(python: str, script: Path, function: str, flags: list[str], batch_sizes: list[int],
+              cwd: Path) -> dict[str, Any]:
+    """Run trainers/memprobe.py with the trainer's interpreter; cached while the script is unchanged.
+
+    Raises:
+        ProbeFailed: with the probe's own error or the end of its stderr.
+    """
+    try:
+        key = (python, str(script), script.stat().st_mtime, tuple(flags), tuple(batch_sizes), function)
+    except OSError as exc:
+        raise ProbeFailed(f"memory.script {script}: {exc.strerror}; fix the [memory] table of the spec.") from None
+    cached = _cache.get(key)
+    if cached and time.monotonic() - cached[0] < PROBE_TTL_S:
+        return cached[1]
+    limit = min(psutil.virtual_memory().available // 2, 8 * GIB)
+    argv = [python, str(MEMPROBE), str(script), "--function", function, "--batch-sizes",
+            *map(str, batch_sizes), "--real-limit-bytes", str(limit), "--", *flags]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, cwd=cwd,
+                             stdin=subprocess.DEVNULL, check=False, env=_probe_env())
+    except subprocess.TimeoutExpired:
+        raise ProbeFailed(f"the memory probe took over {PROBE_TIMEOUT_S} s; the step is too slow to trace") from None
+    except OSError as exc:
+        raise ProbeFailed(f"cannot start {python}: {exc.strerror}") from None
+    lines = out.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        result = {}
+    if "error" in result or "peaks" not in result:
+        stderr = " ".join(out.stderr.strip().splitlines()[-3:])[-500:]
+        why = result.get("error") or f"exit {out.returncode}"
+        raise ProbeFailed(f"memory probe of {script.name}:{function} failed: {why}" + (f" ({stderr})" if stderr else ""))
+    _cache[key] = (time.monotonic(), result)
+    return result
+
+
+def _probe_env() -> dict[str, str]:
+    from mcp_server.procs import child_env
+
+    # The probe never touches a GPU; hiding it keeps a CUDA context out of the probe.
+    return {**child_env({}), "CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
+
+
+def _target(config: dict[str, Any], torch_info: dict[str, Any], report: gpu.GpuReport
+            ) -> tuple[str, str, int | None, int | None]:
+    """(kind, name, free, total) of the device the run would use: GPU 0 when torch sees one, else host RAM."""
+    wants_gpu = config.get("device") not in ("cpu", "mps")
+    if wants_gpu and (torch_info.get("devices") or report.devices):
+        if report.devices:
+            d = report.devices[0]
+            free = None if d.memory_total_bytes is None or d.memory_used_bytes is None else (
+                d.memory_total_bytes - d.memory_used_bytes)
+            return "gpu", f"GPU {d.index} ({d.name})", free, d.memory_total_bytes
+        return "gpu", f"GPU 0 ({torch_info['devices'][0]})", None, None
+    vm = psutil.virtual_memory()
+    return "cpu", "host RAM (CPU training)", vm.available, vm.total
+
+
+def estimate(
+    exp_id: str, spec: TrainerSpec, config: dict[str, Any], python: str, project: Path,
+    torch_info: dict[str, Any], report: gpu.GpuReport,
+) -> MemoryEstimate:
+    """Trace, fit, and compare the need with the target's free memory.
+
+    Raises:
+        ProbeFailed: when the trainer has no [memory] table or the probe fails.
+    """
+    if spec.memory is None:
+        raise ProbeFailed(
+            f"trainer {spec.name!r} has no [memory] table; add one naming a memory_step function "
+            "(README: 'Estimating memory') to get an estimate."
+        )
+    mem = spec.memory
+    batch = config.get(mem.batch_param) or mem.batch_default
+    if not isinstance(batch, int):
+        raise ProbeFailed(f"{mem.batch_param} is unset; pass it as an override or set memory.batch_default.")
+    script = Path(expand([mem.script], python=python, trainer_dir=spec.trainer_dir, project=project)[0])
+    flags = probe_flags(spec, config, python, project)
+    result = run_probe(python, script, mem.function, flags, sorted({batch, 2 * batch}), project)
+    traced = {int(b): int(p) for b, p in result["peaks"].items()}
+
+    kind, target, free, total = _target(config, torch_info, report)
+    context = CONTEXT_BYTES[kind]
+    notes = []
+    if result["method"] == "real-cpu":
+        notes.append(f"fake tensors could not trace the step ({result['fallback_reason']}); measured a real "
+                     f"CPU step at batch {', '.join(map(str, traced))} and extrapolated")
+    exceeded = result.get("exceeded")
+    if len(traced) >= 2:
+        (b1, p1), (b2, p2) = sorted(traced.items())[:2]
+        per_sample = max(0, round((p2 - p1) / (b2 - b1)))
+        fixed = max(0, p1 - per_sample * b1)
+    else:  # a real step that outgrew the probe's limit, or a single point
+        b1, p1 = next(iter(traced.items())) if traced else (1, exceeded["bytes"] if exceeded else 0)
+        per_sample, fixed = round(p1 / b1), 0
+    if exceeded:
+        notes.append(f"a real CPU step at batch {exceeded['batch_size']} passed {_gib(exceeded['bytes'])} and was "
+                     "stopped: the need is at least that")
+
+    def need(b: int) -> int:
+        tensors = fixed + per_sample * b
+        return int(tensors * (1 + ALLOCATOR_MARGIN)) + context
+
+    tensor_bytes = fixed + per_sample * batch
+    if exceeded:
+        tensor_bytes = max(tensor_bytes, exceeded["bytes"] * batch // max(1, exceeded["batch_size"]))
+    need_bytes = int(tensor_bytes * (1 + ALLOCATOR_MARGIN)) + context
+    bmax = int(spec.params[mem.batch_param].max or 1 << 20)
+    largest = None
+    if free is not None:
+        room = free - context - fixed * (1 + ALLOCATOR_MARGIN)
+        largest = bmax if per_sample == 0 and room > 0 else (
+            max(0, min(bmax, math.floor(room / (per_sample * (1 + ALLOCATOR_MARGIN))))) if per_sample else 0)
+    rows = sorted({b for b in (batch // 4, batch // 2, batch, 2 * batch, 4 * batch, largest or 0) if 1 <= b <= bmax})
+    table = [MemoryRow(batch_size=b, need_bytes=need(b), fits=None if free is None else need(b) <= free) for b in rows]
+
+    head = (f"needs ~{_gib(need_bytes)} at {mem.batch_param}={batch} ({_gib(tensor_bytes)} of tensors + "
+            f"{_gib(context)} context + {ALLOCATOR_MARGIN:.0%} margin)")
+    fits_text = f"largest {mem.batch_param} that fits ~{largest}" if largest else "not even batch 1 fits"
+    fix = None
+    if free is None:
+        verdict: Verdict = "warn"
+        detail = f"{head}; free memory of {target} unknown"
+        fix = "Check the card's free memory yourself (nvidia-smi / amd-smi) before a long run."
+    elif need_bytes > free:
+        verdict, detail = "fail", f"{head}, but {target} has {_gib(free)} free; {fits_text}"
+        fix = (f"Lower {mem.batch_param} to {largest} or less" if largest else
+               "Shrink the model or the inputs, or free the device") + (
+            ", or stop what else uses the GPU." if kind == "gpu" else ".")
+    elif need_bytes > WARN_FRACTION * free:
+        verdict, detail = "warn", f"{head}, close to the {_gib(free)} free on {target}; {fits_text}"
+        fix = f"Leave headroom: {mem.batch_param} {max(1, int((largest or 1) * 0.8))} or less."
+    else:
+        verdict, detail = "pass", f"{head}; {target} has {_gib(free)} free; {fits_text}"
+    return MemoryEstimate(
+        experiment=exp_id, batch_param=mem.batch_param, batch_size=batch, method=result["method"],
+        traced_bytes=traced, fixed_bytes=fixed, per_sample_bytes=per_sample, tensor_bytes=tensor_bytes,
+        context_bytes=context, margin_bytes=int(tensor_bytes * ALLOCATOR_MARGIN), need_bytes=need_bytes,
+        target=target, free_bytes=free, total_bytes=total, largest_batch=largest, verdict=verdict,
+        detail=detail, fix=fix, table=table, note="; ".join(notes) or None, seconds=result["seconds"],
+    )
