@@ -21,10 +21,10 @@ import psutil
 from pydantic import BaseModel
 
 from mcp_server import gpu, paths
+from mcp_server.checks import Verdict
 from mcp_server.errors import TrainguardError
 from mcp_server.specs import TrainerSpec, build_argv, expand
 
-Verdict = Literal["pass", "warn", "fail"]
 MIB = 2**20
 GIB = 2**30
 # A GPU process holds its runtime before the first tensor: the CUDA/HIP context, kernels and
@@ -118,7 +118,8 @@ def run_probe(python: str, script: Path, function: str, flags: list[str], batch_
     if "error" in result or "peaks" not in result:
         stderr = " ".join(out.stderr.strip().splitlines()[-3:])[-500:]
         why = result.get("error") or f"exit {out.returncode}"
-        raise ProbeFailed(f"memory probe of {script.name}:{function} failed: {why}" + (f" ({stderr})" if stderr else ""))
+        detail = f" ({stderr})" if stderr else ""
+        raise ProbeFailed(f"memory probe of {script.name}:{function} failed: {why}{detail}")
     _cache[key] = (time.monotonic(), result)
     return result
 

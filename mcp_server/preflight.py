@@ -13,15 +13,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server import gpu, memory, paths, registry, rules
+from mcp_server import datacheck, gpu, memory, paths, registry, rules
+from mcp_server.checks import Check, Verdict, overall
 from mcp_server.errors import InvalidInput
 from mcp_server.specs import Scalar, TrainerSpec, resolve_config
 
-Verdict = Literal["pass", "warn", "fail"]
 DISK_FAIL_BYTES = 200 * 2**20
 DISK_WARN_BYTES = 2 * 2**30
 PROBE_TIMEOUT_S = 90
@@ -30,7 +30,8 @@ PROBE_TTL_S = 300
 # Runs in the trainer's interpreter; prints one JSON object on its last line.
 _TORCH_PROBE = """
 import json, sys
-info = {"python": sys.version.split()[0], "executable": sys.executable}
+info = {"python": sys.version.split()[0], "executable": sys.executable, "prefix": sys.prefix,
+        "base_prefix": sys.base_prefix}
 try:
     import torch
 except Exception as exc:
@@ -47,15 +48,6 @@ else:
 print(json.dumps(info))
 """
 _probe_cache: dict[tuple[str, float], tuple[float, dict[str, Any]]] = {}
-
-
-class Check(BaseModel):
-    """One pre-flight check: its verdict, what it saw, and the fix when it is not a pass."""
-
-    name: str
-    verdict: Verdict
-    detail: str
-    fix: str | None = None
 
 
 class PreflightReport(BaseModel):
@@ -119,9 +111,31 @@ def probe_torch(python: str) -> dict[str, Any]:
     return info
 
 
+def _venv_check(python: str, info: dict[str, Any]) -> Check | None:
+    """The experiment names a venv's interpreter: it must exist and run as that venv."""
+    venv = Path(python).parent.parent
+    create = f"python3 -m venv {venv} && {venv}/bin/pip install torch (the build for your GPU)"
+    if "interpreter_error" in info:
+        return Check(name="interpreter", verdict="fail", detail=f"the experiment's venv: {info['interpreter_error']}",
+                     fix=f"Create the venv: {create}; or fix the experiment's `python`.")
+    if not (venv / "pyvenv.cfg").is_file():
+        return Check(name="interpreter", verdict="fail",
+                     detail=f"{python} is not in a venv ({venv}/pyvenv.cfg is missing)",
+                     fix=f"Create the venv: {create}; or point `python` at a venv's bin/python.")
+    if Path(info["prefix"]).resolve() != venv.resolve():
+        return Check(name="interpreter", verdict="fail",
+                     detail=f"{python} runs as {info['prefix']}, not as the venv {venv} (not its packages)",
+                     fix=f"Recreate the venv ({create}).")
+    return Check(name="interpreter", verdict="pass",
+                 detail=f"Python {info['python']} of the venv {venv} (the interpreter the run uses)")
+
+
 def _interpreter_checks(
-    python: str, info: dict[str, Any], config: dict[str, Any], gpus: gpu.GpuReport
+    python: str, info: dict[str, Any], config: dict[str, Any], gpus: gpu.GpuReport, named_venv: bool = False
 ) -> list[Check]:
+    venv = _venv_check(python, info) if named_venv else None
+    if venv is not None and venv.verdict == "fail":
+        return [venv]
     if "interpreter_error" in info:
         return [
             Check(
@@ -131,7 +145,7 @@ def _interpreter_checks(
                 fix="Point the experiment's `python` at an existing interpreter (e.g. .venv/bin/python).",
             )
         ]
-    checks = [Check(name="interpreter", verdict="pass", detail=f"Python {info['python']} at {python}")]
+    checks = [venv or Check(name="interpreter", verdict="pass", detail=f"Python {info['python']} at {python}")]
     if "torch_error" in info:
         checks.append(
             Check(
@@ -209,72 +223,6 @@ def _rule_checks(spec: TrainerSpec, config: dict[str, Any], fired: list[rules.Da
         checks.append(Check(name=f"danger:{rule.id}", verdict=rule.severity, detail=f"{rule.message} ({conditions})",
                             fix=fix))
     return checks
-
-
-MAX_FILES_COUNTED = 100_000
-
-
-def _data_checks(exp_id: str, spec: TrainerSpec, config: dict[str, Any], project: Path) -> list[Check]:
-    checks = []
-    for name, param in spec.params.items():
-        if param.type != "path" or config.get(name) is None:
-            continue
-        path = paths.confine(project, str(config[name]), what=f"parameter {name!r}")
-        if param.output:
-            checks.append(_output_path_check(name, config[name], path, spec))
-        elif param.must_exist:
-            checks.append(_input_path_check(exp_id, name, param, config[name], path, project))
-    if not checks:
-        checks.append(Check(name="data", verdict="pass", detail=f"{spec.name} generates its own data"))
-    return checks
-
-
-def _input_path_check(exp_id: str, name: str, param: Any, value: Any, path: Path, project: Path) -> Check:
-    label = f"data:{name}"
-    if not path.exists():
-        fix = (
-            f"Create it with prepare_data(experiment='{exp_id}') (CLI: trainguard prepare {exp_id}), "
-            f"or override {name} with an existing path."
-            if param.prepare
-            else f"Create or download it, or override {name} with an existing path inside {project}."
-        )
-        return Check(name=label, verdict="fail", detail=f"{name}={value} does not exist ({path}).", fix=fix)
-    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
-        return Check(name=label, verdict="fail", detail=f"{name}={value} is not readable.", fix=f"chmod u+rX {path}")
-    if param.min_files and path.is_dir():
-        count = 0
-        for item in path.glob(param.file_glob):
-            count += item.is_file()
-            if count >= param.min_files or count >= MAX_FILES_COUNTED:
-                break
-        if count < param.min_files:
-            return Check(
-                name=label, verdict="fail",
-                detail=f"{name}={value} holds {count} files matching {param.file_glob}; it needs at least "
-                f"{param.min_files}.",
-                fix=f"Fill it (e.g. prepare_data(experiment='{exp_id}')) or point {name} at the full data set."
-                if param.prepare else f"Point {name} at the full data set.",
-            )
-        return Check(name=label, verdict="pass",
-                     detail=f"{name}={value}: at least {count} files matching {param.file_glob}")
-    return Check(name=label, verdict="pass", detail=f"{name}={value} ({path})")
-
-
-def _output_path_check(name: str, value: Any, path: Path, spec: TrainerSpec) -> Check:
-    label = f"output:{name}"
-    if path.is_dir() and any(path.iterdir()):
-        names = sorted(p.name for p in path.iterdir())[:5]
-        fresh = next(f"{value}-{n}" for n in range(2, 10_000) if not path.with_name(f"{path.name}-{n}").exists())
-        resume = " or resume from its checkpoint (the resume parameter)" if "resume" in spec.params else ""
-        return Check(
-            name=label, verdict="fail",
-            detail=f"{name}={value} already holds a run ({', '.join(names)}...): training would overwrite it.",
-            fix=f"Override {name} with a fresh folder such as {fresh!r}{resume}.",
-        )
-    if path.exists() and not path.is_dir():
-        return Check(name=label, verdict="fail", detail=f"{name}={value} is a file, not a folder.",
-                     fix=f"Override {name} with a folder path.")
-    return Check(name=label, verdict="pass", detail=f"{name}={value} is fresh ({path})")
 
 
 def _output_check(runs_root: Path) -> Check:
@@ -388,16 +336,14 @@ def run_preflight(
     checks += _rule_checks(spec, config, fired)
     gpus = gpu.gpu_report()
     torch_info = probe_torch(python)
-    checks += _interpreter_checks(python, torch_info, config, gpus)
+    checks += _interpreter_checks(python, torch_info, config, gpus, named_venv=exp.python is not None)
     if "torch" in torch_info:
         checks.append(_memory_check(exp.id, spec, config, python, project, torch_info, gpus))
-    checks += _data_checks(exp.id, spec, config, project)
+    checks += datacheck.data_checks(exp.id, spec, config, project, python)
     checks.append(_output_check(paths.runs_root(project)))
     checks.append(_gpu_check(gpus))
 
-    verdict: Verdict = "fail" if any(c.verdict == "fail" for c in checks) else (
-        "warn" if any(c.verdict == "warn" for c in checks) else "pass"
-    )
+    verdict = overall(checks)
     problems = [f"{c.name}: {c.detail}" for c in checks if c.verdict != "pass"]
     summary = {
         "pass": "All checks passed; ready to launch.",

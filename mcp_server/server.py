@@ -20,7 +20,8 @@ from pydantic import BaseModel
 
 from mcp_server import __version__, gpu, memory, metrics, paths, prepare, registry, runs, scratchpad
 from mcp_server.errors import TrainguardError
-from mcp_server.preflight import PreflightReport, estimate_memory as _estimate_memory, run_preflight
+from mcp_server.preflight import PreflightReport, run_preflight
+from mcp_server.preflight import estimate_memory as _estimate_memory
 from mcp_server.specs import Scalar
 
 log = logging.getLogger("trainguard.server")

@@ -42,6 +42,9 @@ class ParamSpec(BaseModel):
     min_files: int | None = Field(default=None, ge=1, description="input folder: fewest files matching file_glob")
     file_glob: str = Field(default="**/*", description="which files of an input folder count, e.g. '**/*.png'")
     output: bool = Field(default=False, description="the trainer writes here: pre-flight refuses a non-empty one")
+    decode: Literal["image", "torch", "numpy", "json"] | None = Field(
+        default=None, description="input: pre-flight decodes one sample (the file, or the first match of file_glob)"
+    )
     prepare: list[str] | None = Field(
         default=None,
         description="For a path: the argv template of the command that creates it ({value} is the path).",
@@ -56,8 +59,8 @@ class ParamSpec(BaseModel):
 
     @model_validator(mode="after")
     def _default_fits(self) -> ParamSpec:
-        if (self.must_exist or self.output or self.min_files) and self.type != "path":
-            raise ValueError("must_exist, min_files and output apply to path parameters only")
+        if (self.must_exist or self.output or self.min_files or self.decode) and self.type != "path":
+            raise ValueError("must_exist, min_files, decode and output apply to path parameters only")
         if self.output and self.must_exist:
             raise ValueError("a path is either an input (must_exist) or an output, not both")
         if self.prepare is not None and (self.type != "path" or not self.prepare):
