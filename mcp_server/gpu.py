@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
@@ -174,3 +175,44 @@ def gpu_report(backend: GpuBackend | None = None) -> GpuReport:
     else:
         note = f"The {backend.name} driver answered but lists no GPU. Training runs on the CPU."
     return GpuReport(backend=backend.name, devices=devices, note=note, host=host_status())
+
+
+# ---------------------------------------------------------------------------- AMD architecture
+# The kernel's KFD topology lists every compute node; a GPU node's gfx_target_version encodes
+# its architecture as major*10000 + minor*100 + stepping (110001 -> gfx1101, 90010 -> gfx90a).
+# It needs no ROCm userspace, so pre-flight can read it even where amdsmi is missing.
+KFD_TOPOLOGY = Path("/sys/class/kfd/kfd/topology/nodes")
+
+
+class AmdNode(BaseModel):
+    node: int
+    gfx: str
+    device_id: int | None
+
+
+def gfx_name(target_version: int) -> str:
+    """110001 -> 'gfx1101', 90010 -> 'gfx90a', 100300 -> 'gfx1030'."""
+    major, minor, stepping = target_version // 10000, target_version // 100 % 100, target_version % 100
+    return f"gfx{major}{minor}{stepping:x}"
+
+
+def amd_gfx_targets(topology: Path | None = None) -> list[AmdNode]:
+    """The AMD GPUs' architectures from the KFD topology; empty without the amdgpu driver."""
+    root = topology or KFD_TOPOLOGY
+    nodes = []
+    try:
+        folders = sorted((p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    except OSError:
+        return []
+    for folder in folders:
+        try:
+            lines = (folder / "properties").read_text().splitlines()
+            props = dict(line.split(None, 1) for line in lines if " " in line)
+            version = int(props.get("gfx_target_version", "0"))
+        except (OSError, ValueError):
+            continue
+        if version:  # CPU nodes have 0
+            device = props.get("device_id")
+            nodes.append(AmdNode(node=int(folder.name), gfx=gfx_name(version),
+                                 device_id=int(device) if device and device.strip().isdigit() else None))
+    return nodes

@@ -180,6 +180,42 @@ def _build_check(info: dict[str, Any], gpus: gpu.GpuReport) -> Check:
     return Check(name="torch", verdict="pass", detail=detail)
 
 
+# Consumer AMD cards whose gfx target ROCm's torch builds ship no kernels for: they run the
+# nearest supported target's kernels when HSA_OVERRIDE_GFX_VERSION names it (seed 000: 11.0.0
+# on an RX 7800 XT, gfx1101). Without it the first kernel fails ("invalid device function").
+HSA_OVERRIDES = {
+    "gfx1101": "11.0.0", "gfx1102": "11.0.0", "gfx1103": "11.0.0",  # RDNA3: RX 7800/7700/7600, 780M
+    "gfx1031": "10.3.0", "gfx1032": "10.3.0", "gfx1034": "10.3.0", "gfx1035": "10.3.0", "gfx1036": "10.3.0",
+}
+
+
+def _amd_check(nodes: list[gpu.AmdNode], spec_env: dict[str, str]) -> Check | None:
+    """HSA_OVERRIDE_GFX_VERSION against the AMD GPUs here; None when there is none."""
+    if not nodes:
+        return None
+    value = spec_env.get("HSA_OVERRIDE_GFX_VERSION") or os.environ.get("HSA_OVERRIDE_GFX_VERSION")
+    source = "the trainer spec's [env]" if "HSA_OVERRIDE_GFX_VERSION" in spec_env else "the environment"
+    gfx = ", ".join(sorted({n.gfx for n in nodes}))
+    needed = {HSA_OVERRIDES[n.gfx] for n in nodes if n.gfx in HSA_OVERRIDES}
+    how = ("add HSA_OVERRIDE_GFX_VERSION = \"{v}\" to the trainer spec's [env] table "
+           "(or export it before starting Claude Code)")
+    if not needed:
+        detail = f"AMD {gfx}: supported by ROCm as is"
+        return Check(name="amd", verdict="pass", detail=detail + (f"; HSA_OVERRIDE_GFX_VERSION={value} from {source}"
+                                                                  if value else ""))
+    want = sorted(needed)[0]
+    if not value:
+        return Check(name="amd", verdict="fail",
+                     detail=f"AMD {gfx} needs HSA_OVERRIDE_GFX_VERSION={want}, and it is not set: ROCm's torch has "
+                     "no kernels for this card (the first GPU op fails with 'invalid device function')",
+                     fix=how.format(v=want) + ".")
+    if value.split(".")[0] != want.split(".")[0]:
+        return Check(name="amd", verdict="warn",
+                     detail=f"AMD {gfx} takes HSA_OVERRIDE_GFX_VERSION={want}, but {source} sets {value}",
+                     fix=how.format(v=want) + f" instead of {value}.")
+    return Check(name="amd", verdict="pass", detail=f"AMD {gfx}: HSA_OVERRIDE_GFX_VERSION={value} from {source}")
+
+
 def _device_check(info: dict[str, Any], requested: Any) -> Check:
     gpus = info.get("devices") or []
     if requested in (None, "auto"):
@@ -337,6 +373,9 @@ def run_preflight(
     gpus = gpu.gpu_report()
     torch_info = probe_torch(python)
     checks += _interpreter_checks(python, torch_info, config, gpus, named_venv=exp.python is not None)
+    amd = _amd_check(gpu.amd_gfx_targets(), spec.env)
+    if amd is not None:
+        checks.append(amd)
     if "torch" in torch_info:
         checks.append(_memory_check(exp.id, spec, config, python, project, torch_info, gpus))
     checks += datacheck.data_checks(exp.id, spec, config, project, python)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import write_experiment
+from conftest import FIXTURES, write_experiment
 from mcp_server import gpu, preflight
 from mcp_server.preflight import run_preflight
 
@@ -149,3 +149,121 @@ def test_output_and_input_roles_are_exclusive_and_for_paths_only():
         ParamSpec(type="path", flag="--x", help="h", must_exist=True, output=True)
     with pytest.raises(ValidationError, match="path parameters only"):
         ParamSpec(type="int", flag="--x", help="h", min_files=3)
+
+
+# ---------------------------------------------------------------------------- a sample decodes
+
+
+def write_pngs(folder, n, size=(24, 16)):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", size, (10 * i, 20, 30)).save(folder / f"img{i}.png")
+
+
+@pytest.fixture
+def decoding_project(user_project):
+    spec = user_project / "experiments" / "trainers" / "user_script.toml"
+    spec.write_text(spec.read_text().replace('file_glob = "**/*.png"', 'file_glob = "**/*.png"\ndecode = "image"'))
+    return user_project
+
+
+def test_a_sample_of_the_data_decodes(decoding_project):
+    write_pngs(decoding_project / "images" / "training_diverse" / "train", 3)
+    check = checks_of()["data:data_dir"]
+    assert check.verdict == "pass" and "decodes: PNG 24x16 RGB" in check.detail
+
+
+def test_a_sample_that_does_not_decode_fails(decoding_project):
+    folder = decoding_project / "images" / "training_diverse"
+    folder.mkdir(parents=True)
+    for i in range(3):  # right names, wrong bytes: what an interrupted download leaves
+        (folder / f"img{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    check = checks_of()["data:data_dir"]
+    assert check.verdict == "fail" and "does not decode as image" in check.detail
+    assert "Replace or remove the broken file" in check.fix
+
+
+# ---------------------------------------------------------------------------- the experiment's venv
+
+
+def make_venv(where):
+    """A real venv that can import this interpreter's packages (torch) through a .pth file."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
+    site = next(where.glob("lib/python3*/site-packages"))
+    ours = [p for p in sys.path if p.endswith("site-packages")]
+    (site / "trainguard-test.pth").write_text("\n".join(ours) + "\n")
+    return where / "bin" / "python"
+
+
+@pytest.fixture
+def venv_experiment(scripted):
+    folder = write_experiment(scripted, "908-venv", "scripted", {})
+    toml = folder / "experiment.toml"
+    toml.write_text(toml.read_text().replace("[args]", 'python = ".venv/bin/python"\n[args]'))
+    return scripted
+
+
+def test_the_named_venv_is_the_interpreter_used(venv_experiment):
+    make_venv(venv_experiment / ".venv")
+    report, _, _ = run_preflight("908")
+    checks = {c.name: c for c in report.checks}
+    assert checks["interpreter"].verdict == "pass", checks["interpreter"]
+    assert f"of the venv {venv_experiment / '.venv'}" in checks["interpreter"].detail
+    assert checks["torch"].verdict == "pass"  # torch imports through the venv
+    assert report.python == str(venv_experiment / ".venv" / "bin" / "python")
+
+
+def test_an_interpreter_that_is_not_a_venv_fails(venv_experiment):
+    make_venv(venv_experiment / ".venv")
+    (venv_experiment / ".venv" / "pyvenv.cfg").unlink()  # a copied or half-deleted venv
+    check = next(c for c in run_preflight("908")[0].checks if c.name == "interpreter")
+    assert check.verdict == "fail" and "is not in a venv" in check.detail and "python3 -m venv" in check.fix
+
+
+def test_a_missing_venv_says_how_to_create_it(venv_experiment):
+    check = next(c for c in run_preflight("908")[0].checks if c.name == "interpreter")
+    assert check.verdict == "fail" and "Create the venv" in check.fix
+
+
+# ---------------------------------------------------------------------------- AMD: HSA_OVERRIDE_GFX_VERSION
+
+KFD = FIXTURES / "kfd"
+
+
+def test_gfx_targets_are_read_from_the_kfd_topology():
+    assert [(n.node, n.gfx) for n in gpu.amd_gfx_targets(KFD / "rx7800xt" / "nodes")] == [(1, "gfx1101")]
+    assert [n.gfx for n in gpu.amd_gfx_targets(KFD / "mi210" / "nodes")] == ["gfx90a"]
+    assert gpu.amd_gfx_targets(KFD / "absent") == []
+    assert [gpu.gfx_name(v) for v in (110001, 110000, 100300, 90010)] == ["gfx1101", "gfx1100", "gfx1030", "gfx90a"]
+
+
+@pytest.mark.parametrize(
+    ("card", "spec_env", "environ", "verdict", "text"),
+    [
+        ("rx7800xt", {}, None, "fail", "needs HSA_OVERRIDE_GFX_VERSION=11.0.0"),
+        ("rx7800xt", {"HSA_OVERRIDE_GFX_VERSION": "11.0.0"}, None, "pass", "from the trainer spec's [env]"),
+        ("rx7800xt", {}, "11.0.0", "pass", "from the environment"),
+        ("rx7800xt", {}, "10.3.0", "warn", "sets 10.3.0"),
+        ("mi210", {}, None, "pass", "supported by ROCm as is"),
+    ],
+)
+def test_amd_override_check(monkeypatch, card, spec_env, environ, verdict, text):
+    if environ is None:
+        monkeypatch.delenv("HSA_OVERRIDE_GFX_VERSION", raising=False)
+    else:
+        monkeypatch.setenv("HSA_OVERRIDE_GFX_VERSION", environ)
+    check = preflight._amd_check(gpu.amd_gfx_targets(KFD / card / "nodes"), spec_env)
+    assert check.verdict == verdict and text in check.detail
+    if verdict == "fail":
+        assert 'HSA_OVERRIDE_GFX_VERSION = "11.0.0"' in check.fix and "[env]" in check.fix
+
+
+def test_preflight_fails_on_an_rx7800xt_without_the_override(scripted, monkeypatch):
+    monkeypatch.setattr(gpu, "KFD_TOPOLOGY", KFD / "rx7800xt" / "nodes")
+    monkeypatch.delenv("HSA_OVERRIDE_GFX_VERSION", raising=False)
+    report, _, _ = run_preflight("901")
+    assert report.verdict == "fail" and any(c.name == "amd" and c.verdict == "fail" for c in report.checks)
+    monkeypatch.setattr(gpu, "KFD_TOPOLOGY", KFD / "absent")
+    assert not any(c.name == "amd" for c in run_preflight("901")[0].checks)  # no AMD GPU: no check
