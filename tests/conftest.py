@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -31,6 +32,16 @@ def write_experiment(project: Path, name: str, trainer: str, args: dict, hypothe
     if hypothesis is not None:
         (folder / "hypothesis.md").write_text(hypothesis + "\n")
     return folder
+
+
+def make_venv(where: Path) -> Path:
+    """A real venv (its own interpreter and pyvenv.cfg) that imports this interpreter's packages,
+    torch included, through a .pth file; returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
+    site = next(where.glob("lib/python3*/site-packages"))
+    ours = [p for p in sys.path if p.endswith("site-packages")]
+    (site / "trainguard-test.pth").write_text("\n".join(ours) + "\n")
+    return where / "bin" / "python"
 
 
 SCRIPTED_SPEC = """

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import FIXTURES, write_experiment
+from conftest import FIXTURES, make_venv, write_experiment
 from mcp_server import gpu, preflight
 from mcp_server.preflight import run_preflight
 
@@ -186,15 +186,6 @@ def test_a_sample_that_does_not_decode_fails(decoding_project):
 
 
 # ---------------------------------------------------------------------------- the experiment's venv
-
-
-def make_venv(where):
-    """A real venv that can import this interpreter's packages (torch) through a .pth file."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
-    site = next(where.glob("lib/python3*/site-packages"))
-    ours = [p for p in sys.path if p.endswith("site-packages")]
-    (site / "trainguard-test.pth").write_text("\n".join(ours) + "\n")
-    return where / "bin" / "python"
 
 
 @pytest.fixture
