@@ -30,8 +30,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINERS = ROOT / "trainers"
-sys.path.insert(0, str(TRAINERS))
-import memprobe  # noqa: E402
 
 # (label, trainer script, flags, three batch sizes) - the bundled experiments' settings and bigger ones.
 CASES = [

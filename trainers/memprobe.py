@@ -43,7 +43,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 
 
-
 def real_fallback_batches(batch_sizes: list[int]) -> list[int]:
     """A real step costs real memory and time: measure at 1/8 and 1/4 of the smallest size, then extrapolate."""
     b = min(batch_sizes)
@@ -104,7 +103,7 @@ def load_entry(script: Path, function: str) -> Callable[[list[str], int, str], C
     entry = getattr(module, function, None)
     if not callable(entry):
         raise AttributeError(
-            f"{script.name} defines no function {function}(argv, batch_size, device); add one (see trainers/memprobe.py)"
+            f"{script.name} defines no function {function}(argv, batch_size, device); see trainers/memprobe.py"
         )
     return entry
 
@@ -134,7 +133,9 @@ def _module_to_keeps_placed_modules():
         torch.nn.Module.to = original
 
 
-def step_peak(entry: Callable, argv: list[str], batch_size: int, *, fake: bool, limit: int | None = None) -> int:
+def step_peak(
+    entry: Callable, argv: list[str], batch_size: int, *, fake: bool, limit: int | None = None
+) -> int:
     """Peak bytes of building everything and running two optimizer steps, fake or real (on the CPU).
 
     Raises:
@@ -165,7 +166,7 @@ def probe(script: Path, function: str, argv: list[str], batch_sizes: list[int], 
     try:
         peaks = {b: step_peak(entry, argv, b, fake=True) for b in batch_sizes}
         method, reason = "fake", None
-    except Exception as exc:  # data-dependent shapes, an op without a fake kernel...
+    except Exception as exc:  # noqa: BLE001 - data-dependent shapes, ops without a fake kernel: any of them
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
         method, peaks = "real-cpu", {}
         for b in real_fallback_batches(batch_sizes):

@@ -16,6 +16,7 @@ from conftest import REPO, make_venv, server_env
 
 EXAMPLE = REPO / "experiments" / "examples" / "gaussian-decoder"
 LAUNCHER = REPO / "bin" / "trainguard-mcp"
+ACTIVE = ("starting", "running")
 SMALL = {"epochs": 2, "image_size": 32, "num_gaussians": 16, "batch_size": 4, "device": "cpu"}
 
 
@@ -55,7 +56,8 @@ def test_seed_000_project_through_stdio(example_project):
             got = checks(report)
             assert report["python"] == str(project / ".venv" / "bin" / "python")
             assert got["interpreter"]["verdict"] == "pass" and "of the venv" in got["interpreter"]["detail"]
-            assert got["data:data_dir"]["verdict"] == "pass" and "decodes: PNG 32x32 RGB" in got["data:data_dir"]["detail"]
+            data = got["data:data_dir"]
+            assert data["verdict"] == "pass" and "decodes: PNG 32x32 RGB" in data["detail"]
             assert got["known-good"]["verdict"] == "pass" and report["danger_fired"] == []
             assert got["memory"]["verdict"] == "pass" and "batch_size=4" in got["memory"]["detail"]
             assert report["verdict"] != "fail", report["summary"]
@@ -69,7 +71,8 @@ def test_seed_000_project_through_stdio(example_project):
                                                                                     "use_phase_blending": True}})
             assert {"phase-blending-experiment-4", "experiment-4"} <= set(blending["danger_fired"])
             (project / "images" / "synthetic_v2").mkdir()
-            synthetic = await ok(client, "preflight", {"experiment": 2, "overrides": {"data_dir": "images/synthetic_v2"}})
+            synthetic = await ok(client, "preflight",
+                                 {"experiment": 2, "overrides": {"data_dir": "images/synthetic_v2"}})
             rule = checks(synthetic)["danger:synthetic-data"]
             assert rule["verdict"] == "fail" and "garbage in, garbage out" in rule["detail"]
             strong = await ok(client, "preflight", {"experiment": 3, "overrides": {"phase_retrieval_weight": 0.1}})
@@ -83,7 +86,8 @@ def test_seed_000_project_through_stdio(example_project):
             assert wave["tensor_bytes"] > 1.5 * tile["tensor_bytes"]
 
             # A dangerous launch is refused until acknowledged; the dry run shows the exact command.
-            refused = await client.call_tool("launch_run", {"experiment": 2, "overrides": SMALL | {"renderer": "wavefield"}})
+            wavefield = SMALL | {"renderer": "wavefield"}
+            refused = await client.call_tool("launch_run", {"experiment": 2, "overrides": wavefield})
             assert refused.is_error and "acknowledge=['wavefield-renderer']" in refused.content[0].text
             dry = await ok(client, "launch_run", {"experiment": 2, "overrides": SMALL | {"renderer": "wavefield"},
                                                   "acknowledge": ["wavefield-renderer"], "dry_run": True})
@@ -96,7 +100,7 @@ def test_seed_000_project_through_stdio(example_project):
             launched = await ok(client, "launch_run", {"experiment": 2, "overrides": SMALL, "note": "worked example"})
             run_id = launched["run_id"]
             with anyio.fail_after(240):
-                while (status := await ok(client, "run_status", {"run_id": run_id}))["status"] in ("starting", "running"):
+                while (status := await ok(client, "run_status", {"run_id": run_id}))["status"] in ACTIVE:
                     await anyio.sleep(0.3)
             assert status["status"] == "succeeded", status
             summary = await ok(client, "summarize_run", {"run_id": run_id})

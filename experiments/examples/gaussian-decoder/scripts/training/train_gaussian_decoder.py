@@ -196,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     step, best = 0, -math.inf
     for epoch in range(1, args.epochs + 1):
         model.train()
+        order = torch.randperm(len(train))
         for i in range(0, len(train), args.batch_size):
-            x = train[torch.randperm(len(train))[: args.batch_size]].to(device).float() / 255
+            x = train[order[i : i + args.batch_size]].to(device).float() / 255
             out = model(x)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
