@@ -282,31 +282,6 @@ def create_model(grid_size: int = 8, dim: int = 64, depth: int = 2, dropout: flo
     return NavMixer(grid_size, dim, depth, dropout)
 
 
-def build_model_and_batch(
-    config: dict, batch_size: int, device: str = "cpu"
-) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """One training batch's worth of model and data, without generating the dataset.
-
-    Pre-flight checks use this to measure the memory of a forward/backward pass. The forward
-    pass computes logits at every cell either way, so the auxiliary loss adds no activations.
-
-    Args:
-        config: grid_size, dim, depth, dropout (missing keys take the command-line defaults).
-        batch_size: Rows in the batch.
-        device: Where to put the model and tensors.
-
-    Returns:
-        The model in train mode, tokens (B, G*G) int64 and targets (B,) int64.
-    """
-    defaults = vars(parse_args([]))
-    cfg = {k: config.get(k, defaults[k]) for k in ("grid_size", "dim", "depth", "dropout")}
-    model = create_model(**cfg).to(device).train()
-    gen = torch.Generator().manual_seed(0)  # random but reproducible, and leaves the global RNG alone
-    inputs = torch.randint(0, 4, (batch_size, cfg["grid_size"] ** 2), generator=gen).to(device)  # (B, T)
-    targets = torch.randint(0, len(ACTIONS), (batch_size,), generator=gen).to(device)  # (B,)
-    return model, inputs, targets
-
-
 # ---------------------------------------------------------------------------- training
 
 

@@ -140,14 +140,13 @@ def test_the_untrained_model_renders_a_mosaic_close_to_its_input():
     assert gd.psnr_db(model(x), x).min() > 20  # zero-initialised heads: cell colours on a regular grid
 
 
-def test_build_model_and_batch_gives_one_trainable_batch():
-    model, x, y = gd.build_model_and_batch({"num_gaussians": 16, "image_size": 32, "width": 8}, batch_size=2)
-    assert x.shape == y.shape == (2, 3, 32, 32) and model.renderer == "tile"
-    F.mse_loss(model(x), y).backward()
-    model4, x4, y4 = gd.build_model_and_batch({"experiment": 4, "image_size": 32, "num_gaussians": 16}, batch_size=1)
-    assert model4.renderer == "fourier" and model4.phase_blending
-    F.mse_loss(model4(x4), y4).backward()
-    assert all(torch.isfinite(p.grad).all() for p in model4.parameters() if p.grad is not None)
+def test_memory_step_runs_one_real_step_with_the_configured_renderer():
+    step = gd.memory_step(["--num_gaussians", "16", "--image_size", "32", "--width", "8"], batch_size=2)
+    parts, grad_norm = step()
+    assert parts["image"].shape == (2, 3, 32, 32) and torch.isfinite(parts["loss"]) and grad_norm > 0
+    step4 = gd.memory_step(["--experiment", "4", "--num_gaussians", "16", "--image_size", "32"], batch_size=1)
+    parts4, grad_norm4 = step4()  # experiment 4: fourier renderer with phase blending
+    assert torch.isfinite(parts4["loss"]) and torch.isfinite(grad_norm4)
 
 
 def test_experiment_presets_fill_only_the_flags_not_given():
