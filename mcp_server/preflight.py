@@ -283,10 +283,32 @@ def _output_check(runs_root: Path) -> Check:
     return Check(name="output", verdict="pass", detail=detail)
 
 
-def _gpu_check(report: gpu.GpuReport) -> Check:
+def _our_pids(runs_root: Path) -> dict[int, str]:
+    """Trainer pid -> run id for this project's runs that are not finished."""
+    from mcp_server.rundir import TERMINAL, all_runs
+
+    out = {}
+    for run in all_runs(runs_root):
+        try:
+            state = run.read_state()
+        except (OSError, ValueError):
+            continue
+        if state.pid and state.status not in TERMINAL:
+            out[state.pid] = run.run_id
+    return out
+
+
+def _gpu_check(report: gpu.GpuReport, runs_root: Path) -> Check:
     if not report.devices:
         return Check(name="gpu", verdict="pass", detail=report.note)
-    busy = [f"GPU {d.index}: pids {[p.pid for p in d.processes]}" for d in report.devices if d.processes]
+    ours = _our_pids(runs_root) if any(d.processes for d in report.devices) else {}
+
+    def who(p: gpu.GpuProcess) -> str:
+        owner = f"our run {ours[p.pid]}" if p.pid in ours else (p.name or "not ours")
+        used = f", {p.used_memory_bytes / 2**30:.1f} GiB" if p.used_memory_bytes is not None else ""
+        return f"pid {p.pid} ({owner}{used})"
+
+    busy = [f"GPU {d.index}: {', '.join(who(p) for p in d.processes)}" for d in report.devices if d.processes]
     free = [
         f"GPU {d.index} {d.name}: {(d.memory_total_bytes - d.memory_used_bytes) / 2**30:.1f} GiB free"
         for d in report.devices
@@ -295,7 +317,7 @@ def _gpu_check(report: gpu.GpuReport) -> Check:
     if busy:
         return Check(
             name="gpu", verdict="warn", detail=f"other processes use the GPU: {'; '.join(busy)}",
-            fix="Wait for them or stop them; two jobs on one GPU slow both and risk OOM.",
+            fix="Wait for them or stop them (stop_run for ours); two jobs on one GPU slow both and risk OOM.",
         )
     return Check(name="gpu", verdict="pass", detail="; ".join(free) or report.note)
 
@@ -380,7 +402,7 @@ def run_preflight(
         checks.append(_memory_check(exp.id, spec, config, python, project, torch_info, gpus))
     checks += datacheck.data_checks(exp.id, spec, config, project, python)
     checks.append(_output_check(paths.runs_root(project)))
-    checks.append(_gpu_check(gpus))
+    checks.append(_gpu_check(gpus, paths.runs_root(project)))
 
     verdict = overall(checks)
     problems = [f"{c.name}: {c.detail}" for c in checks if c.verdict != "pass"]

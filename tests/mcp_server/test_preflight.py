@@ -258,3 +258,27 @@ def test_preflight_fails_on_an_rx7800xt_without_the_override(scripted, monkeypat
     assert report.verdict == "fail" and any(c.name == "amd" and c.verdict == "fail" for c in report.checks)
     monkeypatch.setattr(gpu, "KFD_TOPOLOGY", KFD / "absent")
     assert not any(c.name == "amd" for c in run_preflight("901")[0].checks)  # no AMD GPU: no check
+
+
+def test_gpu_processes_are_named_ours_or_not(scripted):
+    import os
+    import time
+
+    from mcp_server import paths, runs
+    from mcp_server.rundir import open_run
+
+    launched = runs.launch("902")
+    run = open_run(paths.runs_root(scripted), launched.run_id)
+    deadline = time.monotonic() + 30
+    while not run.read_state().pid and time.monotonic() < deadline:
+        time.sleep(0.05)
+    trainer_pid = run.read_state().pid
+    report = report_with("nvidia")
+    report.devices[0].processes = [gpu.GpuProcess(pid=trainer_pid, used_memory_bytes=2**30, name="python"),
+                                   gpu.GpuProcess(pid=os.getpid(), used_memory_bytes=None, name="someone-else")]
+    check = preflight._gpu_check(report, paths.runs_root(scripted))
+    assert check.verdict == "warn"
+    assert f"pid {trainer_pid} (our run {launched.run_id}, 1.0 GiB)" in check.detail
+    assert f"pid {os.getpid()} (someone-else)" in check.detail and "stop_run" in check.fix
+    runs.stop(launched.run_id, grace_s=1.0)
+    assert preflight._gpu_check(report_with("nvidia"), paths.runs_root(scripted)).verdict == "pass"
