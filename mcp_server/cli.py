@@ -2,7 +2,7 @@
 
     trainguard train 1 [--set lr=5e-4 ...] [--detach]   pre-flight, launch, follow, summarise
     trainguard preflight 1 [--set ...]                   the checks alone
-    trainguard memory 2 [--set batch_size=16]            peak-memory estimate and the largest batch that fits
+    trainguard memory 2 [--set batch_size=16] [--gpu-gib 16]  peak memory; the largest batch that fits
     trainguard prepare 2                                 create missing data (e.g. the image folder)
     trainguard runs | status RUN | stop RUN | summary RUN | gpu | experiments
     trainguard serve                                     MCP over stdio (what the plugin starts)
@@ -134,7 +134,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    est = estimate_memory(args.experiment, _parse_sets(args.set))
+    est = estimate_memory(args.experiment, _parse_sets(args.set), gpu_memory_gib=args.gpu_gib)
     if args.json:
         _emit_json(est)
         return 0
@@ -260,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, fn, help_)
         p.add_argument("experiment", help="N, NNN or NNN-slug")
         p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a parameter")
+        if name == "memory":
+            p.add_argument("--gpu-gib", type=float, help="plan for a GPU with this much free memory (e.g. 16)")
         if name == "train":
             p.add_argument("--note", default="", help="why you launch it (goes to the scratchpad)")
             p.add_argument("--acknowledge", action="append", default=[], metavar="RULE_ID",

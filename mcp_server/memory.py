@@ -148,9 +148,12 @@ def _target(config: dict[str, Any], torch_info: dict[str, Any], report: gpu.GpuR
 
 def estimate(
     exp_id: str, spec: TrainerSpec, config: dict[str, Any], python: str, project: Path,
-    torch_info: dict[str, Any], report: gpu.GpuReport,
+    torch_info: dict[str, Any], report: gpu.GpuReport, gpu_memory_gib: float | None = None,
 ) -> MemoryEstimate:
     """Trace, fit, and compare the need with the target's free memory.
+
+    `gpu_memory_gib` plans for a GPU that is not here (a 16 GB workstation card, a cluster's
+    80 GB one) instead of the device the run would get on this machine.
 
     Raises:
         ProbeFailed: when the trainer has no [memory] table or the probe fails.
@@ -169,7 +172,11 @@ def estimate(
     result = run_probe(python, script, mem.function, flags, sorted({batch, 2 * batch}), project)
     traced = {int(b): int(p) for b, p in result["peaks"].items()}
 
-    kind, target, free, total = _target(config, torch_info, report)
+    if gpu_memory_gib is not None:
+        kind, target = "gpu", f"a GPU with {gpu_memory_gib:g} GiB free (as asked)"
+        free = total = int(gpu_memory_gib * GIB)
+    else:
+        kind, target, free, total = _target(config, torch_info, report)
     context = CONTEXT_BYTES[kind]
     notes = []
     if result["method"] == "real-cpu":

@@ -349,9 +349,10 @@ def _memory_check(exp_id: str, spec: TrainerSpec, config: dict[str, Any], python
     return Check(name="memory", verdict=est.verdict, detail=est.detail, fix=est.fix)
 
 
-def estimate_memory(experiment: str, overrides: dict[str, Any] | None = None,
-                    project: Path | None = None) -> memory.MemoryEstimate:
-    """`estimate_memory`: the memory table for an experiment with its overrides.
+def estimate_memory(experiment: str, overrides: dict[str, Any] | None = None, project: Path | None = None,
+                    gpu_memory_gib: float | None = None) -> memory.MemoryEstimate:
+    """`estimate_memory`: the memory table for an experiment with its overrides, for the device
+    here or for a GPU of `gpu_memory_gib`.
 
     Raises:
         NotFound / InvalidInput: bad experiment or override; ProbeFailed: no estimate possible.
@@ -364,7 +365,9 @@ def estimate_memory(experiment: str, overrides: dict[str, Any] | None = None,
             f"torch does not import with {python}: "
             f"{torch_info.get('torch_error') or torch_info.get('interpreter_error')}; run preflight for the fix."
         )
-    return memory.estimate(exp.id, spec, config, python, project, torch_info, gpu.gpu_report())
+    if gpu_memory_gib is not None and not 0 < gpu_memory_gib <= 4096:
+        raise InvalidInput(f"gpu_memory_gib is {gpu_memory_gib}; pass the card's memory in GiB, e.g. 16.")
+    return memory.estimate(exp.id, spec, config, python, project, torch_info, gpu.gpu_report(), gpu_memory_gib)
 
 
 def run_preflight(

@@ -126,14 +126,17 @@ def preflight(experiment: str | int, overrides: dict[str, Scalar] | None = None)
 
 
 @tool(READ_ONLY)
-def estimate_memory(experiment: str | int, overrides: dict[str, Scalar] | None = None) -> memory.MemoryEstimate:
+def estimate_memory(
+    experiment: str | int, overrides: dict[str, Scalar] | None = None, gpu_memory_gib: float | None = None
+) -> memory.MemoryEstimate:
     """Estimate an experiment's peak memory before launching it: one training step is traced
     under PyTorch's fake tensors (nothing is computed or allocated) at two batch sizes, then the
     device context and an allocator margin are added. Returns the need at the configured batch
     size, what the GPU (or, for CPU training, the host) has free, the largest batch size that
     fits, and a small table of batch sizes. Use it before raising batch size, image size or model
-    size. Takes a few seconds. preflight runs the same estimate as its `memory` check."""
-    return _estimate_memory(str(experiment), overrides)
+    size. `gpu_memory_gib` plans for a card that is not here (e.g. 16 for an RX 7800 XT, 80 for
+    a cluster's H100). Takes a few seconds. preflight runs the same estimate as its `memory` check."""
+    return _estimate_memory(str(experiment), overrides, gpu_memory_gib=gpu_memory_gib)
 
 
 @tool(WRITES)
