@@ -109,7 +109,7 @@ def test_launch_refuses_when_preflight_fails(scripted):
     folder = write_experiment(scripted, "905-badpy", "scripted", {})
     text = (folder / "experiment.toml").read_text().replace("[args]", 'python = ".venv/bin/python"\n\n[args]')
     (folder / "experiment.toml").write_text(text)
-    with pytest.raises(Conflict, match="pre-flight failed.*interpreter.*Fix: Point the experiment's `python`"):
+    with pytest.raises(Conflict, match="pre-flight failed.*interpreter.*venv.*Fix: Create the venv"):
         runs.launch("905")
     assert not paths.runs_root().exists() or not any(paths.runs_root().iterdir())
 

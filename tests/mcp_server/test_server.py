@@ -8,7 +8,7 @@ from mcp_server.server import mcp
 
 TOOLS = {
     "list_experiments", "preflight", "launch_run", "list_runs", "run_status", "stop_run",
-    "summarize_run", "gpu_status", "scratchpad_read", "scratchpad_append", "prepare_data",
+    "summarize_run", "gpu_status", "scratchpad_read", "scratchpad_append", "prepare_data", "estimate_memory",
 }
 
 
