@@ -86,15 +86,33 @@ def probe_flags(spec: TrainerSpec, config: dict[str, Any], python: str, project:
     return argv[len(expand(spec.command, python=python, trainer_dir=spec.trainer_dir, project=project)) :]
 
 
+def _fingerprint(inputs: list[Path]) -> tuple:
+    """Modification times of the input folders and their sub-folders: files added or removed show."""
+    out = []
+    for path in inputs:
+        try:
+            out.append((str(path), path.stat().st_mtime_ns))
+            if path.is_dir():
+                subdirs = [p for p in path.iterdir() if p.is_dir()][:64]
+                out += [(str(p), p.stat().st_mtime_ns) for p in subdirs]
+        except OSError:
+            out.append((str(path), None))
+    return tuple(out)
+
+
 def run_probe(python: str, script: Path, function: str, flags: list[str], batch_sizes: list[int],
-              cwd: Path) -> dict[str, Any]:
-    """Run trainers/memprobe.py with the trainer's interpreter; cached while the script is unchanged.
+              cwd: Path, inputs: list[Path] = ()) -> dict[str, Any]:
+    """Run trainers/memprobe.py with the trainer's interpreter.
+
+    Cached while the script, the flags, the project and the input folders (`inputs`, whose
+    contents a step may count) are unchanged.
 
     Raises:
         ProbeFailed: with the probe's own error or the end of its stderr.
     """
     try:
-        key = (python, str(script), script.stat().st_mtime, tuple(flags), tuple(batch_sizes), function)
+        key = (python, str(script), script.stat().st_mtime, tuple(flags), tuple(batch_sizes), function, str(cwd),
+               _fingerprint(list(inputs)))
     except OSError as exc:
         raise ProbeFailed(f"memory.script {script}: {exc.strerror}; fix the [memory] table of the spec.") from None
     cached = _cache.get(key)
@@ -169,7 +187,9 @@ def estimate(
         raise ProbeFailed(f"{mem.batch_param} is unset; pass it as an override or set memory.batch_default.")
     script = Path(expand([mem.script], python=python, trainer_dir=spec.trainer_dir, project=project)[0])
     flags = probe_flags(spec, config, python, project)
-    result = run_probe(python, script, mem.function, flags, sorted({batch, 2 * batch}), project)
+    inputs = [project / str(config[name]) for name, p in spec.params.items()
+              if p.type == "path" and p.must_exist and config.get(name) is not None]
+    result = run_probe(python, script, mem.function, flags, sorted({batch, 2 * batch}), project, inputs)
     traced = {int(b): int(p) for b, p in result["peaks"].items()}
 
     if gpu_memory_gib is not None:
@@ -204,16 +224,19 @@ def estimate(
     need_bytes = int(tensor_bytes * (1 + ALLOCATOR_MARGIN)) + context
     bmax = int(spec.params[mem.batch_param].max or 1 << 20)
     largest = None
-    if free is not None:
+    if per_sample == 0:
+        notes.append(f"the peak did not grow between {mem.batch_param} {min(traced, default=batch)} and "
+                     f"{max(traced, default=batch)}; no largest batch is extrapolated")
+    elif free is not None:
         room = free - context - fixed * (1 + ALLOCATOR_MARGIN)
-        largest = bmax if per_sample == 0 and room > 0 else (
-            max(0, min(bmax, math.floor(room / (per_sample * (1 + ALLOCATOR_MARGIN))))) if per_sample else 0)
+        largest = max(0, min(bmax, math.floor(room / (per_sample * (1 + ALLOCATOR_MARGIN)))))
     rows = sorted({b for b in (batch // 4, batch // 2, batch, 2 * batch, 4 * batch, largest or 0) if 1 <= b <= bmax})
     table = [MemoryRow(batch_size=b, need_bytes=need(b), fits=None if free is None else need(b) <= free) for b in rows]
 
     head = (f"needs ~{_gib(need_bytes)} at {mem.batch_param}={batch} ({_gib(tensor_bytes)} of tensors + "
             f"{_gib(context)} context + {ALLOCATOR_MARGIN:.0%} margin)")
-    fits_text = f"largest {mem.batch_param} that fits ~{largest}" if largest else "not even batch 1 fits"
+    fits_text = (f"largest {mem.batch_param} that fits ~{largest}" if largest else
+                 "not even batch 1 fits" if largest == 0 else "memory did not grow with the batch in the trace")
     fix = None
     if free is None:
         verdict: Verdict = "warn"
@@ -226,7 +249,8 @@ def estimate(
             ", or stop what else uses the GPU." if kind == "gpu" else ".")
     elif need_bytes > WARN_FRACTION * free:
         verdict, detail = "warn", f"{head}, close to the {_gib(free)} free on {target}; {fits_text}"
-        fix = f"Leave headroom: {mem.batch_param} {max(1, int((largest or 1) * 0.8))} or less."
+        fix = (f"Leave headroom: {mem.batch_param} {max(1, int(largest * 0.8))} or less." if largest else
+               "Leave headroom: free memory on the device, or shrink the model or the inputs.")
     else:
         verdict, detail = "pass", f"{head}; {target} has {_gib(free)} free; {fits_text}"
     return MemoryEstimate(

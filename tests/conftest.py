@@ -122,3 +122,34 @@ def server_env(project: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
     env.update(CLAUDE_PROJECT_DIR=str(project), TRAINGUARD_PYTHON=sys.executable, PYTHONPATH=str(REPO))
     return env
+
+
+# ---------------------------------------------------------------------------- in-memory MCP calls
+
+
+def call(name: str, args: dict | None = None):
+    """Call one tool of the server through an in-memory MCP client; the raw result."""
+    import anyio
+    from mcp import Client
+
+    from mcp_server.server import mcp
+
+    async def go():
+        async with Client(mcp) as client:
+            return await client.call_tool(name, args or {})
+
+    return anyio.run(go)
+
+
+def ok(name: str, args: dict | None = None):
+    """A tool call that must succeed: its structured content."""
+    result = call(name, args)
+    assert not result.is_error, result.content[0].text
+    return result.structured_content
+
+
+def error(name: str, args: dict | None = None) -> str:
+    """A tool call that must fail with a ToolError: its message."""
+    result = call(name, args)
+    assert result.is_error and result.structured_content is None
+    return result.content[0].text

@@ -16,7 +16,7 @@ loop does. The probe builds and steps twice (the second step holds the optimizer
 under ``FakeTensorMode``: no real memory is allocated and nothing is computed, so a trace
 takes about as long at batch 4096 as at batch 4. A step whose shapes depend on data (e.g.
 ``repeat_interleave`` with computed counts) cannot be traced that way; the probe then runs
-it for real on the CPU at an eighth and a quarter of the batch size, and says so.
+it for real on the CPU at a quarter of the batch size and at the batch size, and says so.
 
 Prints one JSON object on its last stdout line:
 ``{"method": "fake"|"real-cpu", "peaks": {"8": bytes, ...}, "exceeded": {"batch_size", "bytes"}|null,
@@ -44,9 +44,13 @@ from torch.utils._pytree import tree_map_only
 
 
 def real_fallback_batches(batch_sizes: list[int]) -> list[int]:
-    """A real step costs real memory and time: measure at 1/8 and 1/4 of the smallest size, then extrapolate."""
+    """A real step costs real memory and time: measure at a quarter of the smallest size and at it.
+
+    Two points far apart keep the cost per sample visible above fixed buffers (PPO's lookup
+    tables outweigh a few environments); the probe's limit stops a step that grows too big.
+    """
     b = min(batch_sizes)
-    return [max(1, b // 8), max(2, b // 4)]
+    return [max(1, b // 4), max(2, b)]
 
 
 class LimitExceeded(RuntimeError):

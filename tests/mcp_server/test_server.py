@@ -4,6 +4,7 @@ import anyio
 import pytest
 from mcp import Client
 
+from conftest import error, ok
 from mcp_server.server import mcp
 
 TOOLS = {
@@ -12,24 +13,6 @@ TOOLS = {
 }
 
 
-def call(name, args=None):
-    async def go():
-        async with Client(mcp) as client:
-            return await client.call_tool(name, args or {})
-
-    return anyio.run(go)
-
-
-def ok(name, args=None):
-    result = call(name, args)
-    assert not result.is_error, result.content[0].text
-    return result.structured_content
-
-
-def error(name, args=None):
-    result = call(name, args)
-    assert result.is_error and result.structured_content is None
-    return result.content[0].text
 
 
 def test_every_tool_is_listed_with_schema_docstring_and_annotations():
