@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server import gpu, paths, prepare, registry, runs
+from mcp_server import gpu, paths, prepare, registry, runs, textlog
 from mcp_server.errors import InvalidInput, TrainguardError
 from mcp_server.preflight import PreflightReport, estimate_memory, run_preflight
 from mcp_server.rundir import TERMINAL, open_run
@@ -61,7 +61,7 @@ def _print_summary(run_id: str) -> None:
         print(f"  {m.name:<14} {m.trend}")
     if info.status in ("failed", "lost"):
         run = open_run(paths.runs_root(), run_id)
-        print("  stderr (last lines):\n    " + runs.tail(run.stderr).replace("\n", "\n    "))
+        print("  stderr (last lines):\n    " + textlog.tail(run.stderr).replace("\n", "\n    "))
 
 
 def _follow(run_id: str) -> str:
@@ -78,7 +78,7 @@ def _follow(run_id: str) -> str:
                 # Print whole lines only; a partial line waits for its end.
                 cut = chunk.rfind(b"\n") + 1
                 if cut:
-                    sys.stdout.write(runs.sanitize(chunk[:cut].decode("utf-8", errors="replace")))
+                    sys.stdout.write(textlog.sanitize(chunk[:cut].decode("utf-8", errors="replace")))
                     sys.stdout.flush()
                     offset += cut
             if state.status in TERMINAL:

@@ -40,6 +40,7 @@ class MetricSummary(BaseModel):
     last: Point
     best: Point | None
     nonfinite_count: int
+    first_nonfinite: Point | None = None  # where the first NaN/inf was logged (its value is None)
     trend: str
 
 
@@ -168,6 +169,7 @@ def _summarize_series(s: _Series, mode: Literal["min", "max"] | None) -> MetricS
         last=_point(s.points[-1]),
         best=_point(best) if best else None,
         nonfinite_count=len(s.points) - len(finite),
+        first_nonfinite=next((_point(p) for p in s.points if not math.isfinite(p[0])), None),
         trend=_trend(s, finite, mode, best),
     )
 

@@ -19,8 +19,8 @@ from pydantic import BaseModel
 from mcp_server import paths, procs, registry
 from mcp_server.errors import TrainguardError
 from mcp_server.preflight import trainer_python
-from mcp_server.runs import tail
 from mcp_server.specs import expand, resolve_config
+from mcp_server.textlog import tail
 
 PREPARE_TIMEOUT_S = 1800.0
 

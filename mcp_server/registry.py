@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mcp_server import paths
 from mcp_server.errors import InvalidInput, NotFound
 from mcp_server.specs import Scalar, TrainerSpec, resolve_config
+from mcp_server.watchdog import WatchdogConfig
 
 EXPERIMENT_DIR_RE = re.compile(r"^(\d{3})-([a-z0-9][a-z0-9-]*)$")
 REF_RE = re.compile(r"^(\d{1,3})(?:-([a-z0-9][a-z0-9-]*))?$")
@@ -37,6 +38,7 @@ class ExperimentFile(BaseModel):
         default=None, description="Interpreter for the trainer, relative to the project (e.g. .venv/bin/python)."
     )
     args: dict[str, Scalar] = Field(default_factory=dict)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
 
 
 class Experiment(BaseModel):
@@ -52,6 +54,7 @@ class Experiment(BaseModel):
     python: str | None
     args: dict[str, Scalar]
     hypothesis: str
+    watchdog: WatchdogConfig
 
 
 def _experiment_roots(project: Path) -> list[tuple[Literal["project", "bundled"], Path]]:
@@ -134,6 +137,7 @@ def load_experiment(ref: str, project: Path | None = None) -> Experiment:
         python=spec_file.python,
         args=spec_file.args,
         hypothesis=hypothesis_path.read_text(encoding="utf-8").strip(),
+        watchdog=spec_file.watchdog,
     )
 
 

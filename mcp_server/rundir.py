@@ -45,6 +45,7 @@ class RunState(BaseModel):
     exit_code: int | None = None
     signal: int | None = None
     failure: str | None = None
+    events: list[dict[str, Any]] = []  # watchdog firings: {t, kind, action, detail}
 
 
 class RunDir:

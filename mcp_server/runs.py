@@ -12,7 +12,6 @@ import getpass
 import json
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server import __version__, metrics, paths, procs, scratchpad
+from mcp_server import __version__, diagnose, metrics, paths, procs, scratchpad, textlog
 from mcp_server.errors import Conflict, InvalidInput, TrainguardError
 from mcp_server.preflight import Check, PreflightReport, probe_torch, run_preflight
 from mcp_server.rundir import TERMINAL, RunDir, RunState, all_runs, create_run_dir, open_run, write_json_atomic
@@ -31,9 +30,6 @@ from mcp_server.specs import Scalar, TrainerSpec, build_argv
 
 START_TIMEOUT_S = 20.0
 FINALIZE_TIMEOUT_S = 15.0
-TAIL_LINES = 12
-TAIL_CHARS = 2000
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]|\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class LaunchResult(BaseModel):
@@ -77,6 +73,7 @@ class RunStatus(RunInfo):
     checkpoints: list[str]
     stderr_tail: str | None
     run_dir: str
+    events: list[dict[str, Any]] = []  # watchdog firings, the last 20
 
 
 class StopResult(BaseModel):
@@ -164,6 +161,7 @@ def launch(
         "agent": agent,
         "note": note,
         "acknowledged": acknowledged,
+        "watchdog": exp.watchdog.model_dump(),
         "git_commit": _git_commit(project),
         "versions": {
             "trainguard": __version__,
@@ -290,23 +288,6 @@ def list_runs(project: Path | None = None, limit: int = 50) -> list[RunInfo]:
     return out
 
 
-def sanitize(text: str) -> str:
-    """Strip control characters and terminal escapes from log text."""
-    return _CONTROL.sub("", text.replace("\r\n", "\n"))
-
-
-def tail(path: Path, lines: int = TAIL_LINES, max_chars: int = TAIL_CHARS) -> str:
-    """The last lines of a log file, bounded in size and cleaned of control characters."""
-    if not path.is_file():
-        return ""
-    with path.open("rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        fh.seek(max(0, fh.tell() - 64 * max_chars))
-        data = fh.read().decode("utf-8", errors="replace")
-    text = sanitize("\n".join(data.splitlines()[-lines:]))
-    return text[-max_chars:]
-
-
 def status(run_id: str, project: Path | None = None) -> RunStatus:
     """Status of one run: state, latest metric values, checkpoints; stderr's end if it failed."""
     run = open_run(paths.runs_root(project or paths.project_root()), run_id)
@@ -321,8 +302,9 @@ def status(run_id: str, project: Path | None = None) -> RunStatus:
         epochs=manifest["config"].get("epochs"),
         latest=latest,
         checkpoints=ckpts,
-        stderr_tail=tail(run.stderr) if state.status in ("failed", "lost") else None,
+        stderr_tail=textlog.tail(run.stderr) if state.status in ("failed", "lost") else None,
         run_dir=str(run.path),
+        events=state.events[-20:],
     )
 
 
@@ -377,3 +359,30 @@ def stop(run_id: str, grace_s: float = 30.0, project: Path | None = None) -> Sto
         run_id=run_id, status=state.status, how=how, processes_left=left,
         message=f"run {state.status}; " + ("no process of it is left." if not left else f"{left} processes remain!"),
     )
+
+
+def diagnose_run(run_id: str, project: Path | None = None) -> diagnose.Diagnosis:
+    """How the run ended (or how it is doing), classified, with evidence and remedies."""
+    run = open_run(paths.runs_root(project or paths.project_root()), run_id)
+    return diagnose.diagnose(run, refresh(run))
+
+
+LOG_STREAMS = ("stderr", "stdout", "metrics", "supervisor")
+
+
+def tail_log(run_id: str, stream: str = "stderr", lines: int = 50, pattern: str | None = None,
+             project: Path | None = None) -> textlog.LogTail:
+    """The last `lines` lines of one of the run's logs (matching `pattern`), bounded and cleaned.
+
+    Raises:
+        InvalidInput: for an unknown stream, a bad line count or pattern.
+    """
+    if stream not in LOG_STREAMS:
+        raise InvalidInput(f"stream {stream!r} is not one of {list(LOG_STREAMS)}.")
+    run = open_run(paths.runs_root(project or paths.project_root()), run_id)
+    path = {"stderr": run.stderr, "stdout": run.stdout, "metrics": run.metrics,
+            "supervisor": run.supervisor_log}[stream]
+    picked, matched, truncated = textlog.tail_lines(path, lines, pattern)
+    size = path.stat().st_size if path.is_file() else 0
+    return textlog.LogTail(run_id=run_id, stream=stream, lines=picked, matched=matched, truncated=truncated,
+                           file_bytes=size)

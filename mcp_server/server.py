@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import inspect
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from mcp.server.mcpserver import MCPServer
+import anyio
+import anyio.to_thread
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel
 
-from mcp_server import __version__, gpu, memory, metrics, paths, prepare, registry, runs, scratchpad
-from mcp_server.errors import TrainguardError
+from mcp_server import __version__, diagnose, gpu, memory, metrics, paths, prepare, registry, runs, scratchpad, textlog
+from mcp_server.errors import InvalidInput, TrainguardError
 from mcp_server.preflight import PreflightReport, run_preflight
 from mcp_server.preflight import estimate_memory as _estimate_memory
+from mcp_server.rundir import TERMINAL
 from mcp_server.specs import Scalar
 
 log = logging.getLogger("trainguard.server")
@@ -43,12 +48,22 @@ def tool(annotations: ToolAnnotations) -> Callable[[F], F]:
     """Register a function as a tool whose `TrainguardError`s reach the model as `ToolError`s."""
 
     def register(fn: F) -> F:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except TrainguardError as exc:
-                raise ToolError(str(exc)) from exc
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await fn(*args, **kwargs)
+                except TrainguardError as exc:
+                    raise ToolError(str(exc)) from exc
+        else:
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return fn(*args, **kwargs)
+                except TrainguardError as exc:
+                    raise ToolError(str(exc)) from exc
 
         mcp.add_tool(wrapper, annotations=annotations)
         return fn
@@ -197,6 +212,62 @@ def summarize_run(run_id: str) -> RunSummaryResult:
     val/acc and its epoch) first in `summary.primary` and `summary.headline`. Use this, not the logs."""
     info, summary = runs.summary(run_id)
     return RunSummaryResult(run=info, summary=summary)
+
+
+@tool(READ_ONLY)
+def diagnose_run(run_id: str) -> diagnose.Diagnosis:
+    """Why a run failed (or ended, or looks unhealthy): the failure class (gpu_out_of_memory,
+    hip_missing_override, hip_error, device_mismatch, wrong_dtype, nonfinite_loss, import_error,
+    missing_file, disk_full, host_out_of_memory, killed_by_kernel_oom, stalled, user_stop, crash,
+    or none), the few log lines or facts that show it, and the remedies to try. Reads stderr,
+    stdout, the exit code and signal, and the metrics; never returns a whole log."""
+    return runs.diagnose_run(run_id)
+
+
+@tool(READ_ONLY)
+def tail_log(run_id: str, stream: str = "stderr", lines: int = 50, pattern: str | None = None) -> textlog.LogTail:
+    """The last `lines` (1-500) lines of a run's log: stream is stderr, stdout, metrics or
+    supervisor. `pattern` (a regular expression) keeps only matching lines, searched in the
+    last 8 MiB. At most 20,000 characters, control characters removed. Prefer diagnose_run and
+    summarize_run; use this for the exact text around an error."""
+    return runs.tail_log(run_id, stream, lines, pattern)
+
+
+class WaitResult(BaseModel):
+    """`wait_run`: why the wait ended, and the run's status then."""
+
+    reason: str  # finished | event | timeout
+    waited_s: float
+    new_events: list[dict[str, Any]]
+    run: runs.RunStatus
+
+
+@tool(READ_ONLY)
+async def wait_run(run_id: str, ctx: Context, timeout_seconds: float = 300.0, poll_seconds: float = 2.0) -> WaitResult:
+    """Wait for a run to finish, for a watchdog event, or for `timeout_seconds` (at most 3600),
+    whichever comes first, sending MCP progress notifications (epoch of epochs, headline) while
+    it waits. Returns the run's status. Cheaper for your context than polling run_status."""
+    if not 0 < timeout_seconds <= 3600 or not 0.1 <= poll_seconds <= 60:
+        raise InvalidInput("timeout_seconds takes 0-3600 and poll_seconds 0.1-60.")
+    t0 = time.monotonic()
+    first = await anyio.to_thread.run_sync(runs.status, run_id)
+    seen = len(first.events)
+    st = first
+    while True:
+        if st.status in TERMINAL:
+            reason = "finished"
+            break
+        if len(st.events) > seen:
+            reason = "event"
+            break
+        if time.monotonic() - t0 >= timeout_seconds:
+            reason = "timeout"
+            break
+        done, total = (st.epoch or 0), st.epochs
+        await ctx.report_progress(done, total, f"{st.status}: {st.headline}"[:200])
+        await anyio.sleep(min(poll_seconds, max(0.05, timeout_seconds - (time.monotonic() - t0))))
+        st = await anyio.to_thread.run_sync(runs.status, run_id)
+    return WaitResult(reason=reason, waited_s=round(time.monotonic() - t0, 1), new_events=st.events[seen:], run=st)
 
 
 @tool(READ_ONLY)

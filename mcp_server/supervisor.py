@@ -19,11 +19,15 @@ import sys
 import time
 from pathlib import Path
 
-from mcp_server import metrics, procs, scratchpad
+from mcp_server import gpu, metrics, procs, scratchpad
 from mcp_server.errors import TrainguardError
 from mcp_server.rundir import RunDir, RunState
+from mcp_server.watchdog import Watchdog, WatchdogConfig
 
 log = logging.getLogger("trainguard.supervisor")
+POLL_S = 0.5
+GPU_SAMPLE_S = 10.0
+STOP_GRACE_S = 30.0  # the trainer's time to checkpoint after SIGTERM
 
 
 def classify(returncode: int, stop_requested: bool) -> tuple[str, int | None, int | None, str | None]:
@@ -72,13 +76,60 @@ def supervise(run: RunDir) -> int:
     state.started_at = time.time()
     run.write_state(state)
 
+    stopped_by = _watch(run, manifest, state, proc)
     returncode = proc.wait()
     # Grandchildren (data-loader workers...) may outlive the trainer; none may stay behind.
     procs.stop_group(proc.pid, grace_s=2.0)
     state.status, state.exit_code, state.signal, state.failure = classify(returncode, run.stop_marker.exists())
+    if stopped_by and state.status != "succeeded":
+        state.status, state.failure = "failed", f"stopped by the watchdog: {stopped_by['detail']}"
     state.finished_at = time.time()
     _finish(run, manifest, state)
     return returncode
+
+
+def _watch(run: RunDir, manifest: dict, state: RunState, proc: subprocess.Popen) -> dict | None:
+    """Poll the watchdog until the trainer exits; returns the event that stopped it, if one did."""
+    config = WatchdogConfig.model_validate(manifest.get("watchdog") or {})
+    dog = Watchdog(config, run.metrics, manifest["primary_metric"])
+    sample_gpu = bool(manifest.get("gpus")) and (config.gpu_memory_gib or config.temperature_c)
+    next_gpu = 0.0
+    while proc.poll() is None:
+        time.sleep(POLL_S)
+        events = dog.poll()
+        if sample_gpu and time.monotonic() >= next_gpu:
+            next_gpu = time.monotonic() + GPU_SAMPLE_S
+            events += _gpu_events(dog, proc.pid)
+        for event in events:
+            state.events.append(event)
+            run.write_state(state)
+            _scratchpad_event(run, manifest, event)
+            if event["action"] == "stop" and proc.poll() is None:
+                procs.stop_group(proc.pid, grace_s=float(manifest.get("stop_grace_s", STOP_GRACE_S)))
+                return event
+    return None
+
+
+def _gpu_events(dog: Watchdog, pgid: int) -> list[dict]:
+    """The run's GPU memory (its processes' share, else the device's) and temperature."""
+    members = set(procs.group_members(pgid))
+    events = []
+    for device in gpu.gpu_report().devices:
+        ours = [p.used_memory_bytes for p in device.processes if p.pid in members and p.used_memory_bytes]
+        if device.processes and not ours:
+            continue  # another job's GPU
+        used = sum(ours) if ours else device.memory_used_bytes
+        events += dog.check_gpu(used, device.temperature_c, f"GPU {device.index}")
+    return events
+
+
+def _scratchpad_event(run: RunDir, manifest: dict, event: dict) -> None:
+    what = "stopping the run" if event["action"] == "stop" else "warning"
+    try:
+        scratchpad.append(Path(manifest["project_dir"]), manifest["agent"],
+                          f"run {run.run_id} watchdog {event['kind']} ({what}): {event['detail']}", kind="watchdog")
+    except (OSError, TrainguardError) as exc:
+        log.warning("scratchpad not written: %s", exc)
 
 
 def _finish(run: RunDir, manifest: dict, state: RunState) -> None:

@@ -77,6 +77,60 @@ type = "int"
 flag = "--nan-at"
 default = -1
 help = "Step whose loss is NaN."
+
+[params.hang_at]
+type = "int"
+flag = "--hang-at"
+default = -1
+help = "Step from which it stops logging and hangs."
+
+[params.limit_as_mb]
+type = "int"
+flag = "--limit-as-mb"
+default = 0
+help = "Address-space limit (MB)."
+
+[params.alloc_at]
+type = "int"
+flag = "--alloc-at"
+default = -1
+help = "Step at which it allocates alloc_mb."
+
+[params.alloc_mb]
+type = "int"
+flag = "--alloc-mb"
+default = 0
+help = "MB to allocate."
+
+[params.limit_fsize_mb]
+type = "int"
+flag = "--limit-fsize-mb"
+default = 0
+help = "File-size limit (MB)."
+
+[params.write_at]
+type = "int"
+flag = "--write-at"
+default = -1
+help = "Step at which it writes write_mb to a file."
+
+[params.write_mb]
+type = "int"
+flag = "--write-mb"
+default = 0
+help = "MB to write."
+
+[params.ckpt_mb]
+type = "int"
+flag = "--ckpt-mb"
+default = 0
+help = "Size of the checkpoint written every step (MB)."
+
+[params.malformed_at]
+type = "int"
+flag = "--malformed-at"
+default = -1
+help = "Step at which a malformed metrics line is written."
 """
 
 

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from conftest import write_experiment
-from mcp_server import paths, procs, runs
+from mcp_server import paths, procs, runs, textlog
 from mcp_server.errors import Conflict, InvalidInput, NotFound
 from mcp_server.rundir import TERMINAL, open_run
 
@@ -135,5 +135,5 @@ def test_unknown_run_id_says_how_to_find_one(scripted):
 def test_log_tail_is_bounded_and_clean(tmp_path):
     log = tmp_path / "stderr.log"
     log.write_bytes(b"\x1b[31mred\x1b[0m\x07 line\n" + b"x" * 100000 + b"\nlast\n")
-    text = runs.tail(log, lines=5, max_chars=300)
+    text = textlog.tail(log, lines=5, max_chars=300)
     assert len(text) <= 300 and text.endswith("last") and "\x1b" not in text

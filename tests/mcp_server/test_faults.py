@@ -1,0 +1,183 @@
+"""Fault injection with real processes: each fault is detected and classified, the run's state is
+consistent, nothing is lost (a completed checkpoint loads, the metrics up to the fault read
+back) and no process of the run is left alive.
+
+The trainer is a user's own script (tests/fixtures/scripted_trainer.py) whose flags act out
+each fault; `diagnose_run` must name it from what the run left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_experiment
+from mcp_server import metrics, paths, procs, runs
+from mcp_server.rundir import TERMINAL, open_run
+
+
+def experiment(project: Path, name: str, args: dict, watchdog: str = "") -> str:
+    folder = write_experiment(project, name, "scripted", args)
+    if watchdog:
+        toml = folder / "experiment.toml"
+        toml.write_text(toml.read_text() + "\n[watchdog]\n" + watchdog + "\n")
+    return name[:3]
+
+
+def finish(run_id: str, timeout: float = 90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = runs.status(run_id)
+        if st.status in TERMINAL:
+            return st
+        time.sleep(0.1)
+    raise AssertionError(f"{run_id} did not finish: {runs.status(run_id)}")
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_clean(run_id: str) -> None:
+    """Terminal state with its end time, no process of the run alive, the metrics readable."""
+    run = open_run(paths.runs_root(), run_id)
+    state = run.read_state()
+    assert state.status in TERMINAL and state.finished_at is not None
+    # The supervisor exits right after it writes the terminal state.
+    wait_until(lambda: not procs.is_alive(state.supervisor_pid, state.supervisor_started), 10.0, "supervisor exit")
+    assert state.pgid is None or procs.group_members(state.pgid) == [], "a process of the run is alive"
+
+
+def logged_steps(run_id: str) -> list[int]:
+    run = open_run(paths.runs_root(), run_id)
+    summary = metrics.summarize_file(run.metrics, "val/acc", "max")
+    loss = next(m for m in summary.metrics if m.name == "train/loss")
+    return [loss.first.step, loss.last.step, loss.count]
+
+
+def test_trainer_exception_is_a_crash_with_its_traceback(scripted):
+    result = runs.launch(experiment(scripted, "931-exc", {"steps": 10, "fail_at": 4}))
+    st = finish(result.run_id)
+    assert st.status == "failed" and st.exit_code == 1
+    d = runs.diagnose_run(result.run_id)
+    assert d.failure_class == "crash" and any("RuntimeError: scripted failure" in e.text for e in d.evidence)
+    assert logged_steps(result.run_id) == [1, 3, 3]  # every step before the fault reads back
+    assert_clean(result.run_id)
+
+
+def test_sigkill_from_outside_is_classified_as_the_oom_killer(scripted):
+    result = runs.launch(experiment(scripted, "932-kill", {"steps": 100000, "interval": 0.02}))
+    state = wait_until(lambda: (s := runs.refresh(open_run(paths.runs_root(), result.run_id))).pid and s,
+                       what="trainer pid")
+    wait_until(lambda: logged_steps_or_none(result.run_id), what="a first metric")
+    os.kill(state.pid, signal.SIGKILL)  # not a stop_run: what the kernel's OOM killer does
+    st = finish(result.run_id)
+    assert st.status == "failed" and st.signal == signal.SIGKILL
+    d = runs.diagnose_run(result.run_id)
+    assert d.failure_class == "killed_by_kernel_oom" and "dmesg" in " ".join(d.remedies)
+    assert_clean(result.run_id)
+
+
+def logged_steps_or_none(run_id):
+    try:
+        return logged_steps(run_id)
+    except StopIteration:
+        return None
+
+
+def test_memory_exhaustion_under_an_address_space_limit(scripted):
+    args = {"steps": 10, "limit_as_mb": 1500, "alloc_at": 3, "alloc_mb": 4000}
+    result = runs.launch(experiment(scripted, "933-mem", args))
+    st = finish(result.run_id)
+    assert st.status == "failed"
+    d = runs.diagnose_run(result.run_id)
+    assert d.failure_class == "host_out_of_memory" and any("MemoryError" in e.text for e in d.evidence)
+    assert logged_steps(result.run_id) == [1, 2, 2]
+    assert_clean(result.run_id)
+
+
+def test_nan_loss_is_stopped_by_the_watchdog(scripted):
+    args = {"steps": 100000, "interval": 0.02, "nan_at": 5}
+    result = runs.launch(experiment(scripted, "934-nan", args, 'nonfinite = "stop"'))
+    st = finish(result.run_id)
+    assert st.status == "failed" and "stopped by the watchdog" in st.failure and "train/loss is nan" in st.failure
+    assert [e["kind"] for e in st.events] == ["nonfinite"]
+    d = runs.diagnose_run(result.run_id)
+    assert d.failure_class == "nonfinite_loss" and "watchdog_nonfinite" in d.also
+    assert any("train/loss is NaN/inf first at step 5" in e.text for e in d.evidence)
+    assert (paths.runs_root() / result.run_id / "checkpoints" / "last.json").is_file()  # it checkpointed on SIGTERM
+    assert_clean(result.run_id)
+
+
+def test_a_hang_is_stopped_as_a_stall(scripted):
+    args = {"steps": 100000, "interval": 0.05, "hang_at": 10}
+    result = runs.launch(experiment(scripted, "935-hang", args, 'stall = "stop"\nstall_min_s = 1.5\nstall_factor = 3'))
+    st = finish(result.run_id)
+    assert st.status == "failed" and [e["kind"] for e in st.events] == ["stall"]
+    d = runs.diagnose_run(result.run_id)
+    assert d.failure_class == "stalled" and "no new metric" in d.evidence[0].text
+    assert logged_steps(result.run_id)[1] == 9
+    assert_clean(result.run_id)
+
+
+def test_disk_full_under_a_file_size_limit(scripted):
+    args = {"steps": 10, "limit_fsize_mb": 2, "write_at": 3, "write_mb": 8}
+    result = runs.launch(experiment(scripted, "936-disk", args))
+    st = finish(result.run_id)
+    assert st.status == "failed"
+    d = runs.diagnose_run(result.run_id)
+    assert d.failure_class == "disk_full" and any("File too large" in e.text for e in d.evidence)
+    assert_clean(result.run_id)
+
+
+def test_a_kill_during_checkpoint_writes_leaves_the_last_complete_checkpoint(scripted):
+    result = runs.launch(experiment(scripted, "937-ckpt", {"steps": 100000, "ckpt_mb": 16}))
+    ckpt = paths.runs_root() / result.run_id / "checkpoints" / "ckpt.bin"
+    wait_until(lambda: ckpt.exists(), what="a first checkpoint")
+    tmp = ckpt.with_name("ckpt.bin.tmp")
+    wait_until(lambda: tmp.exists(), what="a checkpoint being written")
+    state = runs.refresh(open_run(paths.runs_root(), result.run_id))
+    os.killpg(state.pgid, signal.SIGKILL)  # most likely mid-write: a write takes most of each step
+    finish(result.run_id)
+    data = ckpt.read_bytes()
+    step, digest, body = int.from_bytes(data[:8], "little"), data[8:40], data[40:]
+    assert len(body) == 16 * 2**20 and hashlib.sha256(body).digest() == digest, "the checkpoint is torn"
+    assert step >= 1
+    assert_clean(result.run_id)
+
+
+def test_a_malformed_metrics_line_is_skipped_and_the_run_succeeds(scripted):
+    result = runs.launch(experiment(scripted, "938-torn", {"steps": 6, "malformed_at": 3}))
+    st = finish(result.run_id)
+    assert st.status == "succeeded"
+    run = open_run(paths.runs_root(), result.run_id)
+    summary = metrics.summarize_file(run.metrics, "val/acc", "max")
+    assert summary.skipped_lines == 1
+    assert logged_steps(result.run_id) == [1, 6, 6]
+    assert runs.diagnose_run(result.run_id).failure_class == "none"
+    assert_clean(result.run_id)
+
+
+@pytest.mark.parametrize("stream", ["stderr", "stdout"])
+def test_tail_log_is_bounded_and_filtered(scripted, stream):
+    result = runs.launch(experiment(scripted, "939-tail", {"steps": 30, "fail_at": 25}))
+    finish(result.run_id)
+    if stream == "stdout":
+        out = runs.tail_log(result.run_id, "stdout", lines=5, pattern=r"loss 0\.0[45]")
+        assert out.lines == ["step 20 loss 0.05", "step 21 loss 0.047619047619047616",
+                             "step 22 loss 0.045454545454545456", "step 23 loss 0.043478260869565216",
+                             "step 24 loss 0.041666666666666664"]
+        assert out.matched == 8 and out.truncated  # steps 17-24 match (1/17 = 0.0588); the last 5 are kept
+    else:
+        out = runs.tail_log(result.run_id, "stderr", lines=1)
+        assert out.lines == ["RuntimeError: scripted failure"]
