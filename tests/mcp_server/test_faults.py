@@ -181,3 +181,39 @@ def test_tail_log_is_bounded_and_filtered(scripted, stream):
     else:
         out = runs.tail_log(result.run_id, "stderr", lines=1)
         assert out.lines == ["RuntimeError: scripted failure"]
+
+
+def test_wait_run_reports_progress_and_returns_on_the_end_or_an_event(scripted):
+    import anyio
+    from mcp import Client
+
+    from mcp_server.server import mcp
+
+    nan_id = runs.launch(experiment(scripted, "941-nanwarn", {"steps": 100000, "interval": 0.05, "nan_at": 60},
+                                    'nonfinite = "warn"')).run_id
+    long_id = runs.launch(experiment(scripted, "940-wait", {"steps": 120, "interval": 0.05})).run_id
+    progress = []
+
+    async def on_progress(done, total, message):
+        progress.append((done, total, message))
+
+    async def scenario():
+        async with Client(mcp) as client:
+            timeout = await client.call_tool("wait_run", {"run_id": nan_id, "timeout_seconds": 0.5,
+                                                          "poll_seconds": 0.1})
+            assert timeout.structured_content["reason"] == "timeout"  # its NaN comes at step 60, about 3 s in
+            event = await client.call_tool("wait_run", {"run_id": nan_id, "timeout_seconds": 60, "poll_seconds": 0.1})
+            done = await client.call_tool("wait_run", {"run_id": long_id, "timeout_seconds": 60, "poll_seconds": 0.1},
+                                          progress_callback=on_progress)
+            bad = await client.call_tool("wait_run", {"run_id": long_id, "timeout_seconds": 99999})
+            return done.structured_content, event.structured_content, bad
+
+    done, event, bad = anyio.run(scenario)
+    assert done["reason"] == "finished" and done["run"]["status"] == "succeeded"
+    assert progress and all(total is None for _, total, _ in progress)  # the scripted spec has no epochs
+    assert any("running" in message for _, _, message in progress)
+    assert event["reason"] == "event" and event["new_events"][0]["kind"] == "nonfinite"
+    assert event["run"]["status"] == "running"  # a warning does not stop the run
+    assert bad.is_error and "timeout_seconds takes 0-3600" in bad.content[0].text
+    runs.stop(nan_id, grace_s=1.0)
+    assert_clean(nan_id)
