@@ -25,7 +25,7 @@ from mcp_server.errors import InvalidInput, NotFound
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
-Status = Literal["starting", "running", "succeeded", "failed", "stopped", "lost"]
+Status = Literal["starting", "queued", "running", "succeeded", "failed", "stopped", "lost"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "stopped", "lost"})
 
 
@@ -46,6 +46,8 @@ class RunState(BaseModel):
     signal: int | None = None
     failure: str | None = None
     events: list[dict[str, Any]] = []  # watchdog firings: {t, kind, action, detail}
+    resource: str | None = None  # gpu or cpu: the slot it needs (slots.py)
+    queued_at: float | None = None  # when it started waiting for a slot, if it had to
 
 
 class RunDir:

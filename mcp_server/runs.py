@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server import __version__, diagnose, metrics, paths, procs, scratchpad, textlog
+from mcp_server import __version__, diagnose, metrics, paths, procs, scratchpad, slots, textlog
 from mcp_server.errors import Conflict, InvalidInput, TrainguardError
 from mcp_server.preflight import Check, PreflightReport, probe_torch, run_preflight
 from mcp_server.rundir import TERMINAL, RunDir, RunState, all_runs, create_run_dir, open_run, write_json_atomic
@@ -62,6 +62,7 @@ class RunInfo(BaseModel):
     signal: int | None
     failure: str | None
     headline: str
+    queue_position: int | None = None  # 1 = next to start, when queued
 
 
 class RunStatus(RunInfo):
@@ -162,6 +163,7 @@ def launch(
         "note": note,
         "acknowledged": acknowledged,
         "watchdog": exp.watchdog.model_dump(),
+        "resource": "gpu" if torch_info.get("devices") and report.config.get("device") not in ("cpu", "mps") else "cpu",
         "git_commit": _git_commit(project),
         "versions": {
             "trainguard": __version__,
@@ -191,7 +193,9 @@ def launch(
         run_id=run.run_id, status=state.status, dry_run=False, run_dir=str(run.path), argv=argv, env=env,
         pid=state.pid, config=report.config, preflight_verdict=report.verdict, preflight_notes=notes,
         acknowledged=acknowledged,
-        next_step=f"Poll run_status('{run.run_id}') every few minutes; call summarize_run when it ends.",
+        next_step=(f"Queued: it starts when a {state.resource or 'device'} slot frees; stop_run cancels it. "
+                   if state.status == "queued" else "")
+        + f"wait_run('{run.run_id}') waits for its end or a watchdog event; then summarize_run.",
     )
 
 
@@ -274,6 +278,9 @@ def _info_fields(run: RunDir, manifest: dict[str, Any], state: RunState) -> dict
         "signal": state.signal,
         "failure": state.failure,
         "headline": summary.headline,
+        "queue_position": (len(slots.queued_before(run.path.parent, run.run_id, state.resource or "cpu",
+                                                    state.queued_at or time.time())) + 1
+                           if state.status == "queued" else None),
     }, summary
 
 
@@ -354,6 +361,8 @@ def stop(run_id: str, grace_s: float = 30.0, project: Path | None = None) -> Sto
     while state.status not in TERMINAL and time.monotonic() < deadline:
         time.sleep(0.05)
         state = refresh(run)
+    if how == "none" and state.status == "stopped" and state.pid is None:
+        how = "cancelled while queued"
     left = len(procs.group_members(state.pgid)) if state.pgid else 0
     return StopResult(
         run_id=run_id, status=state.status, how=how, processes_left=left,

@@ -19,13 +19,14 @@ import sys
 import time
 from pathlib import Path
 
-from mcp_server import gpu, metrics, procs, scratchpad
+from mcp_server import gpu, metrics, procs, scratchpad, slots
 from mcp_server.errors import TrainguardError
 from mcp_server.rundir import RunDir, RunState
 from mcp_server.watchdog import Watchdog, WatchdogConfig
 
 log = logging.getLogger("trainguard.supervisor")
 POLL_S = 0.5
+QUEUE_POLL_S = 0.25
 GPU_SAMPLE_S = 10.0
 STOP_GRACE_S = 30.0  # the trainer's time to checkpoint after SIGTERM
 
@@ -54,6 +55,11 @@ def supervise(run: RunDir) -> int:
     # record the outcome, so it ignores the polite signals and only SIGKILL ends it early.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    slot = _take_slot(run, manifest, state)  # held (open) until this process exits
+    if slot is None:  # cancelled while queued
+        state.status, state.finished_at = "stopped", time.time()
+        _finish(run, manifest, state)
+        return 0
     try:
         with run.stdout.open("ab") as out, run.stderr.open("ab") as err:
             proc = subprocess.Popen(
@@ -86,6 +92,28 @@ def supervise(run: RunDir) -> int:
     state.finished_at = time.time()
     _finish(run, manifest, state)
     return returncode
+
+
+def _take_slot(run: RunDir, manifest: dict, state: RunState):
+    """Wait, queued in FIFO order, for a slot of the run's resource; None if cancelled meanwhile."""
+    root = run.path.parent
+    resource = manifest.get("resource", "cpu")
+    count = slots.slot_count(resource, len(manifest.get("gpus") or []))
+    state.resource = resource
+    now = time.time()
+    slot = None if slots.queued_before(root, run.run_id, resource, now) else slots.try_acquire(root, resource, count)
+    if slot is not None:
+        return slot
+    state.status, state.queued_at = "queued", now
+    run.write_state(state)
+    while True:
+        if run.stop_marker.exists():
+            return None
+        time.sleep(QUEUE_POLL_S)
+        if not slots.queued_before(root, run.run_id, resource, now):
+            slot = slots.try_acquire(root, resource, count)
+            if slot is not None:
+                return slot
 
 
 def _watch(run: RunDir, manifest: dict, state: RunState, proc: subprocess.Popen) -> dict | None:

@@ -143,6 +143,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("CLAUDE_PROJECT_DIR", str(proj))
     monkeypatch.delenv("TRAINGUARD_RUNS_DIR", raising=False)
     monkeypatch.setenv("TRAINGUARD_PYTHON", sys.executable)
+    monkeypatch.setenv("TRAINGUARD_CPU_SLOTS", "16")  # tests run several small runs at once; test_queue sets 1
     yield proj
     for run in all_runs(paths.runs_root(proj)):
         if run.state_file.exists() and runs.refresh(run).status not in TERMINAL:
@@ -174,7 +175,8 @@ def tiny_trm(project: Path) -> Path:
 def server_env(project: Path) -> dict[str, str]:
     """Environment for a server subprocess: a stdio client passes only a minimal one."""
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
-    env.update(CLAUDE_PROJECT_DIR=str(project), TRAINGUARD_PYTHON=sys.executable, PYTHONPATH=str(REPO))
+    env.update(CLAUDE_PROJECT_DIR=str(project), TRAINGUARD_PYTHON=sys.executable, PYTHONPATH=str(REPO),
+               TRAINGUARD_CPU_SLOTS="16")
     return env
 
 

@@ -1,0 +1,63 @@
+"""One GPU, one job: run slots and the FIFO queue in front of them.
+
+A run needs a slot of its resource (`gpu` or `cpu`) before its trainer starts. A slot is an
+exclusive `flock` on `runs/.slots/<resource>-<i>.lock`, held by the run's supervisor for the
+trainer's whole life and released by the kernel when the supervisor exits, however it exits:
+no stale locks, and two launches racing for one GPU can never both hold it. Runs waiting for
+a slot are `queued`; only the oldest queued run of a resource may take a free slot (FIFO).
+The counts: one per visible GPU (`TRAINGUARD_GPU_SLOTS` overrides), CPU runs as many as the
+cores allow (`TRAINGUARD_CPU_SLOTS`, default the core count).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
+from mcp_server.rundir import RunState, all_runs
+
+
+def slot_count(resource: str, gpus: int) -> int:
+    """How many runs of `resource` may run at once."""
+    var = "TRAINGUARD_GPU_SLOTS" if resource == "gpu" else "TRAINGUARD_CPU_SLOTS"
+    default = max(1, gpus) if resource == "gpu" else max(1, os.cpu_count() or 1)
+    try:
+        return max(1, int(os.environ.get(var, default)))
+    except ValueError:
+        return default
+
+
+def try_acquire(runs_root: Path, resource: str, count: int) -> IO[bytes] | None:
+    """An open, exclusively locked slot file, or None when every slot is taken. Keep it open."""
+    folder = runs_root / ".slots"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        fh = (folder / f"{resource}-{i}.lock").open("ab")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            continue
+        return fh
+    return None
+
+
+def queued_before(runs_root: Path, run_id: str, resource: str, queued_at: float) -> list[str]:
+    """Runs of the same resource queued earlier than this one and still waiting, oldest first."""
+    from mcp_server import procs
+
+    ahead = []
+    for run in all_runs(runs_root):
+        if run.run_id == run_id:
+            continue
+        try:
+            state: RunState = run.read_state()
+        except (OSError, ValueError):
+            continue
+        if (state.status == "queued" and state.resource == resource and state.queued_at is not None
+                and (state.queued_at, run.run_id) < (queued_at, run_id)
+                and procs.is_alive(state.supervisor_pid, state.supervisor_started)):
+            ahead.append((state.queued_at, run.run_id))
+    return [rid for _, rid in sorted(ahead)]

@@ -1,0 +1,128 @@
+"""One slot, one job: the FIFO queue, cancelling a queued run, racing launches, and a server
+killed mid-run and started again (real processes throughout)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import anyio
+import psutil
+from mcp import Client, StdioServerParameters
+
+from conftest import REPO, server_env, write_experiment
+from mcp_server import paths, procs, runs
+from mcp_server.rundir import TERMINAL, open_run
+
+LONG = {"steps": 100000, "interval": 0.05}
+
+
+def wait_until(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def statuses(*run_ids):
+    return [runs.status(r).status for r in run_ids]
+
+
+def test_a_second_run_queues_fifo_and_starts_when_the_slot_frees(scripted, monkeypatch):
+    monkeypatch.setenv("TRAINGUARD_CPU_SLOTS", "1")
+    write_experiment(scripted, "951-long", "scripted", LONG)
+    write_experiment(scripted, "952-short", "scripted", {"steps": 3})
+    first = runs.launch("951")
+    second = runs.launch("952")
+    third = runs.launch("952")
+    assert (first.status, second.status, third.status) == ("running", "queued", "queued")
+    assert "stop_run cancels it" in second.next_step
+    listed = {r.run_id: r for r in runs.list_runs()}
+    assert (listed[second.run_id].queue_position, listed[third.run_id].queue_position) == (1, 2)
+
+    cancelled = runs.stop(third.run_id, grace_s=1.0)
+    assert cancelled.status == "stopped" and cancelled.how == "cancelled while queued"
+    assert open_run(paths.runs_root(), third.run_id).read_state().pid is None  # its trainer never started
+    assert statuses(first.run_id, second.run_id) == ["running", "queued"]
+
+    runs.stop(first.run_id, grace_s=1.0)
+    final = wait_until(lambda: (s := runs.status(second.run_id)).status in TERMINAL and s, what="the queued run")
+    assert final.status == "succeeded" and final.exit_code == 0
+
+
+def test_racing_launches_never_both_run(scripted, monkeypatch):
+    monkeypatch.setenv("TRAINGUARD_CPU_SLOTS", "1")
+    write_experiment(scripted, "953-race", "scripted", {"steps": 40, "interval": 0.05})
+    results, errors = [], []
+
+    def go():
+        try:
+            results.append(runs.launch("953"))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 3
+    ids = [r.run_id for r in results]
+    assert sorted(r.status for r in results) == ["queued", "queued", "running"]
+    # Sample until all are done: at no moment do two of them run.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        now = statuses(*ids)
+        assert now.count("running") <= 1, now
+        if all(s in TERMINAL for s in now):
+            break
+        time.sleep(0.02)
+    assert statuses(*ids) == ["succeeded"] * 3
+    starts = sorted(open_run(paths.runs_root(), r).read_state().started_at for r in ids)
+    ends = sorted(open_run(paths.runs_root(), r).read_state().finished_at for r in ids)
+    assert starts[1] >= ends[0] and starts[2] >= ends[1]  # one after the other
+
+
+def server_params(project):
+    env = server_env(project) | {"TRAINGUARD_SERVER_PYTHON": sys.executable}
+    return StdioServerParameters(command=str(REPO / "bin" / "trainguard-mcp"), args=[], env=env, cwd="/")
+
+
+def our_servers():
+    """The stdio server processes this test started (the launcher execs Python)."""
+    return [p for p in psutil.Process().children(recursive=True)
+            if "mcp_server" in " ".join(p.cmdline()) and "supervisor" not in " ".join(p.cmdline())]
+
+
+def test_a_run_survives_its_server_being_killed_and_a_new_server_finds_it(scripted):
+    write_experiment(scripted, "954-survive", "scripted", {"steps": 60, "interval": 0.05})
+
+    async def first_server():
+        async with Client(server_params(scripted)) as client:
+            launched = (await client.call_tool("launch_run", {"experiment": "954"})).structured_content
+            servers = our_servers()
+            assert len(servers) == 1
+            os.kill(servers[0].pid, signal.SIGKILL)  # the Claude Code session dies mid-run
+            return launched["run_id"]
+
+    try:
+        run_id = anyio.run(first_server)
+    except BaseException as exc:  # the client sees its server vanish; that is the point
+        run_id = next((r.run_id for r in runs.list_runs()), None)
+        assert run_id, exc
+    state = open_run(paths.runs_root(), run_id).read_state()
+    assert procs.is_alive(state.supervisor_pid, state.supervisor_started)  # the run goes on without it
+    wait_until(lambda: runs.status(run_id).status in TERMINAL, 60, "the run to end with no server up")
+
+    async def second_server():
+        async with Client(server_params(scripted)) as client:
+            return (await client.call_tool("run_status", {"run_id": run_id})).structured_content
+
+    st = anyio.run(second_server)
+    assert st["status"] == "succeeded" and st["exit_code"] == 0  # recorded while no server ran
+    assert st["latest"]["train/loss"] == 1 / 60
