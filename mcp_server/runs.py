@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from mcp_server import __version__, diagnose, metrics, paths, procs, scratchpad, slots, textlog
-from mcp_server.errors import Conflict, InvalidInput, TrainguardError
+from mcp_server.errors import Conflict, InvalidInput, NotFound, TrainguardError
 from mcp_server.preflight import Check, PreflightReport, probe_torch, run_preflight
 from mcp_server.rundir import TERMINAL, RunDir, RunState, all_runs, create_run_dir, open_run, write_json_atomic
 from mcp_server.specs import Scalar, TrainerSpec, build_argv
@@ -395,3 +395,52 @@ def tail_log(run_id: str, stream: str = "stderr", lines: int = 50, pattern: str 
     size = path.stat().st_size if path.is_file() else 0
     return textlog.LogTail(run_id=run_id, stream=stream, lines=picked, matched=matched, truncated=truncated,
                            file_bytes=size)
+
+
+def resume_run(
+    run_id: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    note: str = "",
+    agent: str = "training-runner",
+    acknowledge: list[str] | None = None,
+    dry_run: bool = False,
+    project: Path | None = None,
+) -> LaunchResult:
+    """Launch a new run of the same experiment and overrides that continues from `run_id`'s
+    last checkpoint (the trainer spec's `resume_checkpoint`), through the same pre-flight.
+
+    The danger rules the original run acknowledged stay acknowledged; `overrides` may change
+    anything else (e.g. more epochs).
+
+    Raises:
+        Conflict: the run is still going. NotFound: it left no checkpoint. InvalidInput: its
+            trainer cannot resume, or its checkpoint is outside the project.
+    """
+    from mcp_server import registry
+
+    project = project or paths.project_root()
+    run = open_run(paths.runs_root(project), run_id)
+    state = refresh(run)
+    if state.status not in TERMINAL:
+        raise Conflict(f"run {run_id} is {state.status}; stop_run it first, then resume it.")
+    manifest = run.read_manifest()
+    spec = registry.load_trainer(manifest["trainer"], project)
+    if not spec.resume_checkpoint:
+        raise InvalidInput(f"trainer {spec.name!r} names no resume_checkpoint in its spec, so its runs cannot be "
+                           "resumed; launch_run the experiment again instead.")
+    found = sorted((p for p in run.checkpoints.glob(spec.resume_checkpoint) if p.is_file()),
+                   key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise NotFound(f"run {run_id} left no checkpoint matching {spec.resume_checkpoint!r} in {run.checkpoints} "
+                       "(it ended before its first one); launch_run the experiment again instead.")
+    checkpoint = found[-1]
+    if not checkpoint.resolve().is_relative_to(project.resolve()):
+        raise InvalidInput(f"the checkpoint {checkpoint} is outside the project {project} (TRAINGUARD_RUNS_DIR?); "
+                           "copy it into the project and pass it as the resume override of launch_run.")
+    merged = {**manifest.get("overrides", {}), **(overrides or {}),
+              "resume": str(checkpoint.resolve().relative_to(project.resolve()))}
+    acks = sorted(set(manifest.get("acknowledged", [])) | set(acknowledge or []))
+    why = f"resume of {run_id} from {checkpoint.name}" + (f"; {note}" if note else "")
+    return launch(manifest["experiment"], merged, note=why, agent=agent, acknowledge=acks, dry_run=dry_run,
+                  project=project)

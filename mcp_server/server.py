@@ -214,6 +214,22 @@ def summarize_run(run_id: str) -> RunSummaryResult:
     return RunSummaryResult(run=info, summary=summary)
 
 
+@tool(WRITES)
+def resume_run(
+    run_id: str,
+    overrides: dict[str, Scalar] | None = None,
+    note: str = "",
+    agent: str = "training-runner",
+    acknowledge: list[str] | None = None,
+    dry_run: bool = False,
+) -> runs.LaunchResult:
+    """Continue a stopped, failed or lost run from its last checkpoint: a new run of the same
+    experiment with the same overrides (plus `overrides`, e.g. {"epochs": 100}) and the
+    checkpoint as its `resume` parameter, after the same pre-flight. The danger rules the first
+    run acknowledged stay acknowledged. Returns the new run's id; the old run stays as it was."""
+    return runs.resume_run(run_id, overrides, note=note, agent=agent, acknowledge=acknowledge, dry_run=dry_run)
+
+
 @tool(READ_ONLY)
 def diagnose_run(run_id: str) -> diagnose.Diagnosis:
     """Why a run failed (or ended, or looks unhealthy): the failure class (gpu_out_of_memory,

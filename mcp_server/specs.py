@@ -101,6 +101,10 @@ class TrainerSpec(BaseModel):
     known_good: dict[str, KnownGood] = Field(default_factory=dict)
     danger: list[DangerRule] = Field(default_factory=list)
     memory: MemorySpec | None = None
+    resume_checkpoint: str | None = Field(
+        default=None,
+        description="glob, in a run's output folder, of the checkpoint resume_run passes to the `resume` parameter",
+    )
     source: Path | None = None
 
     @field_validator("params")
@@ -127,6 +131,8 @@ class TrainerSpec(BaseModel):
             for name in rule.when:
                 if name not in self.params:
                     raise ValueError(f"danger rule {rule.id!r} tests {name!r}, which is not a parameter")
+        if self.resume_checkpoint and (self.params.get("resume") is None or self.params["resume"].type != "path"):
+            raise ValueError("resume_checkpoint needs a path parameter named `resume`")
         if self.memory and (self.memory.batch_param not in self.params
                             or self.params[self.memory.batch_param].type != "int"):
             raise ValueError(f"memory.batch_param {self.memory.batch_param!r} must name an int parameter")

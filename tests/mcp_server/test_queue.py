@@ -11,10 +11,12 @@ import time
 
 import anyio
 import psutil
+import pytest
 from mcp import Client, StdioServerParameters
 
 from conftest import REPO, server_env, write_experiment
 from mcp_server import paths, procs, runs
+from mcp_server.errors import Conflict, InvalidInput
 from mcp_server.rundir import TERMINAL, open_run
 
 LONG = {"steps": 100000, "interval": 0.05}
@@ -126,3 +128,40 @@ def test_a_run_survives_its_server_being_killed_and_a_new_server_finds_it(script
     st = anyio.run(second_server)
     assert st["status"] == "succeeded" and st["exit_code"] == 0  # recorded while no server ran
     assert st["latest"]["train/loss"] == 1 / 60
+
+
+def test_resume_run_continues_a_stopped_trm_run_from_its_last_checkpoint(project):
+    long_trm = {"epochs": 10000, "patience": 10000, "dim": 16, "depth": 1, "num_train": 1500, "num_test": 60,
+                "device": "cpu"}
+    write_experiment(project, "955-trm-resume", "trm_nav", long_trm)
+    first = runs.launch("955")
+    epoch = wait_until(lambda: (e := runs.status(first.run_id).epoch) and e >= 2 and e, 120, "two epochs")
+    stopped = runs.stop(first.run_id, grace_s=20.0)
+    assert stopped.status == "stopped" and stopped.processes_left == 0
+    last_epoch = runs.status(first.run_id).epoch
+    assert last_epoch >= epoch
+
+    dry = runs.resume_run(first.run_id, {"epochs": last_epoch + 2}, dry_run=True)
+    assert dry.argv[dry.argv.index("--resume") + 1] == f"runs/{first.run_id}/checkpoints/last.pt"
+    assert dry.argv[dry.argv.index("--dim") + 1] == "16"  # the first run's settings carry over
+
+    resumed = runs.resume_run(first.run_id, {"epochs": last_epoch + 2}, note="two more epochs")
+    final = wait_until(lambda: (s := runs.status(resumed.run_id)).status in TERMINAL and s, 120, "the resumed run")
+    assert final.status == "succeeded", final
+    run = open_run(paths.runs_root(), resumed.run_id)
+    from mcp_server import metrics
+
+    acc = next(m for m in metrics.summarize_file(run.metrics, "val/acc", "max").metrics if m.name == "val/acc")
+    # It continued at the checkpoint's next epoch (a stop mid-epoch writes last.pt of the epoch before).
+    assert last_epoch <= acc.first.epoch <= last_epoch + 1 and acc.last.epoch == last_epoch + 2
+
+    with pytest.raises(Conflict, match="stop_run it first"):
+        runs.resume_run(runs.launch("955").run_id)
+
+
+def test_resume_run_refuses_without_a_checkpoint(scripted):
+    write_experiment(scripted, "956-noresume", "scripted", {"steps": 2})
+    first = runs.launch("956")
+    wait_until(lambda: runs.status(first.run_id).status in TERMINAL, 30, "the run")
+    with pytest.raises(InvalidInput, match="names no resume_checkpoint"):
+        runs.resume_run(first.run_id)
