@@ -1,0 +1,153 @@
+"""Hostile and random input through a real MCP client: the server never crashes and answers
+only with a structured result or a ToolError; escapes and injections are refused.
+
+Property-based: every tool gets arguments drawn from JSON-shaped values (strings with
+traversal, flags, shell metacharacters, NUL and control characters, huge and negative
+numbers, nested objects, unknown keys). One client session serves all examples of a tool.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from contextlib import contextmanager
+
+import pytest
+from anyio.from_thread import start_blocking_portal
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mcp import Client
+
+from conftest import error, ok, write_experiment
+from mcp_server.server import mcp
+
+EXAMPLES = int(os.environ.get("TRAINGUARD_FUZZ_EXAMPLES", "100"))
+SEEN = {"inputs": 0}
+
+HOSTILE = ["../../etc/passwd", "/etc/shadow", "--lr", "-rf", "a\x00b", "x; rm -rf /", "$(touch pwned)", "`id`",
+           "a|b", "images/../../..", "\n--device\ncuda", "\x1b[2J", "C:\\Windows", "~root", "%2e%2e/", "*", "",
+           " " * 3, "é" * 2000, "001-trm-fast-dev/../../..", "999", "-1", "1e309", "nan"]
+text = st.one_of(st.sampled_from(HOSTILE), st.text(max_size=60),
+                 st.text(alphabet=string.printable, max_size=30))
+scalar = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+                   st.floats(allow_nan=True, allow_infinity=True), text)
+json_value = st.recursive(scalar, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+                          max_leaves=8)
+# Experiment references that would resolve to a real experiment start real work (a torch probe, a
+# trace, data preparation); those paths have their own tests. Fuzzing keeps to the refusals.
+not_a_ref = text.filter(lambda s: not s.strip().lstrip("0").split("-")[0].isdigit())
+
+TOOLS = {
+    "list_experiments": {},
+    "preflight": {"experiment": not_a_ref, "overrides": json_value},
+    "estimate_memory": {"experiment": not_a_ref, "overrides": json_value, "gpu_memory_gib": scalar},
+    "prepare_data": {"experiment": not_a_ref, "overrides": json_value},
+    "launch_run": {"experiment": not_a_ref, "overrides": json_value, "note": text, "agent": text,
+                   "acknowledge": json_value, "dry_run": scalar},
+    "resume_run": {"run_id": text, "overrides": json_value, "note": text, "acknowledge": json_value},
+    "list_runs": {},
+    "run_status": {"run_id": text},
+    "wait_run": {"run_id": text, "timeout_seconds": st.floats(min_value=-10, max_value=2), "poll_seconds": scalar},
+    "stop_run": {"run_id": text, "grace_seconds": scalar},
+    "summarize_run": {"run_id": text},
+    "diagnose_run": {"run_id": text},
+    "tail_log": {"run_id": text, "stream": text, "lines": scalar, "pattern": text},
+    "gpu_status": {},
+    "scratchpad_read": {"agent": text, "coordinator": text, "max_chars": scalar},
+    "scratchpad_append": {"text": text, "agent": text, "kind": text},
+}
+
+
+@contextmanager
+def session():
+    """One in-memory MCP client session, callable from synchronous hypothesis tests."""
+    with start_blocking_portal() as portal, portal.wrap_async_context_manager(Client(mcp)) as client:
+        yield lambda name, args: portal.call(client.call_tool, name, args)
+
+
+def arguments(tool: str):
+    fields = TOOLS[tool]
+    known = st.fixed_dictionaries({}, optional=fields) if fields else st.just({})
+    extra = st.dictionaries(text, json_value, max_size=2)
+    return st.tuples(known, extra).map(lambda pair: {**pair[1], **pair[0]})
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_fuzzed_input_gets_a_result_or_a_tool_error(project, tool):
+    write_experiment(project, "961-fuzz", "trm_nav", {"epochs": 1})  # something real beside the noise
+    with session() as call:
+
+        @settings(max_examples=EXAMPLES, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+        @given(args=arguments(tool))
+        def check(args):
+            SEEN["inputs"] += 1
+            result = call(tool, args)
+            if result.is_error:
+                assert result.content and result.content[0].text.strip(), "an error must say something"
+            else:
+                assert result.structured_content is not None, f"{tool}({args!r}) returned no structured result"
+
+        before = SEEN["inputs"]
+        check()
+        assert SEEN["inputs"] - before >= min(EXAMPLES, 10)  # hypothesis really drew inputs
+        # The server still answers after all of that, and nothing was launched.
+        assert not call("list_experiments", {}).is_error
+    assert not list(project.glob("runs/*/manifest.json"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_fuzzed_inputs():
+    """How many inputs were fuzzed in this module (pytest -s shows it)."""
+    yield
+    print(f"\nfuzzed inputs: {SEEN['inputs']} over {len(TOOLS)} tools")
+
+
+# ---------------------------------------------------------------------------- named refusals
+
+
+def test_path_traversal_is_refused(project):
+    text = error("preflight", {"experiment": "7", "overrides": {"data_dir": "../../etc"}})
+    assert "outside" in text and "data_dir" in text
+
+
+def test_symlink_escape_is_refused(project, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (project / "images").mkdir()
+    (project / "images" / "link").symlink_to(outside)
+    text = error("preflight", {"experiment": "7", "overrides": {"data_dir": "images/link"}})
+    assert "outside" in text and str(outside) in text
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    ({"renderer": "--evil"}, "may not start with '-'"),
+    ({"--lr": 1}, "unknown parameter"),
+    ({"lr": "1e-5 --device cuda"}, "takes a float"),
+    ({"data_dir": "images\nx"}, "NUL or line breaks"),
+])
+def test_flag_injection_is_refused(project, overrides, needle):
+    assert needle in error("preflight", {"experiment": "2", "overrides": overrides})
+
+
+def test_env_injection_is_refused(project):
+    assert "unknown parameter" in error("launch_run", {"experiment": "1", "overrides": {"LD_PRELOAD": "/tmp/x.so"}})
+    assert "unknown parameter" in error("launch_run", {"experiment": "1", "overrides": {"PATH": "/tmp"}})
+
+
+def test_shell_metacharacters_stay_one_literal_argument(project):
+    """A path with shell syntax is confined and passed as one argv element; nothing runs it."""
+    result = ok("launch_run", {"experiment": "12", "overrides": {"config": "cfg; touch pwned $(id).toml"},
+                               "dry_run": True})
+    argv = result["argv"]
+    assert argv[argv.index("--config") + 1] == "cfg; touch pwned $(id).toml"
+    assert not (project / "pwned").exists()
+
+
+def test_bad_run_ids_and_log_requests_are_refused(scripted):
+    for bad in ("../x", "a/b", ".hidden", "x" * 200, ""):
+        assert error("run_status", {"run_id": bad})
+    run_id = ok("launch_run", {"experiment": "901"})["run_id"]
+    assert "not a valid regular expression" in error("tail_log", {"run_id": run_id, "pattern": "("})
+    assert "is not one of" in error("tail_log", {"run_id": run_id, "stream": "../../etc/passwd"})
+    assert "pass 1 to 500" in error("tail_log", {"run_id": run_id, "lines": 10**9})
