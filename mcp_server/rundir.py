@@ -89,17 +89,22 @@ def open_run(runs_root: Path, run_id: str) -> RunDir:
     path = runs_root / run_id
     if not (path / "manifest.json").is_file():
         raise NotFound(f"no run {run_id!r} in {runs_root}; call list_runs for the ids there are.")
+    if path.is_symlink() or path.resolve().parent != runs_root.resolve():
+        raise InvalidInput(f"run {run_id!r} is a link out of {runs_root}; trainguard only reads run folders in it.")
+    for name in ("manifest.json", "state.json", "stdout.log", "stderr.log", "metrics.jsonl", "supervisor.log"):
+        if (path / name).is_symlink():
+            raise InvalidInput(f"{path / name} is a symbolic link; trainguard does not follow links in run folders.")
     return RunDir(path)
 
 
 def all_runs(runs_root: Path) -> list[RunDir]:
-    """Every run folder (one with a manifest), oldest first by id."""
+    """Every run folder (one with a manifest, not a link), oldest first by id."""
     if not runs_root.is_dir():
         return []
     return [
         RunDir(p)
         for p in sorted(runs_root.iterdir())
-        if RUN_ID_RE.match(p.name) and (p / "manifest.json").is_file()
+        if RUN_ID_RE.match(p.name) and not p.is_symlink() and (p / "manifest.json").is_file()
     ]
 
 

@@ -151,3 +151,21 @@ def test_bad_run_ids_and_log_requests_are_refused(scripted):
     assert "not a valid regular expression" in error("tail_log", {"run_id": run_id, "pattern": "("})
     assert "is not one of" in error("tail_log", {"run_id": run_id, "stream": "../../etc/passwd"})
     assert "pass 1 to 500" in error("tail_log", {"run_id": run_id, "lines": 10**9})
+
+
+def test_a_run_folder_or_log_that_links_out_is_refused(scripted, tmp_path):
+    run_id = ok("launch_run", {"experiment": "901"})["run_id"]
+    runs_dir = scripted / "runs"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password=hunter2\n")
+    # A run folder that is a link to another place.
+    (runs_dir / "901-quick-20990101-000000").symlink_to(runs_dir / run_id, target_is_directory=True)
+    assert "link out of" in error("run_status", {"run_id": "901-quick-20990101-000000"})
+    assert [r["run_id"] for r in ok("list_runs")["runs"]] == [run_id]  # not listed either
+    # A log inside a real run folder replaced by a link to a file outside.
+    ok("wait_run", {"run_id": run_id, "timeout_seconds": 30})
+    log = runs_dir / run_id / "stderr.log"
+    log.unlink()
+    log.symlink_to(secret)
+    text = error("tail_log", {"run_id": run_id})
+    assert "symbolic link" in text and "hunter2" not in text
