@@ -217,3 +217,67 @@ def test_wait_run_reports_progress_and_returns_on_the_end_or_an_event(scripted):
     assert bad.is_error and "timeout_seconds takes 0-3600" in bad.content[0].text
     runs.stop(nan_id, grace_s=1.0)
     assert_clean(nan_id)
+
+
+FAULTY = '''
+import sys
+case = sys.argv[sys.argv.index("--case") + 1]
+if case == "dtype":  # a real torch error: float indices (seed 002's edge_index must be long)
+    import torch
+    torch.nn.functional.embedding(torch.tensor([0.5]), torch.zeros(3, 2))
+elif case == "import":
+    import trainguard_no_such_module  # noqa: F401
+elif case == "missing":
+    open("data/never_made/train.pt", "rb")
+elif case == "cuda_oom":  # the GPU-only ones: the exact text torch prints, recorded (no GPU here)
+    sys.stderr.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                     "capacity of 15.98 GiB of which 1.02 GiB is free.\\n")
+    sys.exit(1)
+elif case == "hip_gfx":
+    sys.stderr.write("RuntimeError: HIP error: invalid device function\\nHIP kernel errors might be asynchronously "
+                     "reported at some other API call\\n")
+    sys.exit(1)
+elif case == "device":
+    sys.stderr.write("RuntimeError: Expected all tensors to be on the same device, but found at least two devices, "
+                     "cuda:0 and cpu!\\n")
+    sys.exit(1)
+'''
+
+FAULTY_SPEC = '''
+name = "faulty"
+description = "Fails in a chosen way."
+command = ["{python}", "{project_dir}/scripts/faulty.py"]
+
+[params.case]
+type = "str"
+flag = "--case"
+choices = ["dtype", "import", "missing", "cuda_oom", "hip_gfx", "device"]
+help = "How to fail."
+'''
+
+
+@pytest.mark.parametrize(("case", "failure_class", "evidence"), [
+    ("dtype", "wrong_dtype", "scalar types: Long, Int"),
+    ("import", "import_error", "No module named 'trainguard_no_such_module'"),
+    ("missing", "missing_file", "No such file or directory"),
+    ("cuda_oom", "gpu_out_of_memory", "CUDA out of memory"),
+    ("hip_gfx", "hip_missing_override", "HSA_OVERRIDE_GFX_VERSION is not in the run's environment"),
+    ("device", "device_mismatch", "Expected all tensors to be on the same device"),
+])
+def test_diagnosis_names_each_failure_with_its_evidence_and_remedy(project, case, failure_class, evidence):
+    (project / "scripts").mkdir(exist_ok=True)
+    (project / "scripts" / "faulty.py").write_text(FAULTY)
+    (project / "experiments" / "trainers").mkdir(parents=True, exist_ok=True)
+    (project / "experiments" / "trainers" / "faulty.toml").write_text(FAULTY_SPEC)
+    write_experiment(project, "942-faulty", "faulty", {"case": case})
+    result = runs.launch("942")
+    assert finish(result.run_id).status == "failed"
+    d = runs.diagnose_run(result.run_id)
+    assert d.failure_class == failure_class, d
+    assert any(evidence in e.text for e in d.evidence), d.evidence
+    assert d.remedies
+    if case == "dtype":
+        assert "torch.long" in " ".join(d.remedies)
+    if case == "cuda_oom":
+        assert "estimate_memory" in d.remedies[0]
+    assert_clean(result.run_id)
