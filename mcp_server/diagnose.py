@@ -140,6 +140,9 @@ OOM_REMEDIES = [
 RULES: list[_Rule] = [
     _Rule("user_stop", "Stopped on request (stop_run or a signal from the user).", [],
           ["Nothing is broken. resume_run(run_id) continues from the last checkpoint."], _user_stop),
+    _Rule("timeout", "The watchdog stopped the run at its time budget (max_runtime_s).", [],
+          ["Raise [watchdog] max_runtime_s in the experiment, or fewer epochs; resume_run continues it."],
+          _watchdog_stop("timeout")),
     _Rule("stalled", "The watchdog stopped the run: no new metrics for far longer than usual.", [],
           ["Look at the end of stdout/stderr (tail_log) for a deadlock or a data loader that hangs.",
            "A DataLoader with num_workers > 0 can hang on a worker crash; try num_workers=0 to see the error."],

@@ -234,7 +234,7 @@ def resume_run(
 def diagnose_run(run_id: str) -> diagnose.Diagnosis:
     """Why a run failed (or ended, or looks unhealthy): the failure class (gpu_out_of_memory,
     hip_missing_override, hip_error, device_mismatch, wrong_dtype, nonfinite_loss, import_error,
-    missing_file, disk_full, host_out_of_memory, killed_by_kernel_oom, stalled, user_stop, crash,
+    missing_file, disk_full, host_out_of_memory, killed_by_kernel_oom, stalled, timeout, user_stop, crash,
     or none), the few log lines or facts that show it, and the remedies to try. Reads stderr,
     stdout, the exit code and signal, and the metrics; never returns a whole log."""
     return runs.diagnose_run(run_id)

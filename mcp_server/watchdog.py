@@ -7,7 +7,8 @@ gained since the last poll, so its cost does not grow with the run. It fires on:
 - a stall: no new metric for `stall_factor` times the run's usual interval (at least
   `stall_min_s`; before the first metric, `startup_s`);
 - GPU memory of the run's GPU above `gpu_memory_gib`, or its temperature above
-  `temperature_c` (from the same GPU sampler as `gpu_status`).
+  `temperature_c` (from the same GPU sampler as `gpu_status`);
+- a run longer than its time budget `max_runtime_s`.
 
 Each firing is an event `{t, kind, action, detail}`; the supervisor records it in the run's
 state and the scratchpad, and on `action == "stop"` stops the run. An experiment configures
@@ -43,6 +44,8 @@ class WatchdogConfig(BaseModel):
     gpu_memory: Action = "warn"
     temperature_c: float | None = Field(default=90.0, gt=0)
     temperature: Action = "warn"
+    max_runtime_s: float | None = Field(default=None, gt=0, description="a time budget for the whole run")
+    timeout: Action = "stop"
 
 
 class Watchdog:
@@ -60,6 +63,7 @@ class Watchdog:
         self.stall_fired = False
         self.nonfinite_fired: set[str] = set()
         self.gpu_fired: set[str] = set()
+        self.timeout_fired = False
 
     def _event(self, kind: str, action: Action, detail: str) -> dict[str, Any]:
         return {"t": time.time(), "kind": kind, "action": action, "detail": detail}
@@ -87,6 +91,11 @@ class Watchdog:
     def poll(self, now: float | None = None) -> list[dict[str, Any]]:
         now = time.monotonic() if now is None else now
         events = []
+        budget = self.config.max_runtime_s
+        if budget and self.config.timeout != "off" and not self.timeout_fired and now - self.started > budget:
+            self.timeout_fired = True
+            events.append(self._event("timeout", self.config.timeout,
+                                      f"ran {now - self.started:.0f} s, past its budget of {budget:g} s"))
         records = self._new_records()
         for record in records:
             split = record.get("split")

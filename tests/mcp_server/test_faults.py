@@ -281,3 +281,34 @@ def test_diagnosis_names_each_failure_with_its_evidence_and_remedy(project, case
     if case == "cuda_oom":
         assert "estimate_memory" in d.remedies[0]
     assert_clean(result.run_id)
+
+
+def test_a_run_past_its_time_budget_is_stopped_as_a_timeout(scripted):
+    result = runs.launch(experiment(scripted, "943-budget", LONG_STEPS, "max_runtime_s = 2"))
+    st = finish(result.run_id)
+    assert st.status == "failed" and [e["kind"] for e in st.events] == ["timeout"]
+    d = runs.diagnose_run(result.run_id)
+    assert d.failure_class == "timeout" and "past its budget of 2 s" in d.evidence[0].text
+    assert (paths.runs_root() / result.run_id / "checkpoints" / "last.json").is_file()  # SIGTERM let it save
+    assert_clean(result.run_id)
+
+
+LONG_STEPS = {"steps": 100000, "interval": 0.05}
+
+
+@pytest.mark.gpu
+def test_the_gpu_memory_watchdog_stops_a_real_gpu_run(project):
+    """On a machine with an NVIDIA GPU: a TRM run on cuda passes a tiny GPU-memory limit, the
+    supervisor's NVML sample sees it, and the watchdog stops the run."""
+    import shutil
+
+    if shutil.which("nvidia-smi") is None:
+        pytest.skip("no NVIDIA driver on this machine")
+    folder = write_experiment(project, "944-gpu-limit", "trm_nav", {"epochs": 10000, "patience": 10000,
+                                                                     "num_train": 20000, "device": "cuda"})
+    toml = folder / "experiment.toml"
+    toml.write_text(toml.read_text() + '\n[watchdog]\ngpu_memory_gib = 0.05\ngpu_memory = "stop"\n')
+    result = runs.launch("944")
+    st = finish(result.run_id, timeout=180)
+    assert st.status == "failed" and [e["kind"] for e in st.events] == ["gpu_memory"], st
+    assert_clean(result.run_id)

@@ -66,3 +66,12 @@ def test_gpu_memory_and_temperature_limits(tmp_path):
     assert dog.check_gpu(12 * 2**30, 90, "GPU 0") == []  # each fires once
     off = Watchdog(WatchdogConfig(temperature="off"), tmp_path / "m", "x")
     assert off.check_gpu(None, 99, "GPU 0") == []
+
+
+def test_a_time_budget_fires_once(tmp_path):
+    dog = Watchdog(WatchdogConfig(max_runtime_s=60), tmp_path / "m.jsonl", "x", now=0.0)
+    assert dog.poll(now=59.0) == []
+    events = dog.poll(now=61.0)
+    assert [(e["kind"], e["action"]) for e in events] == [("timeout", "stop")]
+    assert events[0]["detail"] == "ran 61 s, past its budget of 60 s"
+    assert dog.poll(now=120.0) == []
