@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ class GpuProcess(BaseModel):
     pid: int
     used_memory_bytes: int | None
     name: str | None
+    run_id: str | None = None  # set when the process belongs to one of our runs
 
 
 class GpuDevice(BaseModel):
@@ -39,6 +41,8 @@ class GpuDevice(BaseModel):
     power_limit_w: float | None
     processes: list[GpuProcess]
     unavailable: dict[str, str]
+    pci_bus_id: str | None = None
+    gfx: str | None = None  # AMD architecture (pre-flight's HSA_OVERRIDE_GFX_VERSION check needs it)
 
 
 class HostStatus(BaseModel):
@@ -159,9 +163,97 @@ def host_status() -> HostStatus:
     )
 
 
+class AmdSysfsBackend:
+    """AMD GPUs from the amdgpu driver's sysfs files: no ROCm userspace needed, nothing imported.
+
+    Memory, utilisation, temperature and power come from `/sys/class/drm/card*/device/`; the
+    architecture from the KFD topology. Processes are not listed here (amdsmi does that).
+    """
+
+    name = "amdgpu-sysfs"
+
+    def __init__(self, cards: list[Path], topology: Path | None = None):
+        self.cards = cards
+        self.topology = topology
+
+    @classmethod
+    def open(cls, drm: Path | None = None, topology: Path | None = None) -> AmdSysfsBackend | NoGpu:
+        root = drm or DRM_ROOT
+        try:
+            cards = sorted((p for p in root.iterdir() if re.fullmatch(r"card\d+", p.name)),
+                           key=lambda p: int(p.name[4:]))
+        except OSError:
+            return NoGpu("no /sys/class/drm (not Linux, or no GPU driver)")
+        amd = [c for c in cards if _read(c / "device" / "vendor") == "0x1002"]
+        if not amd:
+            return NoGpu("no AMD GPU in /sys/class/drm")
+        return cls(amd, topology)
+
+    def devices(self) -> list[GpuDevice]:
+        gfx = [n.gfx for n in amd_gfx_targets(self.topology)]
+        return [self._device(i, card, gfx[i] if i < len(gfx) else None) for i, card in enumerate(self.cards)]
+
+    def _device(self, index: int, card: Path, gfx: str | None) -> GpuDevice:
+        dev = card / "device"
+        miss: dict[str, str] = {"processes": "the amdgpu sysfs files do not list processes; amdsmi does"}
+        hwmons = sorted((dev / "hwmon").glob("hwmon*")) if (dev / "hwmon").is_dir() else []
+        hwmon = hwmons[0] if hwmons else None
+        power_file = None
+        if hwmon is not None:
+            power_file = hwmon / ("power1_average" if (hwmon / "power1_average").exists() else "power1_input")
+        used = _sysfs_int(dev / "mem_info_vram_used", "memory", miss)
+        total = _sysfs_int(dev / "mem_info_vram_total", "memory", miss)
+        busy = _sysfs_int(dev / "gpu_busy_percent", "utilization", miss)
+        temp = _sysfs_int(hwmon / "temp1_input" if hwmon else None, "temperature", miss)  # millidegrees
+        power = _sysfs_int(power_file, "power", miss)  # microwatts
+        limit = _sysfs_int(hwmon / "power1_cap" if hwmon else None, "power_limit", miss)
+        device_id = _read(dev / "device") or ""
+        slot = next((line.split("=", 1)[1] for line in (_read(dev / "uevent") or "").splitlines()
+                     if line.startswith("PCI_SLOT_NAME=")), None)
+        return GpuDevice(
+            index=index, vendor="amd",
+            name=_read(dev / "product_name") or AMD_NAMES.get(device_id, f"AMD GPU {device_id}"),
+            uuid=_read(dev / "unique_id"), memory_used_bytes=used, memory_total_bytes=total,
+            utilization_percent=busy, temperature_c=round(temp / 1000) if temp is not None else None,
+            power_w=power / 1e6 if power is not None else None,
+            power_limit_w=limit / 1e6 if limit is not None else None,
+            processes=[], unavailable=miss, pci_bus_id=slot, gfx=gfx,
+        )
+
+
+def _sysfs_int(path: Path | None, key: str, miss: dict[str, str]) -> int | None:
+    """An integer sysfs file, or None with the reason recorded under `key`."""
+    text = _read(path)
+    if text is None or not text.lstrip("-").isdigit():
+        miss[key] = f"{path} is not readable" if path is not None else "the card has no hwmon folder"
+        return None
+    return int(text)
+
+
+DRM_ROOT = Path("/sys/class/drm")
+AMD_NAMES = {  # PCI device id -> marketing name, for cards whose driver has no product_name
+    "0x747e": "Radeon RX 7800 XT / 7700 XT", "0x744c": "Radeon RX 7900 XTX / XT", "0x7480": "Radeon RX 7600",
+    "0x73bf": "Radeon RX 6800 / 6900 XT", "0x73df": "Radeon RX 6700 XT", "0x740f": "Instinct MI210",
+    "0x740c": "Instinct MI250X", "0x74a1": "Instinct MI300X",
+}
+
+
+def _read(path: Path | None) -> str | None:
+    try:
+        return path.read_text().strip() if path is not None else None
+    except OSError:
+        return None
+
+
 def open_backend() -> GpuBackend:
-    """The first backend whose driver answers, else `NoGpu` with the reason."""
-    return NvmlBackend.open()
+    """The first backend whose driver answers: NVML, then amdgpu's sysfs; else `NoGpu` with every reason."""
+    nvml = NvmlBackend.open()
+    if not isinstance(nvml, NoGpu):
+        return nvml
+    amd = AmdSysfsBackend.open()
+    if not isinstance(amd, NoGpu):
+        return amd
+    return NoGpu(f"{nvml.why}; {amd.why}")
 
 
 def gpu_report(backend: GpuBackend | None = None) -> GpuReport:
@@ -216,3 +308,67 @@ def amd_gfx_targets(topology: Path | None = None) -> list[AmdNode]:
             nodes.append(AmdNode(node=int(folder.name), gfx=gfx_name(version),
                                  device_id=int(device) if device and device.strip().isdigit() else None))
     return nodes
+
+
+# ---------------------------------------------------------------------------- watching over time
+
+
+class Stat(BaseModel):
+    min: float
+    mean: float
+    max: float
+    samples: int
+
+
+class DeviceWatch(BaseModel):
+    index: int
+    name: str | None
+    metrics: dict[str, Stat]  # memory_used_bytes, utilization_percent, temperature_c, power_w
+
+
+class GpuWatch(BaseModel):
+    """`gpu_watch`: `nvidia-smi -l 1` made fit for an agent's context: min / mean / max per metric."""
+
+    backend: str
+    seconds: float
+    interval: float
+    samples: int
+    devices: list[DeviceWatch]
+    runs: dict[str, Stat]  # run_id -> its processes' GPU memory in bytes
+    note: str
+
+
+WATCHED = ("memory_used_bytes", "utilization_percent", "temperature_c", "power_w")
+
+
+def summarize_samples(reports: list[GpuReport], seconds: float, interval: float,
+                      run_of: dict[int, str] | None = None) -> GpuWatch:
+    """Aggregate snapshots per device and metric, and per run from its processes' memory."""
+    per_device: dict[int, dict[str, list[float]]] = {}
+    names: dict[int, str | None] = {}
+    per_run: dict[str, list[float]] = {}
+    for report in reports:
+        run_memory: dict[str, float] = {}
+        for d in report.devices:
+            names[d.index] = d.name
+            bucket = per_device.setdefault(d.index, {})
+            for key in WATCHED:
+                value = getattr(d, key)
+                if value is not None:
+                    bucket.setdefault(key, []).append(float(value))
+            for p in d.processes:
+                run_id = (run_of or {}).get(p.pid)
+                if run_id and p.used_memory_bytes is not None:
+                    run_memory[run_id] = run_memory.get(run_id, 0.0) + p.used_memory_bytes
+        for run_id, used in run_memory.items():
+            per_run.setdefault(run_id, []).append(used)
+
+    def stat(values: list[float]) -> Stat:
+        return Stat(min=min(values), mean=round(sum(values) / len(values), 3), max=max(values), samples=len(values))
+
+    devices = [DeviceWatch(index=i, name=names[i], metrics={k: stat(v) for k, v in m.items()})
+               for i, m in sorted(per_device.items())]
+    backend = reports[0].backend if reports else "none"
+    note = reports[-1].note if reports else "no sample taken"
+    return GpuWatch(backend=backend, seconds=seconds, interval=interval, samples=len(reports), devices=devices,
+                    runs={r: stat(v) for r, v in per_run.items()}, note=note)

@@ -444,3 +444,18 @@ def resume_run(
     why = f"resume of {run_id} from {checkpoint.name}" + (f"; {note}" if note else "")
     return launch(manifest["experiment"], merged, note=why, agent=agent, acknowledge=acks, dry_run=dry_run,
                   project=project)
+
+
+def trainer_pids(project: Path | None = None) -> dict[int, str]:
+    """pid -> run id for every process of this project's active runs (trainers and their children)."""
+    out: dict[int, str] = {}
+    for run in all_runs(paths.runs_root(project or paths.project_root())):
+        try:
+            state = run.read_state()
+        except (OSError, ValueError):
+            continue
+        if state.status in TERMINAL or state.pgid is None:
+            continue
+        for pid in procs.group_members(state.pgid):
+            out[pid] = run.run_id
+    return out

@@ -290,8 +290,37 @@ async def wait_run(run_id: str, ctx: Context, timeout_seconds: float = 300.0, po
 def gpu_status() -> gpu.GpuReport:
     """Snapshot of every GPU (name, memory used/total, utilisation, temperature, power, processes)
     and the host's CPU, load and RAM. Says plainly when there is no GPU. Unknown figures are null
-    with the reason in `unavailable`, never 0. Cheap (about 0.1 s)."""
-    return gpu.gpu_report()
+    with the reason in `unavailable`, never 0. A process of one of our runs carries its `run_id`.
+    Cheap (about 0.1 s)."""
+    report = gpu.gpu_report()
+    if any(d.processes for d in report.devices):
+        run_of = runs.trainer_pids()
+        for d in report.devices:
+            for p in d.processes:
+                p.run_id = run_of.get(p.pid)
+    return report
+
+
+@tool(READ_ONLY)
+async def gpu_watch(ctx: Context, seconds: float = 10.0, interval: float = 1.0) -> gpu.GpuWatch:
+    """Sample the GPUs every `interval` seconds (0.2-60) for `seconds` (at most 300) and return
+    min / mean / max of memory, utilisation, temperature and power per GPU, and the GPU memory
+    of each of our runs: `nvidia-smi -l 1` in a few hundred tokens. Reports progress while it
+    samples. Use it to see whether a run keeps the GPU busy or creeps towards its memory limit."""
+    if not 0 < seconds <= 300 or not 0.2 <= interval <= 60:
+        raise InvalidInput("seconds takes 0-300 and interval 0.2-60.")
+    backend = await anyio.to_thread.run_sync(gpu.open_backend)
+    reports = []
+    t0 = time.monotonic()
+    while True:
+        reports.append(await anyio.to_thread.run_sync(gpu.gpu_report, backend))
+        elapsed = time.monotonic() - t0
+        if elapsed + interval > seconds:
+            break
+        await ctx.report_progress(elapsed, seconds, f"{len(reports)} samples")
+        await anyio.sleep(interval)
+    run_of = await anyio.to_thread.run_sync(runs.trainer_pids)
+    return gpu.summarize_samples(reports, round(time.monotonic() - t0, 1), interval, run_of)
 
 
 @tool(READ_ONLY)

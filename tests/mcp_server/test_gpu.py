@@ -1,6 +1,7 @@
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -80,3 +81,124 @@ def test_real_nvml_matches_nvidia_smi():
     for dev, line in zip(report.devices, smi, strict=True):
         name, total_mib = (x.strip() for x in line.split(","))
         assert dev.name == name and abs(dev.memory_total_bytes / 2**20 - int(total_mib)) <= 1
+
+
+# ---------------------------------------------------------------------------- AMD through sysfs
+
+SYSFS = Path(__file__).resolve().parent.parent / "fixtures" / "sysfs" / "rx7800xt" / "drm"
+KFD = Path(__file__).resolve().parent.parent / "fixtures" / "kfd" / "rx7800xt" / "nodes"
+
+
+def test_amd_sysfs_backend_reads_the_card_and_says_what_it_cannot():
+    backend = gpu.AmdSysfsBackend.open(drm=SYSFS, topology=KFD)
+    assert isinstance(backend, gpu.AmdSysfsBackend) and [c.name for c in backend.cards] == ["card0"]  # not the iGPU
+    (dev,) = backend.devices()
+    assert (dev.vendor, dev.name, dev.gfx, dev.pci_bus_id) == ("amd", "Radeon RX 7800 XT / 7700 XT", "gfx1101",
+                                                                "0000:03:00.0")
+    assert (dev.memory_used_bytes, dev.memory_total_bytes) == (2 * 2**30, 17163091968)
+    assert (dev.utilization_percent, dev.temperature_c, dev.power_w, dev.power_limit_w) == (37, 54, 87.0, 263.0)
+    assert dev.processes == [] and "amdsmi" in dev.unavailable["processes"]
+
+
+def test_a_missing_sysfs_file_is_null_with_its_reason(tmp_path):
+    tree = tmp_path / "drm"
+    shutil.copytree(SYSFS, tree)
+    shutil.rmtree(tree / "card0" / "device" / "hwmon")
+    (tree / "card0" / "device" / "gpu_busy_percent").write_text("garbage\n")
+    (dev,) = gpu.AmdSysfsBackend(sorted(tree.glob("card0")), KFD).devices()
+    assert dev.temperature_c is None and dev.unavailable["temperature"] == "the card has no hwmon folder"
+    assert dev.utilization_percent is None and "gpu_busy_percent is not readable" in dev.unavailable["utilization"]
+    assert dev.memory_total_bytes == 17163091968  # the rest still reads
+
+
+def test_no_amd_card_is_a_plain_statement(tmp_path):
+    (tmp_path / "card0" / "device").mkdir(parents=True)
+    (tmp_path / "card0" / "device" / "vendor").write_text("0x8086\n")
+    assert gpu.AmdSysfsBackend.open(drm=tmp_path).why == "no AMD GPU in /sys/class/drm"
+    assert "no /sys/class/drm" in gpu.AmdSysfsBackend.open(drm=tmp_path / "absent").why
+
+
+def test_the_backend_chain_falls_back_to_amd_sysfs(monkeypatch):
+    monkeypatch.setattr(gpu.NvmlBackend, "open", classmethod(lambda cls: gpu.NoGpu("no NVIDIA driver answered")))
+    monkeypatch.setattr(gpu, "DRM_ROOT", SYSFS)
+    monkeypatch.setattr(gpu, "KFD_TOPOLOGY", KFD)
+    report = gpu.gpu_report()
+    assert report.backend == "amdgpu-sysfs" and report.devices[0].gfx == "gfx1101"
+    monkeypatch.setattr(gpu, "DRM_ROOT", SYSFS / "absent")
+    report = gpu.gpu_report()
+    assert report.backend == "none" and "no NVIDIA driver answered" in report.note and "/sys/class/drm" in report.note
+
+
+# ---------------------------------------------------------------------------- gpu_watch
+
+
+class SequenceBackend:
+    """A fake vendor backend replaying figures, one list of devices per sample (no GPU in CI)."""
+
+    name = "fake"
+
+    def __init__(self, frames):
+        self.frames = list(frames)
+        self.calls = 0
+
+    def devices(self):
+        frame = self.frames[min(self.calls, len(self.frames) - 1)]
+        self.calls += 1
+        return frame
+
+
+def device(used_gib, util, temp, procs=()):
+    return gpu.GpuDevice(index=0, vendor="nvidia", name="Fake H100", uuid="GPU-0", memory_used_bytes=used_gib * 2**30,
+                         memory_total_bytes=80 * 2**30, utilization_percent=util, temperature_c=temp, power_w=None,
+                         power_limit_w=700.0, processes=list(procs), unavailable={"power": "not supported"})
+
+
+def test_samples_aggregate_per_device_and_per_run():
+    frames = [[device(10, 0, 40, [gpu.GpuProcess(pid=11, used_memory_bytes=2**30, name="python")])],
+              [device(20, 100, 60, [gpu.GpuProcess(pid=11, used_memory_bytes=3 * 2**30, name="python"),
+                                    gpu.GpuProcess(pid=12, used_memory_bytes=2**30, name="worker")])],
+              [device(30, 50, 50)]]
+    reports = [gpu.gpu_report(SequenceBackend([f])) for f in frames]
+    watch = gpu.summarize_samples(reports, 2.0, 1.0, {11: "run-a", 12: "run-a"})
+    m = watch.devices[0].metrics
+    assert (m["memory_used_bytes"].min, m["memory_used_bytes"].max) == (10 * 2**30, 30 * 2**30)
+    assert (m["utilization_percent"].mean, m["temperature_c"].max) == (50.0, 60.0)
+    assert "power_w" not in m  # unknown stays unknown, never 0
+    assert watch.runs["run-a"].max == 4 * 2**30 and watch.runs["run-a"].samples == 2
+    assert watch.samples == 3
+
+
+def test_gpu_watch_tool_samples_over_time_with_progress(monkeypatch, scripted):
+    from conftest import call
+
+    frames = [[device(g, 10 * g, 30 + g)] for g in range(1, 20)]
+    fake = SequenceBackend(frames)
+    monkeypatch.setattr(gpu, "open_backend", lambda: fake)
+    result = call("gpu_watch", {"seconds": 1.0, "interval": 0.2})
+    assert not result.is_error, result.content[0].text
+    watch = result.structured_content
+    assert 4 <= watch["samples"] <= 6 and watch["backend"] == "fake"
+    temps = watch["devices"][0]["metrics"]["temperature_c"]
+    assert temps["min"] == 31 and temps["max"] == 30 + watch["samples"]
+    assert "seconds takes 0-300" in call("gpu_watch", {"seconds": 1000}).content[0].text
+
+
+def test_gpu_status_names_the_run_a_gpu_process_belongs_to(monkeypatch, scripted):
+    import time
+
+    from conftest import ok
+    from mcp_server import paths, runs
+    from mcp_server.rundir import open_run
+
+    launched = runs.launch("902")
+    run = open_run(paths.runs_root(), launched.run_id)
+    deadline = time.monotonic() + 30
+    while not run.read_state().pid and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = run.read_state().pid
+    procs = [gpu.GpuProcess(pid=pid, used_memory_bytes=2**30, name="python"),
+             gpu.GpuProcess(pid=1, used_memory_bytes=2**30, name="init")]
+    monkeypatch.setattr(gpu, "open_backend", lambda: SequenceBackend([[device(5, 50, 50, procs)]]))
+    listed = ok("gpu_status")["devices"][0]["processes"]
+    assert [(p["pid"], p["run_id"]) for p in listed] == [(pid, launched.run_id), (1, None)]
+    runs.stop(launched.run_id, grace_s=1.0)
