@@ -7,7 +7,7 @@ Usage:
 
 Estimate: what `estimate_memory` reports as tensors (before its context and margin): the step
 traced by trainers/memprobe.py at the batch size B and 2B (fake tensors), or, where fake tensors
-cannot trace the step, real CPU steps at B/8 and B/4, extrapolated linearly to B.
+cannot trace the step, real CPU steps at B/4 and at B (so the estimate at B is a measurement).
 
 Measured, each in a fresh process running two real optimizer steps from scratch:
   cpu   the peak of the bytes held by torch's CPU allocator, from the profiler's memory events
