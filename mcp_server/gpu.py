@@ -60,6 +60,7 @@ class GpuReport(BaseModel):
     devices: list[GpuDevice]
     note: str
     host: HostStatus
+    held: list[HeldMemory] = []  # zombie memory, with the fix (gpu_status fills it)
 
 
 class GpuBackend(Protocol):
@@ -372,3 +373,67 @@ def summarize_samples(reports: list[GpuReport], seconds: float, interval: float,
     note = reports[-1].note if reports else "no sample taken"
     return GpuWatch(backend=backend, seconds=seconds, interval=interval, samples=len(reports), devices=devices,
                     runs={r: stat(v) for r, v in per_run.items()}, note=note)
+
+
+# ---------------------------------------------------------------------------- which GPU a run sees
+
+VISIBLE_VARS = {"nvidia": ("CUDA_VISIBLE_DEVICES",), "amd": ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+                                                              "CUDA_VISIBLE_DEVICES")}
+
+
+def visible_devices(devices: list[GpuDevice], env: dict[str, str]) -> list[GpuDevice]:
+    """The devices a process with `env` sees, in its own order (its cuda:0 first).
+
+    `CUDA_VISIBLE_DEVICES` (NVIDIA; ROCm honours it too) and `HIP_VISIBLE_DEVICES` /
+    `ROCR_VISIBLE_DEVICES` (AMD) hold indices or UUIDs, comma-separated; an entry that names
+    no device ends the list, as the runtimes do. Unset means all of them.
+    """
+    if not devices:
+        return []
+    names = VISIBLE_VARS.get(devices[0].vendor, ("CUDA_VISIBLE_DEVICES",))
+    spec = next((env[v] for v in names if v in env), None)
+    if spec is None:
+        return list(devices)
+    out = []
+    for item in (x.strip() for x in spec.split(",")):
+        match = next((d for d in devices if (item.isdigit() and d.index == int(item))
+                      or (item and d.uuid and (d.uuid == item or d.uuid.startswith(item)))), None)
+        if match is None:
+            break
+        out.append(match)
+    return out
+
+
+# ---------------------------------------------------------------------------- memory nobody uses
+
+
+class HeldMemory(BaseModel):
+    """GPU memory held by a process that is gone or by one of our finished runs, with the fix."""
+
+    gpu: int
+    pid: int | None
+    bytes: int | None
+    why: str
+    fix: str
+
+
+def held_memory(report: GpuReport, finished_pids: dict[int, str]) -> list[HeldMemory]:
+    """Zombie memory: a listed process that no longer exists, or a pid of one of our finished runs."""
+    out = []
+    for d in report.devices:
+        for p in d.processes:
+            if p.pid in finished_pids:
+                out.append(HeldMemory(gpu=d.index, pid=p.pid, bytes=p.used_memory_bytes,
+                                      why=f"pid {p.pid} of our finished run {finished_pids[p.pid]} still holds it",
+                                      fix=f"kill {p.pid} (a data-loader worker or child that outlived the run)"))
+            elif not psutil.pid_exists(p.pid) and p.name is None:
+                out.append(HeldMemory(gpu=d.index, pid=p.pid, bytes=p.used_memory_bytes,
+                                      why=f"pid {p.pid} is listed by the driver but no such process is visible "
+                                      "(gone, or in another container's pid namespace)",
+                                      fix="The driver usually frees it within seconds. If it stays and no "
+                                      "container shares this GPU, end what still uses it or reboot "
+                                      "(nvidia-smi --gpu-reset works only on an idle GPU)."))
+    return out
+
+
+GpuReport.model_rebuild()

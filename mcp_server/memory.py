@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -149,13 +150,15 @@ def _probe_env() -> dict[str, str]:
     return {**child_env({}), "CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
 
 
-def _target(config: dict[str, Any], torch_info: dict[str, Any], report: gpu.GpuReport
+def _target(config: dict[str, Any], torch_info: dict[str, Any], report: gpu.GpuReport, env: dict[str, str]
             ) -> tuple[str, str, int | None, int | None]:
-    """(kind, name, free, total) of the device the run would use: GPU 0 when torch sees one, else host RAM."""
+    """(kind, name, free, total) of the device the run would use: its first visible GPU (after
+    CUDA/HIP/ROCR_VISIBLE_DEVICES of our environment and the spec's env) when torch sees one, else host RAM."""
     wants_gpu = config.get("device") not in ("cpu", "mps")
-    if wants_gpu and (torch_info.get("devices") or report.devices):
-        if report.devices:
-            d = report.devices[0]
+    visible = gpu.visible_devices(report.devices, {**os.environ, **env})
+    if wants_gpu and (torch_info.get("devices") or visible):
+        if visible:
+            d = visible[0]  # the run's cuda:0
             free = None if d.memory_total_bytes is None or d.memory_used_bytes is None else (
                 d.memory_total_bytes - d.memory_used_bytes)
             return "gpu", f"GPU {d.index} ({d.name})", free, d.memory_total_bytes
@@ -196,7 +199,7 @@ def estimate(
         kind, target = "gpu", f"a GPU with {gpu_memory_gib:g} GiB free (as asked)"
         free = total = int(gpu_memory_gib * GIB)
     else:
-        kind, target, free, total = _target(config, torch_info, report)
+        kind, target, free, total = _target(config, torch_info, report, spec.env)
     context = CONTEXT_BYTES[kind]
     notes = []
     if result["method"] == "real-cpu":

@@ -459,3 +459,20 @@ def trainer_pids(project: Path | None = None) -> dict[int, str]:
         for pid in procs.group_members(state.pgid):
             out[pid] = run.run_id
     return out
+
+
+def finished_pids(project: Path | None = None) -> dict[int, str]:
+    """Trainer pid -> run id of this project's finished runs whose trainer (same pid and start
+    time) is somehow still alive: what holds GPU memory after its run ended."""
+    out: dict[int, str] = {}
+    for run in all_runs(paths.runs_root(project or paths.project_root())):
+        try:
+            state = run.read_state()
+        except (OSError, ValueError):
+            continue
+        if state.status in TERMINAL and state.pid and procs.is_alive(state.pid, state.pid_started):
+            out[state.pid] = run.run_id
+        if state.status in TERMINAL and state.pgid:
+            for pid in procs.group_members(state.pgid):
+                out.setdefault(pid, run.run_id)
+    return out

@@ -290,7 +290,8 @@ async def wait_run(run_id: str, ctx: Context, timeout_seconds: float = 300.0, po
 def gpu_status() -> gpu.GpuReport:
     """Snapshot of every GPU (name, memory used/total, utilisation, temperature, power, processes)
     and the host's CPU, load and RAM. Says plainly when there is no GPU. Unknown figures are null
-    with the reason in `unavailable`, never 0. A process of one of our runs carries its `run_id`.
+    with the reason in `unavailable`, never 0. A process of one of our runs carries its `run_id`;
+    memory held by a vanished process or by one of our finished runs is listed in `held` with the fix.
     Cheap (about 0.1 s)."""
     report = gpu.gpu_report()
     if any(d.processes for d in report.devices):
@@ -298,6 +299,7 @@ def gpu_status() -> gpu.GpuReport:
         for d in report.devices:
             for p in d.processes:
                 p.run_id = run_of.get(p.pid)
+        report.held = gpu.held_memory(report, runs.finished_pids())
     return report
 
 

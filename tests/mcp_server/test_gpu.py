@@ -1,3 +1,4 @@
+import os
 import shutil
 import subprocess
 import sys
@@ -202,3 +203,54 @@ def test_gpu_status_names_the_run_a_gpu_process_belongs_to(monkeypatch, scripted
     listed = ok("gpu_status")["devices"][0]["processes"]
     assert [(p["pid"], p["run_id"]) for p in listed] == [(pid, launched.run_id), (1, None)]
     runs.stop(launched.run_id, grace_s=1.0)
+
+
+# ---------------------------------------------------------------------------- visible devices, held memory
+
+
+def two_gpus():
+    return [gpu.GpuDevice(index=i, vendor="nvidia", name=f"GPU{i}", uuid=f"GPU-{i}abc", memory_used_bytes=used,
+                          memory_total_bytes=80 * 2**30, utilization_percent=0, temperature_c=30, power_w=None,
+                          power_limit_w=None, processes=[], unavailable={})
+            for i, used in ((0, 79 * 2**30), (1, 1 * 2**30))]
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, [0, 1]),
+    ({"CUDA_VISIBLE_DEVICES": "1"}, [1]),
+    ({"CUDA_VISIBLE_DEVICES": "1,0"}, [1, 0]),
+    ({"CUDA_VISIBLE_DEVICES": "GPU-1"}, [1]),  # a UUID prefix
+    ({"CUDA_VISIBLE_DEVICES": "0,7,1"}, [0]),  # an unknown entry ends the list, as CUDA does
+    ({"CUDA_VISIBLE_DEVICES": ""}, []),
+    ({"HIP_VISIBLE_DEVICES": "1"}, [0, 1]),  # not an NVIDIA variable
+])
+def test_visible_devices_follow_the_environment(env, expected):
+    assert [d.index for d in gpu.visible_devices(two_gpus(), env)] == expected
+
+
+def test_amd_visibility_uses_hip_and_rocr_variables():
+    amd = [d.model_copy(update={"vendor": "amd"}) for d in two_gpus()]
+    assert [d.index for d in gpu.visible_devices(amd, {"ROCR_VISIBLE_DEVICES": "1"})] == [1]
+
+
+def test_the_memory_estimate_targets_the_run_s_visible_gpu(monkeypatch):
+    from mcp_server import memory
+
+    report = gpu.GpuReport(backend="fake", devices=two_gpus(), note="", host=gpu.host_status())
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    info = {"devices": ["GPU0", "GPU1"]}
+    assert memory._target({}, info, report, {})[1:3] == ("GPU 0 (GPU0)", 2**30)
+    kind, name, free, _ = memory._target({}, info, report, {"CUDA_VISIBLE_DEVICES": "1"})  # the spec's [env]
+    assert (kind, name, free) == ("gpu", "GPU 1 (GPU1)", 79 * 2**30)
+
+
+def test_held_memory_names_vanished_processes_and_our_finished_runs():
+    devices = two_gpus()
+    devices[0].processes = [gpu.GpuProcess(pid=2**22 + 12345, used_memory_bytes=2**30, name=None),
+                            gpu.GpuProcess(pid=os.getpid(), used_memory_bytes=2**29, name="python"),
+                            gpu.GpuProcess(pid=1, used_memory_bytes=2**28, name="init")]
+    report = gpu.GpuReport(backend="fake", devices=devices, note="", host=gpu.host_status())
+    held = gpu.held_memory(report, {os.getpid(): "001-old-run"})
+    assert [(h.pid, h.bytes) for h in held] == [(2**22 + 12345, 2**30), (os.getpid(), 2**29)]
+    assert "no such process is visible" in held[0].why and "001-old-run" in held[1].why
+    assert held[1].fix.startswith(f"kill {os.getpid()}")
