@@ -7,9 +7,14 @@ and never a made-up 0. AMD support lands behind the same protocol (issue 6).
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -231,6 +236,129 @@ def _sysfs_int(path: Path | None, key: str, miss: dict[str, str]) -> int | None:
     return int(text)
 
 
+class AmdSmiBackend:
+    """AMD GPUs through ROCm's `amdsmi`, which is never imported here: without ROCm its import
+    prints to stdout (the MCP wire) and raises KeyError. A subprocess probes it and answers with
+    one JSON line; whatever else it prints stays in that subprocess's pipe."""
+
+    name = "amdsmi"
+
+    def __init__(self, devices: list[GpuDevice]):
+        self._first = devices
+
+    @classmethod
+    def open(cls) -> AmdSmiBackend | NoGpu:
+        if importlib.util.find_spec("amdsmi") is None:  # finds the package without running it
+            return NoGpu("amdsmi is not installed")
+        failed = _amdsmi_failures.get("last")
+        if failed and time.monotonic() - failed[0] < AMDSMI_RETRY_S:  # no ROCm now: none in a minute either
+            return NoGpu(failed[1])
+        result = _amdsmi_probe()
+        if "error" in result:
+            _amdsmi_failures["last"] = (time.monotonic(), f"amdsmi did not answer ({result['error']})")
+            return NoGpu(_amdsmi_failures["last"][1])
+        if not result["devices"]:
+            return NoGpu("amdsmi lists no AMD GPU")
+        return cls([_amdsmi_device(i, d) for i, d in enumerate(result["devices"])])
+
+    def devices(self) -> list[GpuDevice]:
+        if self._first is not None:  # the probe that opened the backend is the first sample
+            devices, self._first = self._first, None
+            return devices
+        result = _amdsmi_probe()
+        return [_amdsmi_device(i, d) for i, d in enumerate(result.get("devices", []))]
+
+
+AMDSMI_TIMEOUT_S = 15
+AMDSMI_RETRY_S = 300
+_amdsmi_failures: dict[str, tuple[float, str]] = {}
+# Runs in a subprocess with our interpreter; its last stdout line is the JSON answer.
+_AMDSMI_PROBE = r"""
+import json
+def safe(fn, *args):
+    try:
+        return fn(*args), None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"[:200]
+try:
+    import amdsmi
+    amdsmi.amdsmi_init()
+except BaseException as exc:
+    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:300]}))
+    raise SystemExit(0)
+out = []
+for h in amdsmi.amdsmi_get_processor_handles():
+    d, miss = {}, {}
+    for key, fn, args in (
+        ("asic", amdsmi.amdsmi_get_gpu_asic_info, (h,)), ("vram", amdsmi.amdsmi_get_gpu_vram_usage, (h,)),
+        ("activity", amdsmi.amdsmi_get_gpu_activity, (h,)), ("power", amdsmi.amdsmi_get_power_info, (h,)),
+        ("processes", amdsmi.amdsmi_get_gpu_process_list, (h,)), ("uuid", amdsmi.amdsmi_get_gpu_device_uuid, (h,)),
+        ("bdf", amdsmi.amdsmi_get_gpu_device_bdf, (h,)),
+        ("temperature", amdsmi.amdsmi_get_temp_metric, (h, amdsmi.AmdSmiTemperatureType.EDGE,
+                                                         amdsmi.AmdSmiTemperatureMetric.CURRENT)),
+    ):
+        d[key], why = safe(fn, *args)
+        if why:
+            miss[key] = why
+    d["unavailable"] = miss
+    out.append(d)
+safe(amdsmi.amdsmi_shut_down)
+print(json.dumps({"devices": out}, default=str))
+"""
+
+
+def _amdsmi_probe() -> dict[str, Any]:
+    try:
+        out = subprocess.run([sys.executable, "-c", _AMDSMI_PROBE], capture_output=True, text=True,
+                             timeout=AMDSMI_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"error": f"the amdsmi probe failed: {exc}"}
+    lines = out.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):
+        return {"error": f"the amdsmi probe exited {out.returncode}: {out.stderr.strip()[-200:]}"}
+    return result
+
+
+def _num(value: Any) -> float | None:
+    """amdsmi writes "N/A" for what a card does not report."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _amdsmi_device(index: int, d: dict[str, Any]) -> GpuDevice:
+    miss = dict(d.get("unavailable") or {})
+    asic, vram = d.get("asic") or {}, d.get("vram") or {}
+    activity, power = d.get("activity") or {}, d.get("power") or {}
+    used, total = _num(vram.get("vram_used")), _num(vram.get("vram_total"))  # MB
+    watts = _num(power.get("average_socket_power")) or _num(power.get("current_socket_power")) or _num(
+        power.get("socket_power"))
+    limit = _num(power.get("power_limit"))
+    temp = _num(d.get("temperature"))
+    procs = []
+    for p in d.get("processes") or []:
+        if isinstance(p, dict) and isinstance(p.get("pid"), int):
+            vram_mem = (p.get("memory_usage") or {}).get("vram_mem")
+            procs.append(GpuProcess(pid=p["pid"], used_memory_bytes=int(vram_mem) if _num(vram_mem) else None,
+                                    name=p.get("name") if p.get("name") not in (None, "N/A") else None))
+    for key, value in (("memory", used), ("utilization", _num(activity.get("gfx_activity"))), ("power", watts),
+                       ("temperature", temp)):
+        if value is None:
+            miss.setdefault(key, "amdsmi reports N/A")
+    gfx = asic.get("target_graphics_version")
+    return GpuDevice(
+        index=index, vendor="amd", name=asic.get("market_name") if asic.get("market_name") != "N/A" else None,
+        uuid=d.get("uuid"), memory_used_bytes=int(used * 2**20) if used is not None else None,
+        memory_total_bytes=int(total * 2**20) if total is not None else None,
+        utilization_percent=int(_num(activity.get("gfx_activity"))) if _num(activity.get("gfx_activity")) is not None
+        else None, temperature_c=int(temp) if temp is not None else None, power_w=watts, power_limit_w=limit,
+        processes=procs, unavailable=miss, pci_bus_id=d.get("bdf"),
+        gfx=gfx if isinstance(gfx, str) and gfx.startswith("gfx") and gfx != "gfx" else None,
+    )
+
+
 DRM_ROOT = Path("/sys/class/drm")
 AMD_NAMES = {  # PCI device id -> marketing name, for cards whose driver has no product_name
     "0x747e": "Radeon RX 7800 XT / 7700 XT", "0x744c": "Radeon RX 7900 XTX / XT", "0x7480": "Radeon RX 7600",
@@ -247,14 +375,14 @@ def _read(path: Path | None) -> str | None:
 
 
 def open_backend() -> GpuBackend:
-    """The first backend whose driver answers: NVML, then amdgpu's sysfs; else `NoGpu` with every reason."""
-    nvml = NvmlBackend.open()
-    if not isinstance(nvml, NoGpu):
-        return nvml
-    amd = AmdSysfsBackend.open()
-    if not isinstance(amd, NoGpu):
-        return amd
-    return NoGpu(f"{nvml.why}; {amd.why}")
+    """The first backend whose driver answers: NVML, amdsmi, amdgpu's sysfs; else `NoGpu` with every reason."""
+    reasons = []
+    for opener in (NvmlBackend.open, AmdSmiBackend.open, AmdSysfsBackend.open):
+        backend = opener()
+        if not isinstance(backend, NoGpu):
+            return backend
+        reasons.append(backend.why)
+    return NoGpu("; ".join(reasons))
 
 
 def gpu_report(backend: GpuBackend | None = None) -> GpuReport:

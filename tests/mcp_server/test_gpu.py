@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -254,3 +255,33 @@ def test_held_memory_names_vanished_processes_and_our_finished_runs():
     assert [(h.pid, h.bytes) for h in held] == [(2**22 + 12345, 2**30), (os.getpid(), 2**29)]
     assert "no such process is visible" in held[0].why and "001-old-run" in held[1].why
     assert held[1].fix.startswith(f"kill {os.getpid()}")
+
+
+# ---------------------------------------------------------------------------- amdsmi, out of process
+
+FAKE_AMDSMI = Path(__file__).resolve().parent.parent / "fixtures" / "fake_amdsmi"
+
+
+def test_amdsmi_is_probed_in_a_subprocess_and_its_answer_mapped(monkeypatch, capfd):
+    monkeypatch.syspath_prepend(str(FAKE_AMDSMI))
+    monkeypatch.setenv("PYTHONPATH", str(FAKE_AMDSMI))
+    monkeypatch.setattr(gpu, "_amdsmi_failures", {})
+    backend = gpu.AmdSmiBackend.open()
+    assert isinstance(backend, gpu.AmdSmiBackend) and "amdsmi" not in sys.modules
+    (dev,) = backend.devices()
+    assert (dev.name, dev.gfx, dev.pci_bus_id) == ("AMD Radeon RX 7800 XT", "gfx1101", "0000:03:00.0")
+    assert (dev.memory_used_bytes, dev.memory_total_bytes) == (2048 * 2**20, 16368 * 2**20)
+    assert (dev.utilization_percent, dev.power_w, dev.power_limit_w) == (97, 231.0, 263.0)
+    assert dev.temperature_c is None and "NOT_SUPPORTED" in dev.unavailable["temperature"]
+    assert [(p.pid, p.used_memory_bytes) for p in dev.processes] == [(4242, 3 * 2**30)]
+    assert "noise" not in capfd.readouterr().out  # its import noise stayed in the probe's pipe
+
+
+def test_the_real_amdsmi_without_rocm_never_reaches_stdout(monkeypatch, capfd):
+    """Installed, with no ROCm: its import prints to stdout and raises KeyError (issue 6)."""
+    if importlib.util.find_spec("amdsmi") is None:
+        pytest.skip("amdsmi is not installed (it is a dependency: scripts/setup installs it)")
+    monkeypatch.setattr(gpu, "_amdsmi_failures", {})
+    backend = gpu.AmdSmiBackend.open()
+    assert isinstance(backend, gpu.NoGpu) and "KeyError" in backend.why
+    assert capfd.readouterr().out == "" and "amdsmi" not in sys.modules

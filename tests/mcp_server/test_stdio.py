@@ -103,3 +103,19 @@ def test_python_m_mcp_server_serves_too(project):
             assert report["host"]["cpu_count"] >= 1
 
     anyio.run(scenario)
+
+
+def test_gpu_status_over_stdio_keeps_the_wire_clean(project):
+    """The server's gpu_status probes NVML and amdsmi (which prints on import without ROCm): the
+    MCP stream over stdout must stay pure JSON-RPC, so the client gets a structured answer."""
+
+    async def scenario():
+        async with Client(params(project)) as client:
+            first = await ok(client, "gpu_status")
+            second = await ok(client, "gpu_status")  # and again, from the cached probe
+            return first, second
+
+    first, second = anyio.run(scenario)
+    assert first["host"]["cpu_count"] >= 1 and second["backend"] == first["backend"]
+    if first["backend"] == "none":
+        assert "amdsmi" in first["note"] and "nvidia" in first["note"].lower()
