@@ -157,12 +157,23 @@ def _gpu_process(p: Any) -> GpuProcess:
     return GpuProcess(pid=p.pid, used_memory_bytes=used if isinstance(used, int) else None, name=name)
 
 
+_cpu_primed: list[float] = []
+
+
+def _cpu_percent() -> float:
+    """CPU use since the previous call, without blocking; the first call measures 50 ms."""
+    if not _cpu_primed:
+        _cpu_primed.append(time.monotonic())
+        return psutil.cpu_percent(interval=0.05)
+    return psutil.cpu_percent(interval=None)
+
+
 def host_status() -> HostStatus:
     """CPU, load and RAM of this machine."""
     vm = psutil.virtual_memory()
     return HostStatus(
         cpu_count=os.cpu_count(),
-        cpu_percent=psutil.cpu_percent(interval=0.1),
+        cpu_percent=_cpu_percent(),
         load_avg_1m=os.getloadavg()[0],
         ram_used_bytes=vm.total - vm.available,
         ram_total_bytes=vm.total,
