@@ -53,6 +53,10 @@ TOOLS = {
     "diagnose_run": {"run_id": text},
     "tail_log": {"run_id": text, "stream": text, "lines": scalar, "pattern": text},
     "gpu_status": {},
+    # Valid waits are kept under 0.3 s so the fuzzing does not sleep; every other type is fair game.
+    "gpu_watch": {"seconds": st.one_of(st.floats(min_value=-5, max_value=0.3), st.integers(max_value=0), text,
+                                       st.none(), st.booleans(), json_value.filter(lambda v: isinstance(v, list))),
+                  "interval": st.one_of(st.floats(allow_nan=True), text, st.none())},
     "scratchpad_read": {"agent": text, "coordinator": text, "max_chars": scalar},
     "scratchpad_append": {"text": text, "agent": text, "kind": text},
 }
@@ -65,9 +69,15 @@ def session():
         yield lambda name, args: portal.call(client.call_tool, name, args)
 
 
+# Keys every example carries: gpu_watch's default is a 10 s wait, too long to fuzz a hundred times.
+REQUIRED = {"gpu_watch": ("seconds",)}
+
+
 def arguments(tool: str):
     fields = TOOLS[tool]
-    known = st.fixed_dictionaries({}, optional=fields) if fields else st.just({})
+    must = {k: v for k, v in fields.items() if k in REQUIRED.get(tool, ())}
+    rest = {k: v for k, v in fields.items() if k not in must}
+    known = st.fixed_dictionaries(must, optional=rest) if fields else st.just({})
     extra = st.dictionaries(text, json_value, max_size=2)
     return st.tuples(known, extra).map(lambda pair: {**pair[1], **pair[0]})
 
