@@ -21,7 +21,7 @@ from typing import Any, Literal
 import psutil
 from pydantic import BaseModel
 
-from mcp_server import gpu, paths
+from mcp_server import gpu, paths, procs
 from mcp_server.checks import Verdict
 from mcp_server.errors import TrainguardError
 from mcp_server.specs import TrainerSpec, build_argv, expand
@@ -144,10 +144,8 @@ def run_probe(python: str, script: Path, function: str, flags: list[str], batch_
 
 
 def _probe_env() -> dict[str, str]:
-    from mcp_server.procs import child_env
-
     # The probe never touches a GPU; hiding it keeps a CUDA context out of the probe.
-    return {**child_env({}), "CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
+    return {**procs.child_env({}), "CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
 
 
 def _target(config: dict[str, Any], torch_info: dict[str, Any], report: gpu.GpuReport, env: dict[str, str]

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from mcp_server import datacheck, gpu, memory, paths, registry, rules
 from mcp_server.checks import Check, Verdict, overall
 from mcp_server.errors import InvalidInput
+from mcp_server.rundir import run_pids
 from mcp_server.specs import Scalar, TrainerSpec, resolve_config
 
 DISK_FAIL_BYTES = 200 * 2**20
@@ -283,25 +284,10 @@ def _output_check(runs_root: Path) -> Check:
     return Check(name="output", verdict="pass", detail=detail)
 
 
-def _our_pids(runs_root: Path) -> dict[int, str]:
-    """Trainer pid -> run id for this project's runs that are not finished."""
-    from mcp_server.rundir import TERMINAL, all_runs
-
-    out = {}
-    for run in all_runs(runs_root):
-        try:
-            state = run.read_state()
-        except (OSError, ValueError):
-            continue
-        if state.pid and state.status not in TERMINAL:
-            out[state.pid] = run.run_id
-    return out
-
-
 def _gpu_check(report: gpu.GpuReport, runs_root: Path) -> Check:
     if not report.devices:
         return Check(name="gpu", verdict="pass", detail=report.note)
-    ours = _our_pids(runs_root) if any(d.processes for d in report.devices) else {}
+    ours = run_pids(runs_root)[0] if any(d.processes for d in report.devices) else {}
 
     def who(p: gpu.GpuProcess) -> str:
         owner = f"our run {ours[p.pid]}" if p.pid in ours else (p.name or "not ours")

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from mcp_server import procs
 from mcp_server.errors import InvalidInput, NotFound
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -134,3 +135,22 @@ def write_json_atomic(path: Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def run_pids(runs_root: Path) -> tuple[dict[int, str], dict[int, str]]:
+    """pid -> run id of every live process of this root's runs (trainers and their children, by
+    process group): (those of active runs, those of finished runs that something left alive)."""
+    active: dict[int, str] = {}
+    finished: dict[int, str] = {}
+    for run in all_runs(runs_root):
+        try:
+            state = run.read_state()
+        except (OSError, ValueError):
+            continue
+        if state.pgid is None:
+            continue
+        into = finished if state.status in TERMINAL else active
+        for pid in procs.group_members(state.pgid):
+            into.setdefault(pid, run.run_id)
+    return active, finished
+

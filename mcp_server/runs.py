@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server import __version__, diagnose, metrics, paths, procs, scratchpad, slots, textlog
+from mcp_server import __version__, diagnose, metrics, paths, procs, registry, scratchpad, slots, textlog
 from mcp_server.errors import Conflict, InvalidInput, NotFound, TrainguardError
 from mcp_server.preflight import Check, PreflightReport, probe_torch, run_preflight
 from mcp_server.rundir import TERMINAL, RunDir, RunState, all_runs, create_run_dir, open_run, write_json_atomic
@@ -417,8 +417,6 @@ def resume_run(
         Conflict: the run is still going. NotFound: it left no checkpoint. InvalidInput: its
             trainer cannot resume, or its checkpoint is outside the project.
     """
-    from mcp_server import registry
-
     project = project or paths.project_root()
     run = open_run(paths.runs_root(project), run_id)
     state = refresh(run)
@@ -444,35 +442,3 @@ def resume_run(
     why = f"resume of {run_id} from {checkpoint.name}" + (f"; {note}" if note else "")
     return launch(manifest["experiment"], merged, note=why, agent=agent, acknowledge=acks, dry_run=dry_run,
                   project=project)
-
-
-def trainer_pids(project: Path | None = None) -> dict[int, str]:
-    """pid -> run id for every process of this project's active runs (trainers and their children)."""
-    out: dict[int, str] = {}
-    for run in all_runs(paths.runs_root(project or paths.project_root())):
-        try:
-            state = run.read_state()
-        except (OSError, ValueError):
-            continue
-        if state.status in TERMINAL or state.pgid is None:
-            continue
-        for pid in procs.group_members(state.pgid):
-            out[pid] = run.run_id
-    return out
-
-
-def finished_pids(project: Path | None = None) -> dict[int, str]:
-    """Trainer pid -> run id of this project's finished runs whose trainer (same pid and start
-    time) is somehow still alive: what holds GPU memory after its run ended."""
-    out: dict[int, str] = {}
-    for run in all_runs(paths.runs_root(project or paths.project_root())):
-        try:
-            state = run.read_state()
-        except (OSError, ValueError):
-            continue
-        if state.status in TERMINAL and state.pid and procs.is_alive(state.pid, state.pid_started):
-            out[state.pid] = run.run_id
-        if state.status in TERMINAL and state.pgid:
-            for pid in procs.group_members(state.pgid):
-                out.setdefault(pid, run.run_id)
-    return out

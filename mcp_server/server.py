@@ -26,7 +26,7 @@ from mcp_server import __version__, diagnose, gpu, memory, metrics, paths, prepa
 from mcp_server.errors import InvalidInput, TrainguardError
 from mcp_server.preflight import PreflightReport, run_preflight
 from mcp_server.preflight import estimate_memory as _estimate_memory
-from mcp_server.rundir import TERMINAL
+from mcp_server.rundir import TERMINAL, run_pids
 from mcp_server.specs import Scalar
 
 log = logging.getLogger("trainguard.server")
@@ -295,11 +295,11 @@ def gpu_status() -> gpu.GpuReport:
     Cheap (about 0.1 s)."""
     report = gpu.gpu_report()
     if any(d.processes for d in report.devices):
-        run_of = runs.trainer_pids()
+        active, finished = run_pids(paths.runs_root(paths.project_root()))
         for d in report.devices:
             for p in d.processes:
-                p.run_id = run_of.get(p.pid)
-        report.held = gpu.held_memory(report, runs.finished_pids())
+                p.run_id = active.get(p.pid)
+        report.held = gpu.held_memory(report, finished)
     return report
 
 
@@ -321,8 +321,8 @@ async def gpu_watch(ctx: Context, seconds: float = 10.0, interval: float = 1.0) 
             break
         await ctx.report_progress(elapsed, seconds, f"{len(reports)} samples")
         await anyio.sleep(interval)
-    run_of = await anyio.to_thread.run_sync(runs.trainer_pids)
-    return gpu.summarize_samples(reports, round(time.monotonic() - t0, 1), interval, run_of)
+    active, _ = await anyio.to_thread.run_sync(run_pids, paths.runs_root(paths.project_root()))
+    return gpu.summarize_samples(reports, round(time.monotonic() - t0, 1), interval, active)
 
 
 @tool(READ_ONLY)

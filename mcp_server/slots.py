@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import IO
 
+from mcp_server import procs
 from mcp_server.rundir import RunState, all_runs
 
 
@@ -46,8 +47,6 @@ def try_acquire(runs_root: Path, resource: str, count: int) -> IO[bytes] | None:
 
 def queued_before(runs_root: Path, run_id: str, resource: str, queued_at: float) -> list[str]:
     """Runs of the same resource queued earlier than this one and still waiting, oldest first."""
-    from mcp_server import procs
-
     ahead = []
     for run in all_runs(runs_root):
         if run.run_id == run_id:

@@ -121,13 +121,14 @@ def _watch(run: RunDir, manifest: dict, state: RunState, proc: subprocess.Popen)
     config = WatchdogConfig.model_validate(manifest.get("watchdog") or {})
     dog = Watchdog(config, run.metrics, manifest["primary_metric"])
     sample_gpu = bool(manifest.get("gpus")) and (config.gpu_memory_gib or config.temperature_c)
-    next_gpu = 0.0
+    next_gpu, backend = 0.0, None
     while proc.poll() is None:
         time.sleep(POLL_S)
         events = dog.poll()
         if sample_gpu and time.monotonic() >= next_gpu:
             next_gpu = time.monotonic() + GPU_SAMPLE_S
-            events += _gpu_events(dog, proc.pid)
+            backend = backend or gpu.open_backend()  # opened once: no driver init every sample
+            events += _gpu_events(dog, proc.pid, backend)
         for event in events:
             state.events.append(event)
             run.write_state(state)
@@ -138,11 +139,11 @@ def _watch(run: RunDir, manifest: dict, state: RunState, proc: subprocess.Popen)
     return None
 
 
-def _gpu_events(dog: Watchdog, pgid: int) -> list[dict]:
+def _gpu_events(dog: Watchdog, pgid: int, backend: gpu.GpuBackend) -> list[dict]:
     """The run's GPU memory (its processes' share, else the device's) and temperature."""
     members = set(procs.group_members(pgid))
     events = []
-    for device in gpu.gpu_report().devices:
+    for device in gpu.gpu_report(backend).devices:
         ours = [p.used_memory_bytes for p in device.processes if p.pid in members and p.used_memory_bytes]
         if device.processes and not ours:
             continue  # another job's GPU

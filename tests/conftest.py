@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,16 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 # Small enough for a 2-core CI machine, big enough to learn something in a few epochs.
 TINY_TRM = {"num_train": 300, "num_test": 60, "dim": 16, "depth": 1, "epochs": 3, "patience": 3, "device": "cpu"}
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
+    """Poll `predicate` every 50 ms until it returns something truthy; that value, or an AssertionError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def write_experiment(project: Path, name: str, trainer: str, args: dict, hypothesis: str | None = "It trains.") -> Path:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import write_experiment
+from conftest import wait_until, write_experiment
 from mcp_server import metrics, paths, procs, runs
 from mcp_server.rundir import TERMINAL, open_run
 
@@ -30,22 +29,8 @@ def experiment(project: Path, name: str, args: dict, watchdog: str = "") -> str:
 
 
 def finish(run_id: str, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = runs.status(run_id)
-        if st.status in TERMINAL:
-            return st
-        time.sleep(0.1)
-    raise AssertionError(f"{run_id} did not finish: {runs.status(run_id)}")
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    """The run's status once it has ended."""
+    return wait_until(lambda: (st := runs.status(run_id)).status in TERMINAL and st, timeout, f"{run_id} to end")
 
 
 def assert_clean(run_id: str) -> None:

@@ -186,18 +186,13 @@ def test_gpu_watch_tool_samples_over_time_with_progress(monkeypatch, scripted):
 
 
 def test_gpu_status_names_the_run_a_gpu_process_belongs_to(monkeypatch, scripted):
-    import time
-
-    from conftest import ok
+    from conftest import ok, wait_until
     from mcp_server import paths, runs
     from mcp_server.rundir import open_run
 
     launched = runs.launch("902")
     run = open_run(paths.runs_root(), launched.run_id)
-    deadline = time.monotonic() + 30
-    while not run.read_state().pid and time.monotonic() < deadline:
-        time.sleep(0.05)
-    pid = run.read_state().pid
+    pid = wait_until(lambda: run.read_state().pid, what="the trainer's pid")
     procs = [gpu.GpuProcess(pid=pid, used_memory_bytes=2**30, name="python"),
              gpu.GpuProcess(pid=1, used_memory_bytes=2**30, name="init")]
     monkeypatch.setattr(gpu, "open_backend", lambda: SequenceBackend([[device(5, 50, 50, procs)]]))

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import FIXTURES, make_venv, write_experiment
+from conftest import FIXTURES, make_venv, wait_until, write_experiment
 from mcp_server import gpu, preflight
 from mcp_server.preflight import run_preflight
 
@@ -262,17 +262,13 @@ def test_preflight_fails_on_an_rx7800xt_without_the_override(scripted, monkeypat
 
 def test_gpu_processes_are_named_ours_or_not(scripted):
     import os
-    import time
 
     from mcp_server import paths, runs
     from mcp_server.rundir import open_run
 
     launched = runs.launch("902")
     run = open_run(paths.runs_root(scripted), launched.run_id)
-    deadline = time.monotonic() + 30
-    while not run.read_state().pid and time.monotonic() < deadline:
-        time.sleep(0.05)
-    trainer_pid = run.read_state().pid
+    trainer_pid = wait_until(lambda: run.read_state().pid, what="the trainer's pid")
     report = report_with("nvidia")
     report.devices[0].processes = [gpu.GpuProcess(pid=trainer_pid, used_memory_bytes=2**30, name="python"),
                                    gpu.GpuProcess(pid=os.getpid(), used_memory_bytes=None, name="someone-else")]

@@ -14,21 +14,12 @@ import psutil
 import pytest
 from mcp import Client, StdioServerParameters
 
-from conftest import REPO, server_env, write_experiment
+from conftest import REPO, server_env, wait_until, write_experiment
 from mcp_server import paths, procs, runs
 from mcp_server.errors import Conflict, InvalidInput
 from mcp_server.rundir import TERMINAL, open_run
 
 LONG = {"steps": 100000, "interval": 0.05}
-
-
-def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def statuses(*run_ids):

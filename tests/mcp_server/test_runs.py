@@ -1,23 +1,12 @@
 import os
 import signal
-import time
 
 import pytest
 
-from conftest import write_experiment
+from conftest import wait_until, write_experiment
 from mcp_server import paths, procs, runs, textlog
 from mcp_server.errors import Conflict, InvalidInput, NotFound
 from mcp_server.rundir import TERMINAL, open_run
-
-
-def wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_done(run_id, timeout=60.0):
@@ -25,7 +14,7 @@ def wait_done(run_id, timeout=60.0):
         st = runs.status(run_id)
         return st if st.status in TERMINAL else None
 
-    return wait_for(done, timeout, f"run {run_id} to end")
+    return wait_until(done, timeout, f"run {run_id} to end")
 
 
 def test_a_run_completes_with_state_manifest_metrics_and_scratchpad(scripted):
@@ -68,7 +57,7 @@ def test_a_crash_is_recorded_as_failed_with_the_end_of_stderr(scripted):
 def test_stop_leaves_no_process_of_the_group(scripted):
     result = runs.launch("902")
     run = open_run(paths.runs_root(), result.run_id)
-    wait_for(lambda: run.metrics.exists() and run.metrics.stat().st_size > 0, what="first metrics")
+    wait_until(lambda: run.metrics.exists() and run.metrics.stat().st_size > 0, what="first metrics")
     pgid = run.read_state().pgid
     stopped = runs.stop(result.run_id, grace_s=10)
     assert stopped.status == "stopped" and stopped.how == "terminated" and stopped.processes_left == 0
@@ -98,10 +87,10 @@ def test_a_dead_supervisor_is_noticed(scripted):
     run = open_run(paths.runs_root(), result.run_id)
     state = run.read_state()
     os.kill(state.supervisor_pid, signal.SIGKILL)
-    wait_for(lambda: not procs.is_alive(state.supervisor_pid, state.supervisor_started), what="supervisor death")
+    wait_until(lambda: not procs.is_alive(state.supervisor_pid, state.supervisor_started), what="supervisor death")
     assert runs.status(result.run_id).status == "running"  # the trainer itself still runs
     os.killpg(state.pgid, signal.SIGKILL)
-    wait_for(lambda: runs.status(result.run_id).status == "lost", what="lost status")
+    wait_until(lambda: runs.status(result.run_id).status == "lost", what="lost status")
     assert "supervisor ended" in runs.status(result.run_id).failure
 
 
