@@ -12,6 +12,8 @@ import math
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -109,3 +111,20 @@ class Curves:
             self.done_reason = str(fields.get("reason"))
         elif name == "error":
             self.last_error = str(fields.get("message"))[:300]
+
+
+class Reader(Protocol):
+    """One file read incrementally: each call reads only what was appended since the last one.
+
+    A torn last line or frame (a writer half-way through it) is left for the next call; a file
+    that shrank or was replaced is read again from the start, after `Curves` has been reset by
+    the caller. Nothing a reader meets in a file raises: bad parts are counted in
+    `curves.skipped`.
+    """
+
+    kind: str  # "jsonl", "csv", "tfevents", "history", "hf_state", "stdout"
+    path: Path
+
+    def read_new(self, curves: Curves) -> int:
+        """Add what is new in the file to `curves`; return the number of bytes consumed."""
+        ...
