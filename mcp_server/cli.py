@@ -216,7 +216,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_gpu(args: argparse.Namespace) -> int:
-    report = gpu.gpu_report()
+    report = gpu.shared_sampler(paths.runs_root(paths.project_root())).sample()
     if args.json:
         _emit_json(report)
         return 0
@@ -226,8 +226,15 @@ def cmd_gpu(args: argparse.Namespace) -> int:
             f"{d.memory_used_bytes / 2**30:.1f}/{d.memory_total_bytes / 2**30:.1f} GiB"
             if d.memory_used_bytes is not None and d.memory_total_bytes is not None else "memory ?"
         )
-        print(f"  GPU {d.index} {d.name}: {mem}, util {d.utilization_percent}%, {d.temperature_c} C, "
-              f"{len(d.processes)} processes")
+        throttled = d.clocks.throttle_reasons if d.clocks and d.clocks.throttle_reasons else []
+        print(f"  GPU {d.index} {d.name}: {mem}, util {d.utilization_percent}%, {d.temperature_c} C"
+              + (f", {d.gfx}" if d.gfx else "") + (f", throttled: {', '.join(throttled)}" if throttled else ""))
+        for p in d.processes:
+            used = f"{p.used_memory_bytes / 2**30:.1f} GiB" if p.used_memory_bytes is not None else "memory ?"
+            what = f"run {p.run_id}" if p.run_id else (p.command or p.name or "")
+            print(f"    pid {p.pid} {p.user or ''} {used} {what}")
+    for h in report.held:
+        print(f"  held on GPU {h.gpu}: {h.why}. Fix: {h.fix}")
     h = report.host
     print(f"Host: {h.cpu_count} CPUs at {h.cpu_percent:.0f}%, load {h.load_avg_1m:.2f}, "
           f"RAM {h.ram_used_bytes / 2**30:.1f}/{h.ram_total_bytes / 2**30:.1f} GiB")

@@ -20,7 +20,6 @@ from pydantic import BaseModel
 from mcp_server import datacheck, gpu, memory, paths, registry, rules
 from mcp_server.checks import Check, Verdict, overall
 from mcp_server.errors import InvalidInput
-from mcp_server.rundir import run_pids
 from mcp_server.specs import Scalar, TrainerSpec, resolve_config
 
 DISK_FAIL_BYTES = 200 * 2**20
@@ -284,13 +283,11 @@ def _output_check(runs_root: Path) -> Check:
     return Check(name="output", verdict="pass", detail=detail)
 
 
-def _gpu_check(report: gpu.GpuReport, runs_root: Path) -> Check:
+def _gpu_check(report: gpu.GpuReport) -> Check:
     if not report.devices:
         return Check(name="gpu", verdict="pass", detail=report.note)
-    ours = run_pids(runs_root)[0] if any(d.processes for d in report.devices) else {}
-
     def who(p: gpu.GpuProcess) -> str:
-        owner = f"our run {ours[p.pid]}" if p.pid in ours else (p.name or "not ours")
+        owner = f"our run {p.run_id}" if p.run_id else (p.name or "not ours")
         used = f", {p.used_memory_bytes / 2**30:.1f} GiB" if p.used_memory_bytes is not None else ""
         return f"pid {p.pid} ({owner}{used})"
 
@@ -353,7 +350,8 @@ def estimate_memory(experiment: str, overrides: dict[str, Any] | None = None, pr
         )
     if gpu_memory_gib is not None and not 0 < gpu_memory_gib <= 4096:
         raise InvalidInput(f"gpu_memory_gib is {gpu_memory_gib}; pass the card's memory in GiB, e.g. 16.")
-    return memory.estimate(exp.id, spec, config, python, project, torch_info, gpu.gpu_report(), gpu_memory_gib)
+    return memory.estimate(exp.id, spec, config, python, project, torch_info,
+                           gpu.shared_sampler(paths.runs_root(project)).sample(), gpu_memory_gib)
 
 
 def run_preflight(
@@ -381,7 +379,7 @@ def run_preflight(
     ]
     fired = rules.fired(spec.danger, config)
     checks += _rule_checks(spec, config, fired)
-    gpus = gpu.gpu_report()
+    gpus = gpu.shared_sampler(paths.runs_root(project)).sample()
     torch_info = probe_torch(python)
     checks += _interpreter_checks(python, torch_info, config, gpus, named_venv=exp.python is not None)
     amd = _amd_check(gpu.amd_gfx_targets(), spec.env)
@@ -391,7 +389,7 @@ def run_preflight(
         checks.append(_memory_check(exp.id, spec, config, python, project, torch_info, gpus))
     checks += datacheck.data_checks(exp.id, spec, config, project, python)
     checks.append(_output_check(paths.runs_root(project)))
-    checks.append(_gpu_check(gpus, paths.runs_root(project)))
+    checks.append(_gpu_check(gpus))
 
     verdict = overall(checks)
     problems = [f"{c.name}: {c.detail}" for c in checks if c.verdict != "pass"]

@@ -26,7 +26,7 @@ from mcp_server import __version__, diagnose, gpu, memory, metrics, paths, prepa
 from mcp_server.errors import InvalidInput, TrainguardError
 from mcp_server.preflight import PreflightReport, run_preflight
 from mcp_server.preflight import estimate_memory as _estimate_memory
-from mcp_server.rundir import TERMINAL, run_pids
+from mcp_server.rundir import TERMINAL
 from mcp_server.specs import Scalar
 
 log = logging.getLogger("trainguard.server")
@@ -288,19 +288,13 @@ async def wait_run(run_id: str, ctx: Context, timeout_seconds: float = 300.0, po
 
 @tool(READ_ONLY)
 def gpu_status() -> gpu.GpuReport:
-    """Snapshot of every GPU (name, memory used/total, utilisation, temperature, power, processes)
-    and the host's CPU, load and RAM. Says plainly when there is no GPU. Unknown figures are null
-    with the reason in `unavailable`, never 0. A process of one of our runs carries its `run_id`;
-    memory held by a vanished process or by one of our finished runs is listed in `held` with the fix.
-    Cheap (about 0.1 s)."""
-    report = gpu.gpu_report()
-    if any(d.processes for d in report.devices):
-        active, finished = run_pids(paths.runs_root(paths.project_root()))
-        for d in report.devices:
-            for p in d.processes:
-                p.run_id = active.get(p.pid)
-        report.held = gpu.held_memory(report, finished)
-    return report
+    """Snapshot of every GPU (NVIDIA or AMD: name, UUID/PCI id, memory used/total, utilisation,
+    temperature, power and its limit, clocks and throttle reasons, ECC, MIG slices, AMD gfx id;
+    processes with user and command line) and the host's CPU, load and RAM. Says plainly when
+    there is no GPU. Unknown figures are null with the reason in `unavailable`, never 0. A process
+    of one of our runs carries its `run_id`; memory held by a vanished process or by one of our
+    finished runs is listed in `held` with the fix. Cheap (about 1 ms warm)."""
+    return gpu.shared_sampler(paths.runs_root(paths.project_root())).sample()
 
 
 @tool(READ_ONLY)
@@ -311,18 +305,17 @@ async def gpu_watch(ctx: Context, seconds: float = 10.0, interval: float = 1.0) 
     samples. Use it to see whether a run keeps the GPU busy or creeps towards its memory limit."""
     if not 0 < seconds <= 300 or not 0.2 <= interval <= 60:
         raise InvalidInput("seconds takes 0-300 and interval 0.2-60.")
-    backend = await anyio.to_thread.run_sync(gpu.open_backend)
+    sampler = gpu.shared_sampler(paths.runs_root(paths.project_root()))
     reports = []
     t0 = time.monotonic()
     while True:
-        reports.append(await anyio.to_thread.run_sync(gpu.gpu_report, backend))
+        reports.append(await anyio.to_thread.run_sync(sampler.sample))
         elapsed = time.monotonic() - t0
         if elapsed + interval > seconds:
             break
         await ctx.report_progress(elapsed, seconds, f"{len(reports)} samples")
         await anyio.sleep(interval)
-    active, _ = await anyio.to_thread.run_sync(run_pids, paths.runs_root(paths.project_root()))
-    return gpu.summarize_samples(reports, round(time.monotonic() - t0, 1), interval, active)
+    return gpu.summarize_samples(reports, round(time.monotonic() - t0, 1), interval)
 
 
 @tool(READ_ONLY)

@@ -121,14 +121,14 @@ def _watch(run: RunDir, manifest: dict, state: RunState, proc: subprocess.Popen)
     config = WatchdogConfig.model_validate(manifest.get("watchdog") or {})
     dog = Watchdog(config, run.metrics, manifest["primary_metric"])
     sample_gpu = bool(manifest.get("gpus")) and (config.gpu_memory_gib or config.temperature_c)
-    next_gpu, backend = 0.0, None
+    next_gpu, sampler = 0.0, None
     while proc.poll() is None:
         time.sleep(POLL_S)
         events = dog.poll()
         if sample_gpu and time.monotonic() >= next_gpu:
             next_gpu = time.monotonic() + GPU_SAMPLE_S
-            backend = backend or gpu.open_backend()  # opened once: no driver init every sample
-            events += _gpu_events(dog, proc.pid, backend)
+            sampler = sampler or gpu.Sampler(run.path.parent)  # one backend for the whole run
+            events += _gpu_events(dog, run.run_id, sampler)
         for event in events:
             state.events.append(event)
             run.write_state(state)
@@ -139,12 +139,11 @@ def _watch(run: RunDir, manifest: dict, state: RunState, proc: subprocess.Popen)
     return None
 
 
-def _gpu_events(dog: Watchdog, pgid: int, backend: gpu.GpuBackend) -> list[dict]:
+def _gpu_events(dog: Watchdog, run_id: str, sampler: gpu.Sampler) -> list[dict]:
     """The run's GPU memory (its processes' share, else the device's) and temperature."""
-    members = set(procs.group_members(pgid))
     events = []
-    for device in gpu.gpu_report(backend).devices:
-        ours = [p.used_memory_bytes for p in device.processes if p.pid in members and p.used_memory_bytes]
+    for device in sampler.sample().devices:
+        ours = [p.used_memory_bytes for p in device.processes if p.run_id == run_id and p.used_memory_bytes]
         if device.processes and not ours:
             continue  # another job's GPU
         used = sum(ours) if ours else device.memory_used_bytes

@@ -17,6 +17,7 @@ import numbers
 import os
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ def _jsonable(value: Any) -> Any:
     return _jsonable(float(value))  # 0-d tensors and numpy floats; anything else raises TypeError
 
 
+DEVICE_MEMORY_EVERY_S = 10.0  # how often a trainer on a GPU reports its allocator's memory
+
+
 class MetricsStream:
     """Appends one JSON object per line to the metrics file that a supervisor tails.
 
@@ -51,6 +55,7 @@ class MetricsStream:
         path = path or os.environ.get("TRAINGUARD_METRICS")
         self.path = Path(path) if path else None
         self._file = None
+        self._memory_at = -math.inf
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", buffering=1, encoding="utf-8")  # closed in close()
@@ -68,6 +73,24 @@ class MetricsStream:
         record["split"] = split
         record.update({name: float(v) for name, v in values.items()})
         self._write(record)
+        self._device_memory()
+
+    def _device_memory(self) -> None:
+        """Every DEVICE_MEMORY_EVERY_S, once CUDA/HIP is in use: a ``device_memory`` event with what
+        torch's allocator holds. In a container the GPU driver lists host pids, so the supervisor
+        matches this run to its GPU process by this figure instead."""
+        torch = sys.modules.get("torch")  # never imported here: a trainer without torch stays without
+        if self._file is None or torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return
+        now = time.monotonic()
+        if now - self._memory_at < DEVICE_MEMORY_EVERY_S:
+            return
+        self._memory_at = now
+        index = torch.cuda.current_device()
+        uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+        self.event("device_memory", device=index, uuid=str(uuid) if uuid is not None else None, pid=os.getpid(),
+                   reserved_bytes=int(torch.cuda.memory_reserved(index)),
+                   peak_reserved_bytes=int(torch.cuda.max_memory_reserved(index)))
 
     def event(self, name: str, **fields: Any) -> None:
         """Writes ``{"t", "event": name, **fields}`` (start, checkpoint, done, error)."""

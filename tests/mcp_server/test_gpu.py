@@ -1,64 +1,17 @@
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from mcp_server import gpu
 
-
-class NotSupported(Exception):
-    """Stands in for pynvml.NVMLError_NotSupported."""
-
-
-class FakeNvml:
-    """The slice of nvidia-ml-py that the backend calls; one GPU, a MIG-like missing metric."""
-
-    NVML_TEMPERATURE_GPU = 0
-
-    def nvmlDeviceGetCount(self):
-        return 1
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        return f"h{i}"
-
-    def nvmlDeviceGetName(self, h):
-        return "NVIDIA H100 80GB HBM3"
-
-    def nvmlDeviceGetUUID(self, h):
-        return "GPU-0000"
-
-    def nvmlDeviceGetMemoryInfo(self, h):
-        return SimpleNamespace(used=2 * 2**30, total=80 * 2**30)
-
-    def nvmlDeviceGetUtilizationRates(self, h):
-        raise NotSupported("Not Supported")
-
-    def nvmlDeviceGetTemperature(self, h, sensor):
-        return 41
-
-    def nvmlDeviceGetPowerUsage(self, h):
-        return 72500
-
-    def nvmlDeviceGetEnforcedPowerLimit(self, h):
-        return 700000
-
-    def nvmlDeviceGetComputeRunningProcesses(self, h):
-        return [SimpleNamespace(pid=999999999, usedGpuMemory=512 * 2**20)]
-
-
-def test_nvml_figures_are_converted_and_a_missing_metric_is_null_with_its_reason():
-    report = gpu.gpu_report(gpu.NvmlBackend(FakeNvml()))
-    (dev,) = report.devices
-    assert dev.name == "NVIDIA H100 80GB HBM3" and dev.memory_total_bytes == 80 * 2**30
-    assert dev.power_w == 72.5 and dev.power_limit_w == 700.0 and dev.temperature_c == 41
-    assert dev.utilization_percent is None and "NotSupported" in dev.unavailable["utilization"]
-    assert dev.processes[0].used_memory_bytes == 512 * 2**20 and dev.processes[0].name is None
-    assert report.note == "1 GPU(s) through nvml"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nvml_xml import XmlNvml  # noqa: E402
 
 
 def test_no_driver_is_said_plainly():
@@ -74,15 +27,98 @@ def test_the_server_never_imports_torch():
 
 @pytest.mark.gpu
 def test_real_nvml_matches_nvidia_smi():
+    """The real NVML path against nvidia-smi's own XML, read by the fixture reader: both must
+    agree, which also proves the reader that serves the fixtures. Records the XML under $OUT."""
     if shutil.which("nvidia-smi") is None:
         pytest.skip("no NVIDIA driver on this machine")
-    report = gpu.gpu_report()
-    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, check=True).stdout.strip().splitlines()
-    assert len(report.devices) == len(smi)
-    for dev, line in zip(report.devices, smi, strict=True):
-        name, total_mib = (x.strip() for x in line.split(","))
-        assert dev.name == name and abs(dev.memory_total_bytes / 2**20 - int(total_mib)) <= 1
+    xml = subprocess.run(["nvidia-smi", "-q", "-x"], capture_output=True, text=True, check=True).stdout
+    if os.environ.get("OUT"):
+        (Path(os.environ["OUT"]) / "nvidia-smi-q-x.xml").write_text(xml)
+    real = gpu.gpu_report(gpu.NvmlBackend.open()).devices
+    from_xml = gpu.gpu_report(gpu.NvmlBackend(XmlNvml(xml))).devices
+    assert len(real) == len(from_xml) > 0
+    for r, x in zip(real, from_xml, strict=True):
+        assert (r.name, r.uuid, r.pci_bus_id, r.memory_total_bytes) == (x.name, x.uuid, x.pci_bus_id,
+                                                                          x.memory_total_bytes)
+        assert (r.ecc is None) == (x.ecc is None) and (r.mig is None) == (x.mig is None)
+        assert r.clocks.max_graphics_mhz == x.clocks.max_graphics_mhz
+        assert abs(r.power_limit_w - x.power_limit_w) < 1
+
+
+# ---------------------------------------------------------------------------- NVML from nvidia-smi -q -x
+
+NVSMI = Path(__file__).resolve().parent.parent / "fixtures" / "nvidia_smi"
+
+
+def xml_devices():
+    nvml = XmlNvml.from_file(NVSMI / "three_gpus.xml", OWN_PID=str(os.getpid()))
+    return gpu.Sampler(backend=gpu.NvmlBackend(nvml), nested_pid_namespace=False).sample().devices
+
+
+def test_nvml_clocks_throttle_reasons_and_ecc_from_a_loaded_h100():
+    h100 = xml_devices()[0]
+    assert h100.pci_bus_id == "00000000:18:00.0" and h100.utilization_percent == 97
+    assert h100.clocks.model_dump() == {"graphics_mhz": 1755, "sm_mhz": 1755, "memory_mhz": 2619,
+                                        "max_graphics_mhz": 1980, "max_memory_mhz": 2619,
+                                        "throttle_reasons": ["power cap"]}
+    assert (h100.ecc.corrected_volatile, h100.ecc.uncorrected_volatile, h100.ecc.uncorrected_aggregate) == (2, 0, 1)
+    ours, other = h100.processes
+    assert (ours.pid, ours.name, ours.used_memory_bytes) == (os.getpid(), "python", 18810 * 2**20)
+    assert ours.user and "pytest" in ours.command or "python" in ours.command
+    assert other.name is None and other.user is None  # pid 4194301 is no process here
+
+
+def test_nvml_mig_slices_are_listed_with_their_processes_once():
+    a100 = xml_devices()[1]
+    assert a100.utilization_percent is None and "NotSupported" in a100.unavailable["utilization"]
+    assert [(m.index, m.memory_total_bytes // 2**20) for m in a100.mig] == [(0, 19968), (1, 9984)]
+    assert a100.processes == [] and [p.pid for p in a100.mig[0].processes] == [4194302]
+    (seen,) = gpu.visible_devices([a100], {"CUDA_VISIBLE_DEVICES": "MIG-66666666"})
+    assert (seen.uuid, seen.memory_total_bytes, seen.memory_used_bytes) == (
+        "MIG-66666666-7777-8888-9999-aaaaaaaaaaaa", 9984 * 2**20, 13 * 2**20)  # the slice, not the card
+
+
+def test_nvml_a_card_without_ecc_or_mig_says_so():
+    rtx = xml_devices()[2]
+    assert rtx.ecc is None and "NotSupported" in rtx.unavailable["ecc"] and rtx.mig is None
+    assert rtx.clocks.throttle_reasons == ["idle"] and rtx.utilization_percent == 0  # a measured 0 stays 0
+
+
+# ---------------------------------------------------------------------------- containers
+
+
+def test_a_nested_pid_namespace_is_recognised(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nNSpid:\t812345\t17\n")
+    assert gpu.pid_namespace_is_nested(status)
+    status.write_text("Name:\tpython\nNSpid:\t812345\n")
+    assert not gpu.pid_namespace_is_nested(status)
+    assert not gpu.pid_namespace_is_nested(tmp_path / "absent")
+
+
+def test_in_a_container_runs_are_matched_to_gpu_processes_by_their_own_memory(scripted):
+    """NVML's pids are host pids there; the run's trainer reported 6 GiB reserved (trainkit's
+    device_memory event), and the process using 6.4 GiB (6 GiB + its CUDA context) is the run's."""
+    from conftest import wait_until
+    from mcp_server import paths, runs
+    from mcp_server.rundir import open_run
+
+    launched = runs.launch("902")
+    run = open_run(paths.runs_root(), launched.run_id)
+    wait_until(lambda: run.metrics.is_file() and run.metrics.stat().st_size, what="the run's first metrics")
+    with run.metrics.open("a") as fh:  # what trainkit writes on a GPU (CI has none)
+        fh.write(json.dumps({"t": 0, "event": "device_memory", "device": 0, "pid": 17,
+                             "reserved_bytes": 6 * 2**30, "peak_reserved_bytes": 6 * 2**30}) + "\n")
+    host_pids = [gpu.GpuProcess(pid=3_000_001, used_memory_bytes=int(6.4 * 2**30), name=None),
+                 gpu.GpuProcess(pid=3_000_002, used_memory_bytes=20 * 2**30, name=None)]
+    sampler = gpu.Sampler(paths.runs_root(), SequenceBackend([[device(27, 90, 60, host_pids)]]),
+                          nested_pid_namespace=True)
+    report = sampler.sample()
+    listed = report.devices[0].processes
+    assert [(p.run_id, p.matched_by) for p in listed] == [(launched.run_id, "memory"), (None, None)]
+    assert report.pid_namespace == "container" and "host pids" in report.note
+    assert all(p.command is None for p in listed)  # a host pid names no process here
+    runs.stop(launched.run_id, grace_s=1.0)
 
 
 # ---------------------------------------------------------------------------- AMD through sysfs
@@ -122,16 +158,22 @@ def test_no_amd_card_is_a_plain_statement(tmp_path):
 
 def test_the_backend_chain_falls_back_to_amd_sysfs(monkeypatch):
     monkeypatch.setattr(gpu.NvmlBackend, "open", classmethod(lambda cls: gpu.NoGpu("no NVIDIA driver answered")))
-    monkeypatch.setattr(gpu, "DRM_ROOT", SYSFS)
-    monkeypatch.setattr(gpu, "KFD_TOPOLOGY", KFD)
+    monkeypatch.setattr(gpu.amd, "DRM_ROOT", SYSFS)
+    monkeypatch.setattr(gpu.amd, "KFD_TOPOLOGY", KFD)
     report = gpu.gpu_report()
     assert report.backend == "amdgpu-sysfs" and report.devices[0].gfx == "gfx1101"
-    monkeypatch.setattr(gpu, "DRM_ROOT", SYSFS / "absent")
+    monkeypatch.setattr(gpu.amd, "DRM_ROOT", SYSFS / "absent")
     report = gpu.gpu_report()
     assert report.backend == "none" and "no NVIDIA driver answered" in report.note and "/sys/class/drm" in report.note
 
 
 # ---------------------------------------------------------------------------- gpu_watch
+
+
+def use_backend(monkeypatch, backend):
+    """Make every tool's shared sampler open `backend` (a fake vendor backend: no GPU in CI)."""
+    monkeypatch.setattr(gpu.sampling, "_shared", {})
+    monkeypatch.setattr(gpu.sampling, "open_backend", lambda: backend)
 
 
 class SequenceBackend:
@@ -156,12 +198,13 @@ def device(used_gib, util, temp, procs=()):
 
 
 def test_samples_aggregate_per_device_and_per_run():
-    frames = [[device(10, 0, 40, [gpu.GpuProcess(pid=11, used_memory_bytes=2**30, name="python")])],
-              [device(20, 100, 60, [gpu.GpuProcess(pid=11, used_memory_bytes=3 * 2**30, name="python"),
-                                    gpu.GpuProcess(pid=12, used_memory_bytes=2**30, name="worker")])],
+    def proc(pid, gib):
+        return gpu.GpuProcess(pid=pid, used_memory_bytes=gib * 2**30, name="python", run_id="run-a")
+
+    frames = [[device(10, 0, 40, [proc(11, 1)])], [device(20, 100, 60, [proc(11, 3), proc(12, 1)])],
               [device(30, 50, 50)]]
     reports = [gpu.gpu_report(SequenceBackend([f])) for f in frames]
-    watch = gpu.summarize_samples(reports, 2.0, 1.0, {11: "run-a", 12: "run-a"})
+    watch = gpu.summarize_samples(reports, 2.0, 1.0)
     m = watch.devices[0].metrics
     assert (m["memory_used_bytes"].min, m["memory_used_bytes"].max) == (10 * 2**30, 30 * 2**30)
     assert (m["utilization_percent"].mean, m["temperature_c"].max) == (50.0, 60.0)
@@ -174,8 +217,7 @@ def test_gpu_watch_tool_samples_over_time_with_progress(monkeypatch, scripted):
     from conftest import call
 
     frames = [[device(g, 10 * g, 30 + g)] for g in range(1, 20)]
-    fake = SequenceBackend(frames)
-    monkeypatch.setattr(gpu, "open_backend", lambda: fake)
+    use_backend(monkeypatch, SequenceBackend(frames))
     result = call("gpu_watch", {"seconds": 1.0, "interval": 0.2})
     assert not result.is_error, result.content[0].text
     watch = result.structured_content
@@ -195,9 +237,11 @@ def test_gpu_status_names_the_run_a_gpu_process_belongs_to(monkeypatch, scripted
     pid = wait_until(lambda: run.read_state().pid, what="the trainer's pid")
     procs = [gpu.GpuProcess(pid=pid, used_memory_bytes=2**30, name="python"),
              gpu.GpuProcess(pid=1, used_memory_bytes=2**30, name="init")]
-    monkeypatch.setattr(gpu, "open_backend", lambda: SequenceBackend([[device(5, 50, 50, procs)]]))
+    use_backend(monkeypatch, SequenceBackend([[device(5, 50, 50, procs)]]))
     listed = ok("gpu_status")["devices"][0]["processes"]
-    assert [(p["pid"], p["run_id"]) for p in listed] == [(pid, launched.run_id), (1, None)]
+    assert [(p["pid"], p["run_id"], p["matched_by"]) for p in listed] == [
+        (pid, launched.run_id, "pid"), (1, None, None)]
+    assert "scripted_trainer.py" in listed[0]["command"]  # the command line, from this host's process table
     runs.stop(launched.run_id, grace_s=1.0)
 
 
@@ -260,7 +304,7 @@ FAKE_AMDSMI = Path(__file__).resolve().parent.parent / "fixtures" / "fake_amdsmi
 def test_amdsmi_is_probed_in_a_subprocess_and_its_answer_mapped(monkeypatch, capfd):
     monkeypatch.syspath_prepend(str(FAKE_AMDSMI))
     monkeypatch.setenv("PYTHONPATH", str(FAKE_AMDSMI))
-    monkeypatch.setattr(gpu, "_amdsmi_failures", {})
+    monkeypatch.setattr(gpu.amd, "_amdsmi_failures", {})
     backend = gpu.AmdSmiBackend.open()
     assert isinstance(backend, gpu.AmdSmiBackend) and "amdsmi" not in sys.modules
     (dev,) = backend.devices()
@@ -276,7 +320,7 @@ def test_the_real_amdsmi_without_rocm_never_reaches_stdout(monkeypatch, capfd):
     """Installed, with no ROCm: its import prints to stdout and raises KeyError (issue 6)."""
     if importlib.util.find_spec("amdsmi") is None:
         pytest.skip("amdsmi is not installed (it is a dependency: scripts/setup installs it)")
-    monkeypatch.setattr(gpu, "_amdsmi_failures", {})
+    monkeypatch.setattr(gpu.amd, "_amdsmi_failures", {})
     backend = gpu.AmdSmiBackend.open()
     assert isinstance(backend, gpu.NoGpu) and "KeyError" in backend.why
     assert capfd.readouterr().out == "" and "amdsmi" not in sys.modules

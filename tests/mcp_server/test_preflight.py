@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -252,11 +253,11 @@ def test_amd_override_check(monkeypatch, card, spec_env, environ, verdict, text)
 
 
 def test_preflight_fails_on_an_rx7800xt_without_the_override(scripted, monkeypatch):
-    monkeypatch.setattr(gpu, "KFD_TOPOLOGY", KFD / "rx7800xt" / "nodes")
+    monkeypatch.setattr(gpu.amd, "KFD_TOPOLOGY", KFD / "rx7800xt" / "nodes")
     monkeypatch.delenv("HSA_OVERRIDE_GFX_VERSION", raising=False)
     report, _, _ = run_preflight("901")
     assert report.verdict == "fail" and any(c.name == "amd" and c.verdict == "fail" for c in report.checks)
-    monkeypatch.setattr(gpu, "KFD_TOPOLOGY", KFD / "absent")
+    monkeypatch.setattr(gpu.amd, "KFD_TOPOLOGY", KFD / "absent")
     assert not any(c.name == "amd" for c in run_preflight("901")[0].checks)  # no AMD GPU: no check
 
 
@@ -269,12 +270,14 @@ def test_gpu_processes_are_named_ours_or_not(scripted):
     launched = runs.launch("902")
     run = open_run(paths.runs_root(scripted), launched.run_id)
     trainer_pid = wait_until(lambda: run.read_state().pid, what="the trainer's pid")
-    report = report_with("nvidia")
-    report.devices[0].processes = [gpu.GpuProcess(pid=trainer_pid, used_memory_bytes=2**30, name="python"),
-                                   gpu.GpuProcess(pid=os.getpid(), used_memory_bytes=None, name="someone-else")]
-    check = preflight._gpu_check(report, paths.runs_root(scripted))
+    devices = report_with("nvidia").devices
+    devices[0].processes = [gpu.GpuProcess(pid=trainer_pid, used_memory_bytes=2**30, name="python"),
+                            gpu.GpuProcess(pid=os.getpid(), used_memory_bytes=None, name="someone-else")]
+    backend = SimpleNamespace(name="fake", devices=lambda: devices)
+    report = gpu.Sampler(paths.runs_root(scripted), backend, nested_pid_namespace=False).sample()  # as pre-flight
+    check = preflight._gpu_check(report)
     assert check.verdict == "warn"
     assert f"pid {trainer_pid} (our run {launched.run_id}, 1.0 GiB)" in check.detail
     assert f"pid {os.getpid()} (someone-else)" in check.detail and "stop_run" in check.fix
     runs.stop(launched.run_id, grace_s=1.0)
-    assert preflight._gpu_check(report_with("nvidia"), paths.runs_root(scripted)).verdict == "pass"
+    assert preflight._gpu_check(report_with("nvidia")).verdict == "pass"

@@ -1,0 +1,305 @@
+"""Sampling the GPUs: which backend answers, snapshots with the host's figures, watching over
+time, which GPU a run sees, and memory nobody uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import psutil
+
+from mcp_server.gpu.amd import AmdSmiBackend, AmdSysfsBackend
+from mcp_server.gpu.model import (
+    DeviceWatch,
+    GpuBackend,
+    GpuDevice,
+    GpuProcess,
+    GpuReport,
+    GpuWatch,
+    HeldMemory,
+    HostStatus,
+    NoGpu,
+    Stat,
+)
+from mcp_server.gpu.nvml import NvmlBackend
+
+_cpu_primed: list[float] = []
+
+
+def _cpu_percent() -> float:
+    """CPU use since the previous call, without blocking; the first call measures 50 ms."""
+    if not _cpu_primed:
+        _cpu_primed.append(time.monotonic())
+        return psutil.cpu_percent(interval=0.05)
+    return psutil.cpu_percent(interval=None)
+
+
+def host_status() -> HostStatus:
+    """CPU, load and RAM of this machine."""
+    vm = psutil.virtual_memory()
+    return HostStatus(
+        cpu_count=os.cpu_count(),
+        cpu_percent=_cpu_percent(),
+        load_avg_1m=os.getloadavg()[0],
+        ram_used_bytes=vm.total - vm.available,
+        ram_total_bytes=vm.total,
+    )
+
+
+
+def open_backend() -> GpuBackend:
+    """The first backend whose driver answers: NVML, amdsmi, amdgpu's sysfs; else `NoGpu` with every reason."""
+    reasons = []
+    for opener in (NvmlBackend.open, AmdSmiBackend.open, AmdSysfsBackend.open):
+        backend = opener()
+        if not isinstance(backend, NoGpu):
+            return backend
+        reasons.append(backend.why)
+    return NoGpu("; ".join(reasons))
+
+
+def gpu_report(backend: GpuBackend | None = None) -> GpuReport:
+    """Snapshot of every GPU and the host."""
+    backend = backend or open_backend()
+    devices = backend.devices()
+    if devices:
+        note = f"{len(devices)} GPU(s) through {backend.name}"
+    elif isinstance(backend, NoGpu):
+        note = f"No GPU found: {backend.why}. Training runs on the CPU."
+    else:
+        note = f"The {backend.name} driver answered but lists no GPU. Training runs on the CPU."
+    return GpuReport(backend=backend.name, devices=devices, note=note, host=host_status())
+
+
+
+WATCHED = ("memory_used_bytes", "utilization_percent", "temperature_c", "power_w")
+
+
+def summarize_samples(reports: list[GpuReport], seconds: float, interval: float) -> GpuWatch:
+    """Aggregate snapshots per device and metric, and per run from its processes' memory (the
+    processes the Sampler attributed to a run)."""
+    per_device: dict[int, dict[str, list[float]]] = {}
+    names: dict[int, str | None] = {}
+    per_run: dict[str, list[float]] = {}
+    for report in reports:
+        run_memory: dict[str, float] = {}
+        for d in report.devices:
+            names[d.index] = d.name
+            bucket = per_device.setdefault(d.index, {})
+            for key in WATCHED:
+                value = getattr(d, key)
+                if value is not None:
+                    bucket.setdefault(key, []).append(float(value))
+            for p in d.processes:
+                if p.run_id and p.used_memory_bytes is not None:
+                    run_memory[p.run_id] = run_memory.get(p.run_id, 0.0) + p.used_memory_bytes
+        for run_id, used in run_memory.items():
+            per_run.setdefault(run_id, []).append(used)
+
+    def stat(values: list[float]) -> Stat:
+        return Stat(min=min(values), mean=round(sum(values) / len(values), 3), max=max(values), samples=len(values))
+
+    devices = [DeviceWatch(index=i, name=names[i], metrics={k: stat(v) for k, v in m.items()})
+               for i, m in sorted(per_device.items())]
+    backend = reports[0].backend if reports else "none"
+    note = reports[-1].note if reports else "no sample taken"
+    return GpuWatch(backend=backend, seconds=seconds, interval=interval, samples=len(reports), devices=devices,
+                    runs={r: stat(v) for r, v in per_run.items()}, note=note)
+
+
+# ---------------------------------------------------------------------------- which GPU a run sees
+
+VISIBLE_VARS = {"nvidia": ("CUDA_VISIBLE_DEVICES",), "amd": ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+                                                              "CUDA_VISIBLE_DEVICES")}
+
+
+def visible_devices(devices: list[GpuDevice], env: dict[str, str]) -> list[GpuDevice]:
+    """The devices a process with `env` sees, in its own order (its cuda:0 first).
+
+    `CUDA_VISIBLE_DEVICES` (NVIDIA; ROCm honours it too) and `HIP_VISIBLE_DEVICES` /
+    `ROCR_VISIBLE_DEVICES` (AMD) hold indices or UUIDs, comma-separated; an entry that names
+    no device ends the list, as the runtimes do. Unset means all of them.
+    """
+    if not devices:
+        return []
+    names = VISIBLE_VARS.get(devices[0].vendor, ("CUDA_VISIBLE_DEVICES",))
+    spec = next((env[v] for v in names if v in env), None)
+    if spec is None:
+        return list(devices)
+    out = []
+    for item in (x.strip() for x in spec.split(",")):
+        match = next((d for d in devices if (item.isdigit() and d.index == int(item))
+                      or (item and d.uuid and (d.uuid == item or d.uuid.startswith(item)))), None)
+        match = match or _mig_slice(devices, item)
+        if match is None:
+            break
+        out.append(match)
+    return out
+
+
+def _mig_slice(devices: list[GpuDevice], uuid: str) -> GpuDevice | None:
+    """A MIG slice named by its UUID, as the device a process on it sees (its own memory)."""
+    for d in devices:
+        for m in d.mig or []:
+            if uuid and m.uuid and (m.uuid == uuid or m.uuid.startswith(uuid)):
+                return d.model_copy(update={
+                    "name": f"{d.name} MIG slice {m.index}", "uuid": m.uuid, "memory_used_bytes": m.memory_used_bytes,
+                    "memory_total_bytes": m.memory_total_bytes, "processes": m.processes, "mig": None})
+    return None
+
+
+
+def held_memory(report: GpuReport, finished_pids: dict[int, str]) -> list[HeldMemory]:
+    """Zombie memory: a listed process that no longer exists, or a pid of one of our finished runs."""
+    out = []
+    for d in report.devices:
+        for p in d.processes:
+            if p.pid in finished_pids:
+                out.append(HeldMemory(gpu=d.index, pid=p.pid, bytes=p.used_memory_bytes,
+                                      why=f"pid {p.pid} of our finished run {finished_pids[p.pid]} still holds it",
+                                      fix=f"kill {p.pid} (a data-loader worker or child that outlived the run)"))
+            elif not psutil.pid_exists(p.pid) and p.name is None:
+                out.append(HeldMemory(gpu=d.index, pid=p.pid, bytes=p.used_memory_bytes,
+                                      why=f"pid {p.pid} is listed by the driver but no such process is visible "
+                                      "(gone, or in another container's pid namespace)",
+                                      fix="The driver usually frees it within seconds. If it stays and no "
+                                      "container shares this GPU, end what still uses it or reboot "
+                                      "(nvidia-smi --gpu-reset works only on an idle GPU)."))
+    return out
+
+
+
+
+# ---------------------------------------------------------------------------- the one sampler
+
+REOPEN_S = 60.0  # a backend that found no GPU is asked again after this long (a driver may load)
+MEMORY_MATCH_BELOW = 64 * 2**20  # a process may use a little less than its run reports reserved...
+MEMORY_MATCH_ABOVE = 2 * 2**30  # ...and up to its CUDA/HIP context (0.3-1 GiB) plus slack more
+
+
+def pid_namespace_is_nested(status: Path = Path("/proc/self/status")) -> bool:
+    """Whether this process runs in a child pid namespace (a container). The GPU driver then
+    reports host pids, which mean nothing here: psutil would find the wrong process or none."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return len(line.split()) > 2  # "NSpid: 1234" on the host, "NSpid: 98765 12" inside
+    except OSError:
+        pass
+    return False
+
+
+class Sampler:
+    """The one way to sample the GPUs: `gpu_status`, `gpu_watch`, pre-flight and the watchdog all
+    use it. It opens the backend once, and to the driver's figures adds what only this host
+    knows: each process's name, user and command line, the run it belongs to, and memory held
+    by nobody. In a container the driver's pids are host pids, so runs are matched by their
+    own reported GPU memory (trainkit writes a `device_memory` event) instead of by pid.
+    """
+
+    def __init__(self, runs_root: Path | None = None, backend: GpuBackend | None = None,
+                 nested_pid_namespace: bool | None = None):
+        self.runs_root = runs_root
+        self._backend = backend
+        self._opened_at = time.monotonic() if backend is not None else 0.0
+        self.nested = pid_namespace_is_nested() if nested_pid_namespace is None else nested_pid_namespace
+
+    @property
+    def backend(self) -> GpuBackend:
+        stale = isinstance(self._backend, NoGpu) and time.monotonic() - self._opened_at > REOPEN_S
+        if self._backend is None or stale:
+            self._backend, self._opened_at = open_backend(), time.monotonic()
+        return self._backend
+
+    def sample(self) -> GpuReport:
+        """A snapshot of every GPU and the host, with processes named and attributed to runs."""
+        report = gpu_report(self.backend)
+        processes = [p for d in report.devices for p in _all_processes(d)]
+        if self.nested:
+            report.pid_namespace = "container"
+            report.note += (". This server runs in a container's pid namespace, so the driver's pids are host "
+                            "pids: runs are matched to GPU processes by their own reported memory")
+        else:
+            for p in processes:
+                _describe(p)
+        if self.runs_root is not None and processes:
+            self._attribute(report, processes)
+        return report
+
+    def _attribute(self, report: GpuReport, processes: list[GpuProcess]) -> None:
+        from mcp_server.rundir import run_pids  # rundir does not import gpu; imported here to keep gpu leaf-light
+
+        if not self.nested:
+            active, finished = run_pids(self.runs_root)
+            for p in processes:
+                if p.pid in active:
+                    p.run_id, p.matched_by = active[p.pid], "pid"
+            report.held = held_memory(report, finished)
+            return
+        _match_by_memory(processes, run_memory_figures(self.runs_root))
+
+
+def _all_processes(d: GpuDevice) -> list[GpuProcess]:
+    return list(d.processes) + [p for m in d.mig or [] for p in m.processes]
+
+
+def _describe(p: GpuProcess) -> None:
+    """Fill name, user and command line from this host's process table (never raises)."""
+    try:
+        proc = psutil.Process(p.pid)
+        with proc.oneshot():
+            p.name = p.name or proc.name()
+            p.user = proc.username()
+            p.command = " ".join(" ".join(proc.cmdline()).split())[:160] or None
+    except psutil.Error:
+        pass  # gone, or not ours to read: held_memory says which
+
+
+def run_memory_figures(runs_root: Path) -> dict[str, int]:
+    """run id -> the GPU memory its trainer last reported reserved, for each active run."""
+    from mcp_server.rundir import TERMINAL, all_runs
+    from mcp_server.textlog import read_tail
+
+    out = {}
+    for run in all_runs(runs_root):
+        try:
+            if run.read_state().status in TERMINAL:
+                continue
+        except (OSError, ValueError):
+            continue
+        for line in reversed(read_tail(run.metrics, 64 * 1024).splitlines()):
+            if '"device_memory"' in line:
+                try:
+                    reserved = json.loads(line).get("reserved_bytes")
+                except ValueError:
+                    continue
+                if isinstance(reserved, int) and reserved > 0:
+                    out[run.run_id] = reserved
+                break
+    return out
+
+
+def _match_by_memory(processes: list[GpuProcess], figures: dict[str, int]) -> None:
+    """Give each run the unclaimed process whose driver-reported memory is closest above its own
+    figure (the driver also counts the context the allocator does not), within the margins."""
+    for run_id, reserved in sorted(figures.items(), key=lambda kv: -kv[1]):
+        fits = [p for p in processes if p.run_id is None and p.used_memory_bytes is not None
+                and -MEMORY_MATCH_BELOW <= p.used_memory_bytes - reserved <= MEMORY_MATCH_ABOVE]
+        if fits:
+            best = min(fits, key=lambda p: abs(p.used_memory_bytes - reserved))
+            best.run_id, best.matched_by = run_id, "memory"
+
+
+_shared: dict[Path | None, Sampler] = {}
+
+
+def shared_sampler(runs_root: Path | None = None) -> Sampler:
+    """This process's sampler for a runs root: one backend per process (NVML's init costs
+    milliseconds, the amdsmi probe up to seconds), shared by every tool call."""
+    sampler = _shared.get(runs_root)
+    if sampler is None:
+        sampler = _shared[runs_root] = Sampler(runs_root)
+    return sampler
