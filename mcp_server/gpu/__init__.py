@@ -7,7 +7,7 @@ sampling  which backend answers, `Sampler` (the one sampler of gpu_status, gpu_w
           and the watchdog), watching over time, which GPU a run sees, zombie memory
 """
 
-from mcp_server.gpu.amd import AmdNode, AmdSmiBackend, AmdSysfsBackend, amd_gfx_targets, gfx_name
+from mcp_server.gpu.amd import AmdNode, AmdSmiBackend, AmdSmiCliBackend, AmdSysfsBackend, amd_gfx_targets, gfx_name
 from mcp_server.gpu.model import (
     Clocks,
     DeviceWatch,
@@ -37,7 +37,8 @@ from mcp_server.gpu.sampling import (
 )
 
 __all__ = [
-    "AmdNode", "AmdSmiBackend", "AmdSysfsBackend", "Clocks", "DeviceWatch", "Ecc", "GpuBackend", "GpuDevice",
+    "AmdNode", "AmdSmiBackend", "AmdSmiCliBackend", "AmdSysfsBackend", "Clocks", "DeviceWatch", "Ecc", "GpuBackend",
+    "GpuDevice",
     "GpuProcess", "GpuReport", "GpuWatch", "HeldMemory", "HostStatus", "MigDevice", "NoGpu", "NvmlBackend",
     "Sampler", "Stat", "amd_gfx_targets", "gfx_name", "gpu_report", "held_memory", "host_status", "open_backend",
     "pid_namespace_is_nested", "shared_sampler", "summarize_samples", "visible_devices",

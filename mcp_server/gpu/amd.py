@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server.gpu.model import GpuDevice, GpuProcess, NoGpu
+from mcp_server.gpu.model import Clocks, Ecc, GpuDevice, GpuProcess, NoGpu
 
 
 class AmdSysfsBackend:
@@ -206,6 +207,177 @@ def _amdsmi_device(index: int, d: dict[str, Any]) -> GpuDevice:
         processes=procs, unavailable=miss, pci_bus_id=d.get("bdf"),
         gfx=gfx if isinstance(gfx, str) and gfx.startswith("gfx") and gfx != "gfx" else None,
     )
+
+
+class AmdSmiCliBackend:
+    """AMD GPUs through the `amd-smi` command's JSON, for machines with ROCm's CLI but no usable
+    `amdsmi` Python package in our interpreter (a system ROCm, a venv without it).
+
+    Reads `amd-smi static`, `list` (once) and `metric`, `process` (each sample), in both shapes
+    the tool has had: a bare list of GPUs with plain numbers (ROCm 6.0-6.2) and
+    `{"gpu_data": [...]}` with `{"value", "unit"}` leaves (ROCm 6.3 on). "N/A" stays unknown.
+    """
+
+    name = "amd-smi"
+
+    def __init__(self, exe: str, static: list[dict[str, Any]], listing: list[dict[str, Any]]):
+        self.exe, self.static, self.listing = exe, static, listing
+
+    @classmethod
+    def open(cls) -> AmdSmiCliBackend | NoGpu:
+        exe = shutil.which("amd-smi")
+        if exe is None:
+            return NoGpu("no amd-smi on PATH")
+        static, why = _amd_smi_json(exe, "static")
+        if static is None:
+            return NoGpu(f"amd-smi static failed ({why})")
+        if not static:
+            return NoGpu("amd-smi lists no AMD GPU")
+        listing, _ = _amd_smi_json(exe, "list")  # UUIDs; optional
+        return cls(exe, static, listing or [])
+
+    def devices(self) -> list[GpuDevice]:
+        metrics, metric_why = _amd_smi_json(self.exe, "metric")
+        procs, proc_why = _amd_smi_json(self.exe, "process")
+        out = []
+        for i, static in enumerate(self.static):
+            miss: dict[str, str] = {}
+            gpu_id = static.get("gpu", i)
+            metric = _by_gpu(metrics or [], gpu_id, i)
+            if metrics is None:
+                miss["metrics"] = f"amd-smi metric failed ({metric_why})"
+            listed = _by_gpu(self.listing, gpu_id, i)
+            used = _cli_bytes(_dig(metric, "mem_usage", "used_vram"), miss, "memory")
+            total = _cli_bytes(_dig(metric, "mem_usage", "total_vram"), None, "memory") or _cli_bytes(
+                _dig(static, "vram", "size"), miss, "memory")
+            temp = _cli_value(_dig(metric, "temperature", "edge"), miss, "temperature")
+            power = _cli_value(_dig(metric, "power", "socket_power"), miss, "power")
+            limit = _cli_value(_dig(static, "limit", "max_power") or _dig(metric, "power", "power_limit"),
+                               miss, "power_limit")
+            busy = _cli_value(_dig(metric, "usage", "gfx_activity"), miss, "utilization")
+            gfx = _dig(static, "asic", "target_graphics_version")
+            name = _dig(static, "asic", "market_name")
+            out.append(GpuDevice(
+                index=i, vendor="amd", name=name if isinstance(name, str) and name != "N/A" else None,
+                uuid=listed.get("uuid") if isinstance(listed.get("uuid"), str) else None,
+                memory_used_bytes=used, memory_total_bytes=total,
+                utilization_percent=int(busy) if busy is not None else None,
+                temperature_c=int(temp) if temp is not None else None, power_w=power, power_limit_w=limit,
+                processes=_cli_processes(_by_gpu(procs or [], gpu_id, i), miss, proc_why if procs is None else None),
+                unavailable=miss, pci_bus_id=_dig(static, "bus", "bdf") or listed.get("bdf"),
+                gfx=gfx if isinstance(gfx, str) and gfx.startswith("gfx") and gfx != "gfx" else None,
+                clocks=_cli_clocks(metric), ecc=_cli_ecc(metric),
+            ))
+        return out
+
+
+def _amd_smi_json(exe: str, command: str) -> tuple[list[dict[str, Any]] | None, str]:
+    """`amd-smi <command> --json` as a list of per-GPU objects, or (None, why)."""
+    try:
+        done = subprocess.run([exe, command, "--json"], capture_output=True, text=True, timeout=AMDSMI_TIMEOUT_S,
+                              stdin=subprocess.DEVNULL, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, str(exc)
+    try:
+        data = json.loads(done.stdout)
+    except ValueError:
+        return None, f"exit {done.returncode}: {(done.stderr or done.stdout).strip()[-200:]}"
+    if isinstance(data, dict):
+        data = data.get("gpu_data", [])
+    return ([d for d in data if isinstance(d, dict)] if isinstance(data, list) else None), "not a list of GPUs"
+
+
+def _by_gpu(items: list[dict[str, Any]], gpu_id: Any, position: int) -> dict[str, Any]:
+    match = next((d for d in items if d.get("gpu") == gpu_id), None)
+    if match is None and position < len(items) and "gpu" not in items[position]:
+        match = items[position]
+    return match or {}
+
+
+def _dig(d: Any, *keys: str) -> Any:
+    for key in keys:
+        d = d.get(key) if isinstance(d, dict) else None
+    return d
+
+
+UNIT_BYTES = {"B": 1, "KB": 2**10, "KIB": 2**10, "MB": 2**20, "MIB": 2**20, "GB": 2**30, "GIB": 2**30}
+
+
+def _cli_leaf(leaf: Any) -> tuple[float | None, str | None]:
+    """A leaf as (number, unit): 12, "12", "12 MB", {"value": 12, "unit": "MB"}; "N/A" -> None."""
+    unit = None
+    if isinstance(leaf, dict):
+        leaf, unit = leaf.get("value"), leaf.get("unit")
+    if isinstance(leaf, str):
+        parts = leaf.split()
+        if parts and parts[0].replace(".", "", 1).isdigit():
+            leaf, unit = float(parts[0]), (parts[1] if len(parts) > 1 else unit)
+    if isinstance(leaf, bool) or not isinstance(leaf, int | float):
+        return None, unit
+    return float(leaf), unit
+
+
+def _cli_value(leaf: Any, miss: dict[str, str] | None, key: str) -> float | None:
+    value, _ = _cli_leaf(leaf)
+    if value is None and miss is not None:
+        miss.setdefault(key, "amd-smi reports N/A" if leaf is not None else "amd-smi does not report it")
+    return value
+
+
+def _cli_bytes(leaf: Any, miss: dict[str, str] | None, key: str) -> int | None:
+    """amd-smi writes memory in MB that are MiB (it divides bytes by 2**20); bytes when unit is B."""
+    value, unit = _cli_leaf(leaf)
+    if value is None:
+        if miss is not None:
+            miss.setdefault(key, "amd-smi reports N/A" if leaf is not None else "amd-smi does not report it")
+        return None
+    return int(value * UNIT_BYTES.get(str(unit or "MB").upper(), 2**20))
+
+
+def _cli_processes(entry: dict[str, Any], miss: dict[str, str], why: str | None) -> list[GpuProcess]:
+    if why is not None:
+        miss["processes"] = f"amd-smi process failed ({why})"
+        return []
+    out = []
+    for item in entry.get("process_list") or []:
+        info = item.get("process_info") if isinstance(item, dict) else None
+        if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
+            continue  # "No running processes detected"
+        vram = _dig(info, "memory_usage", "vram_mem") or _dig(info, "mem_usage", "vram_mem")
+        name = info.get("name")
+        out.append(GpuProcess(pid=info["pid"], used_memory_bytes=_cli_bytes(vram, None, "vram"),
+                              name=name if isinstance(name, str) and name != "N/A" else None))
+    return out
+
+
+def _cli_clocks(metric: dict[str, Any]) -> Clocks | None:
+    gfx, mem = _dig(metric, "clock", "gfx_0") or {}, _dig(metric, "clock", "mem_0") or {}
+    if not gfx and not mem:
+        return None
+
+    def mhz(leaf: Any) -> int | None:
+        value, _ = _cli_leaf(leaf)
+        return int(value) if value is not None else None
+
+    status = _dig(metric, "power", "throttle_status")
+    reasons = None
+    if isinstance(status, str) and status != "N/A":
+        reasons = [] if status.upper() in ("UNTHROTTLED", "NONE") else [status.lower()]
+    return Clocks(graphics_mhz=mhz(gfx.get("clk")), sm_mhz=None, memory_mhz=mhz(mem.get("clk")),
+                  max_graphics_mhz=mhz(gfx.get("max_clk")), max_memory_mhz=mhz(mem.get("max_clk")),
+                  throttle_reasons=reasons)
+
+
+def _cli_ecc(metric: dict[str, Any]) -> Ecc | None:
+    ecc = metric.get("ecc")
+    if not isinstance(ecc, dict):
+        return None
+    corrected, _ = _cli_leaf(ecc.get("total_correctable_count"))
+    uncorrected, _ = _cli_leaf(ecc.get("total_uncorrectable_count"))
+    if corrected is None and uncorrected is None:
+        return None  # consumer cards: N/A
+    return Ecc(enabled=True, corrected_volatile=int(corrected) if corrected is not None else None,
+               uncorrected_volatile=int(uncorrected) if uncorrected is not None else None, uncorrected_aggregate=None)
 
 
 DRM_ROOT = Path("/sys/class/drm")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from mcp_server.gpu.amd import AmdSmiBackend, AmdSysfsBackend
+from mcp_server.gpu.amd import AmdSmiBackend, AmdSmiCliBackend, AmdSysfsBackend
 from mcp_server.gpu.model import (
     DeviceWatch,
     GpuBackend,
@@ -51,9 +51,10 @@ def host_status() -> HostStatus:
 
 
 def open_backend() -> GpuBackend:
-    """The first backend whose driver answers: NVML, amdsmi, amdgpu's sysfs; else `NoGpu` with every reason."""
+    """The first backend whose driver answers: NVML, amdsmi, the amd-smi CLI, amdgpu's sysfs;
+    else `NoGpu` with every reason."""
     reasons = []
-    for opener in (NvmlBackend.open, AmdSmiBackend.open, AmdSysfsBackend.open):
+    for opener in (NvmlBackend.open, AmdSmiBackend.open, AmdSmiCliBackend.open, AmdSysfsBackend.open):
         backend = opener()
         if not isinstance(backend, NoGpu):
             return backend

@@ -324,3 +324,58 @@ def test_the_real_amdsmi_without_rocm_never_reaches_stdout(monkeypatch, capfd):
     backend = gpu.AmdSmiBackend.open()
     assert isinstance(backend, gpu.NoGpu) and "KeyError" in backend.why
     assert capfd.readouterr().out == "" and "amdsmi" not in sys.modules
+
+
+# ---------------------------------------------------------------------------- amd-smi CLI, as a subprocess
+
+AMD_SMI = Path(__file__).resolve().parent.parent / "fixtures" / "amd_smi"
+
+
+def fake_amd_smi(tmp_path, monkeypatch, shape):
+    """An `amd-smi` on PATH that prints the fixture of its subcommand (exit 1 if there is none)."""
+    folder = tmp_path / shape
+    folder.mkdir()
+    for f in (AMD_SMI / shape).glob("*.json"):
+        (folder / f.name).write_text(f.read_text().replace("{OWN_PID}", str(os.getpid())))
+    exe = tmp_path / "bin" / "amd-smi"
+    exe.parent.mkdir()
+    exe.write_text(f"#!{sys.executable}\nimport sys, pathlib\n"
+                   f"f = pathlib.Path({str(folder)!r}) / (sys.argv[1] + '.json')\n"
+                   "print(f.read_text()) if f.exists() else sys.exit('amd-smi: no such command')\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{exe.parent}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_amd_smi_cli_json_of_rocm_7_is_mapped(tmp_path, monkeypatch):
+    fake_amd_smi(tmp_path, monkeypatch, "rocm7")
+    backend = gpu.AmdSmiCliBackend.open()
+    (d,) = gpu.Sampler(backend=backend, nested_pid_namespace=False).sample().devices
+    assert (d.name, d.gfx, d.pci_bus_id, d.uuid) == ("AMD Radeon RX 7800 XT", "gfx1101", "0000:03:00.0",
+                                                     "5eff747e-0000-1000-80c3-a1b2c3d4e5f6")
+    assert (d.memory_used_bytes, d.memory_total_bytes) == (13112 * 2**20, 16368 * 2**20)
+    assert (d.utilization_percent, d.temperature_c, d.power_w, d.power_limit_w) == (98, 71, 241.0, 263.0)
+    assert (d.clocks.graphics_mhz, d.clocks.max_graphics_mhz, d.clocks.memory_mhz) == (2254, 2565, 1218)
+    assert d.clocks.throttle_reasons is None and d.ecc is None  # N/A on this card: unknown, not "none"
+    (p,) = d.processes
+    assert (p.pid, p.used_memory_bytes, p.name) == (os.getpid(), 12884 * 2**20, "python") and p.command
+
+
+def test_amd_smi_cli_json_of_rocm_6_is_mapped_and_na_stays_unknown(tmp_path, monkeypatch):
+    fake_amd_smi(tmp_path, monkeypatch, "rocm6")
+    (d,) = gpu.AmdSmiCliBackend.open().devices()
+    assert d.memory_total_bytes == 16368 * 2**20 and d.memory_used_bytes is None
+    assert d.unavailable["memory"] == "amd-smi reports N/A" and d.uuid is None  # no `list` in this version
+    assert (d.utilization_percent, d.temperature_c, d.power_w, d.power_limit_w) == (0, 38, 9.0, 263.0)
+    assert d.clocks.throttle_reasons == [] and d.processes == []
+
+
+def test_the_backend_chain_reaches_amd_smi_when_the_python_package_fails(tmp_path, monkeypatch):
+    fake_amd_smi(tmp_path, monkeypatch, "rocm7")
+    monkeypatch.setattr(gpu.NvmlBackend, "open", classmethod(lambda cls: gpu.NoGpu("no NVIDIA driver answered")))
+    monkeypatch.setattr(gpu.AmdSmiBackend, "open", classmethod(lambda cls: gpu.NoGpu("amdsmi did not answer")))
+    report = gpu.gpu_report()
+    assert report.backend == "amd-smi" and report.devices[0].gfx == "gfx1101"
+    broken = tmp_path / "bin" / "amd-smi"
+    broken.write_text(f"#!{sys.executable}\nprint('amd-smi: ROCm is not installed')\nraise SystemExit(1)\n")
+    why = gpu.AmdSmiCliBackend.open().why
+    assert why.startswith("amd-smi static failed (exit 1: amd-smi: ROCm is not installed")
