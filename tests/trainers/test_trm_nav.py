@@ -398,6 +398,27 @@ def test_metrics_stream_without_a_path_is_a_no_op(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_metrics_stream_reports_no_device_memory_while_cuda_is_unused(tmp_path):
+    path = tmp_path / "m.jsonl"
+    with trainkit.MetricsStream(path) as stream:  # torch is imported, CUDA never initialised
+        stream.log(1, "train", loss=1.0)
+    assert [r.get("event") for r in _records(path)] == [None]
+
+
+@pytest.mark.gpu
+def test_metrics_stream_reports_what_the_allocator_holds_on_a_gpu(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA/ROCm device")
+    path = tmp_path / "m.jsonl"
+    block = torch.ones(64, 2**20, device="cuda")  # 256 MiB
+    with trainkit.MetricsStream(path) as stream:
+        stream.log(1, "train", loss=1.0)
+        stream.log(2, "train", loss=0.5)  # within DEVICE_MEMORY_EVERY_S: no second event
+    events = [r for r in _records(path) if r.get("event") == "device_memory"]
+    assert len(events) == 1 and events[0]["pid"] == os.getpid() and events[0]["device"] == 0
+    assert events[0]["reserved_bytes"] >= block.numel() * 4 and events[0]["uuid"]
+
+
 def test_atomic_writes_replace_the_file_and_leave_no_temp_file(tmp_path):
     target = tmp_path / "history.json"
     trainkit.atomic_write_json({"val_acc": [0.5, float("nan")]}, target)
