@@ -4,11 +4,11 @@ Usage:
     python bench/bench_gpu.py             # about 1 minute
     python bench/bench_gpu.py --calls 500
 
-1. Latency: `gpu.gpu_report()` with the backend opened once (what the server's gpu_watch and
+1. Latency: `gpu.Sampler.sample()` with the backend opened once (what gpu_status, gpu_watch and
    the supervisor's watchdog do) and `gpu_status` through an in-memory MCP client, each called
    `--calls` times after a warm-up; p50 / p95 / max in ms. Target: p50 <= 20 ms with one GPU.
 2. Sampling cost: a bundled TRM training run (one CPU thread) timed alone and with a thread
-   sampling `gpu_report` once a second, each twice, interleaved; the throughput ratio. Target:
+   sampling `Sampler.sample` once a second, each twice, interleaved; the throughput ratio. Target:
    at most 1% slower.
 
 On a machine without a GPU both measure the NoGpu path (host figures only); run it on the
@@ -44,16 +44,16 @@ def percentiles(ms: list[float]) -> str:
 
 
 def latency(calls: int) -> None:
-    backend = gpu.open_backend()
-    print(f"backend: {backend.name} ({len(backend.devices())} GPU(s))")
+    sampler = gpu.Sampler(Path(tempfile.mkdtemp()))  # what every tool and the watchdog use
+    print(f"backend: {sampler.backend.name} ({len(sampler.backend.devices())} GPU(s))")
     for _ in range(5):
-        gpu.gpu_report(backend)
+        sampler.sample()
     times = []
     for _ in range(calls):
         t0 = time.perf_counter()
-        gpu.gpu_report(backend)
+        sampler.sample()
         times.append((time.perf_counter() - t0) * 1000)
-    print(f"gpu_report, warm backend:      {percentiles(times)}")
+    print(f"Sampler.sample, warm backend: {percentiles(times)}")
 
     from mcp import Client
 
@@ -74,13 +74,13 @@ def latency(calls: int) -> None:
 
 def trm_seconds(sample: bool) -> float:
     stop = threading.Event()
-    backend = gpu.open_backend()
+    sampler = gpu.Sampler(Path(tempfile.mkdtemp()))  # what every tool and the watchdog use
 
-    def sampler() -> None:
+    def every_second() -> None:
         while not stop.wait(1.0):
-            gpu.gpu_report(backend)
+            sampler.sample()
 
-    thread = threading.Thread(target=sampler, daemon=True)
+    thread = threading.Thread(target=every_second, daemon=True)
     with tempfile.TemporaryDirectory() as tmp:
         if sample:
             thread.start()
