@@ -443,6 +443,9 @@ class TfEventsReader:
 
     def read_new(self, curves: Curves) -> int:
         """Add the scalars of the records appended since the last call; return bytes consumed."""
+        source = f"{self.kind}: {self.path}"
+        if source not in curves.sources:
+            curves.sources.append(source)
         try:
             size = self.path.stat().st_size
         except OSError:

@@ -98,6 +98,7 @@ def test_simple_values_match_tensorboard(tmp_path):
     curves, consumed = read_all(path)
     assert consumed == path.stat().st_size
     assert (curves.records, curves.skipped) == (2 * len(values) + 1, 0)
+    assert curves.sources == [f"tfevents: {path}"]
     got = ours(curves)
     assert_same(got, reference(path))
     loss = got["loss"]
