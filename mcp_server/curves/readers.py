@@ -1,0 +1,718 @@
+"""Readers that turn whatever a trainer writes into `Curves`, incrementally and without raising.
+
+Formats (one reader each, `kind` in brackets):
+
+- [jsonl] our metrics stream (trainers/trainkit.py): records `{"t", "step", "epoch"?, "split",
+  <name>: number...}` become series `"{split}/{name}"`; events `{"t", "event", ...}` are counted.
+  Non-finite values arrive as the strings "nan", "inf", "-inf" ("NaN", "Infinity" too). Any other
+  tool's JSON lines work as well: each numeric field of an object is a series, its step taken
+  from "step", "global_step", "iteration", "iter" or "_step", its epoch from "epoch".
+- [csv] a header row, then rows: PPO's per-update and per-episode logs, Lightning's `metrics.csv`
+  (sparse: train and val metrics on different rows; an empty cell is no value, not zero).
+- [history] a whole-file `history.json`: equal-length per-epoch lists (seed 001's TRM trainer).
+- [hf_state] a whole-file Hugging Face `trainer_state.json`: its `log_history` entries.
+- [stdout] printed lines such as `Epoch 2/100 - Train Loss: 1.2345, Train Acc: 0.5678 ...`.
+- [tfevents] TensorBoard event files, read by `mcp_server.curves.tfevents`.
+
+Stream readers (jsonl, csv, stdout) remember how far they got and read only what was appended;
+a torn last line (no newline yet) waits for the next call; a file that shrank, was replaced or
+was rewritten in place (its first bytes changed) is read again from its start, which `rewinds`
+counts. Whole-file readers (history, hf_state) read again when the file's size or mtime changes
+and replace the series they own.
+
+Speed: the JSONL reader parses ~1 MiB of lines with one `loads` call (orjson's when it is
+installed: about 2.5 times faster than the standard library's) and builds numpy columns per
+metric, so a million records cost no per-record Python beyond a few list comprehensions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import operator
+import os
+import re
+from array import array
+from collections.abc import Callable, Iterator
+from itertools import compress, repeat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mcp_server.curves.store import Curves, Reader
+
+try:  # optional: the same results, parsed about 2.5 times faster
+    import orjson
+
+    _LOADS: Callable[[bytes], Any] = orjson.loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _LOADS = json.loads
+
+NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "NaN": math.nan, "Infinity": math.inf,
+             "-Infinity": -math.inf, "+inf": math.inf}
+STEP_KEYS = ("step", "global_step", "iteration", "iter", "_step")
+TIME_KEYS = ("t", "time", "timestamp", "wall_time")
+JSONL_RESERVED = frozenset({"split", "event", "epoch", *STEP_KEYS, *TIME_KEYS})
+CSV_STEP_KEYS = ("step", "global_step", "episode", "update", "iteration", "iter")
+CSV_TIME_KEYS = ("time", "timestamp", "wall_time")
+CHUNK_BYTES = 1 << 20  # lines parsed per `loads` call: bounded memory, one bad line costs one chunk
+READ_BYTES = 16 << 20  # bytes read from the file at a time
+PREFIX_BYTES = 64  # the first bytes remembered to notice a file rewritten in place
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _number(value: Any) -> float | None:
+    """A JSON value as a float: numbers (not booleans) and the non-finite strings; else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        try:
+            return float(value)
+        except OverflowError:
+            return None
+    if isinstance(value, str):
+        return NONFINITE.get(value)
+    return None
+
+
+def _as_array(values: np.ndarray) -> array:
+    """A float64 numpy array as the `array("d")` that `Series.extend` appends in one copy."""
+    return array("d", np.ascontiguousarray(values, dtype=np.float64).tobytes())
+
+
+def _note_source(curves: Curves, reader: Reader) -> None:
+    source = f"{reader.kind}: {reader.path}"
+    if source not in curves.sources:
+        curves.sources.append(source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stream readers: the appended bytes, complete lines only
+
+
+class _LineStream:
+    """The byte offset reached in a growing file, and what it takes to notice a new file there."""
+
+    kind = "stream"
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.offset = 0
+        self.rewinds = 0  # times the file was read again from its start (shrunk, replaced, rewritten)
+        self._inode: int | None = None
+        self._prefix = b""
+
+    def _blocks(self) -> Iterator[bytes]:
+        """Each new run of complete lines (ending in b"\\n"); the offset moves past what is yielded."""
+        try:
+            fh = open(self.path, "rb")
+        except OSError:
+            return
+        with fh:
+            st = os.fstat(fh.fileno())
+            if self._moved(fh, st):
+                self.offset, self._prefix = 0, b""
+                self.rewinds += 1
+                self._rewound()
+            self._inode = st.st_ino
+            fh.seek(self.offset)
+            carry = b""
+            while True:
+                data = fh.read(READ_BYTES)
+                if not data:
+                    return
+                data = carry + data if carry else data
+                cut = data.rfind(b"\n") + 1
+                carry = data[cut:]
+                if cut:
+                    if len(self._prefix) < PREFIX_BYTES and self.offset < PREFIX_BYTES:
+                        self._prefix = (self._prefix + data[:cut])[:PREFIX_BYTES]
+                    self.offset += cut
+                    yield data[:cut]
+
+    def read_new(self, curves: Curves) -> int:
+        """Add the complete lines appended since the last call; return the bytes consumed."""
+        _note_source(curves, self)
+        start, rewinds = self.offset, self.rewinds
+        for block in self._blocks():
+            self._take(block, curves)
+        return self.offset if self.rewinds != rewinds else self.offset - start
+
+    def _take(self, block: bytes, curves: Curves) -> None:
+        """Add the values of a run of complete lines to `curves`."""
+        raise NotImplementedError
+
+    def _rewound(self) -> None:
+        """Forget what was learnt from the file's earlier content (a subclass's header)."""
+
+    def _moved(self, fh: io.BufferedReader, st: os.stat_result) -> bool:
+        """Whether the file is not the one read so far: shrunk, another inode, other first bytes."""
+        if self.offset == 0:
+            return False
+        if st.st_size < self.offset or (self._inode is not None and st.st_ino != self._inode):
+            return True
+        if self._prefix:
+            head = fh.read(len(self._prefix))
+            fh.seek(0)
+            return head != self._prefix
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# JSONL
+
+
+class JsonlReader(_LineStream):
+    """Our metrics stream, or any file of one JSON object per line (see the module docstring)."""
+
+    kind = "jsonl"
+
+    def _take(self, block: bytes, curves: Curves) -> None:
+        for chunk in _chunks(block, CHUNK_BYTES):
+            records, bad = _parse_lines(chunk)
+            curves.skipped += bad
+            if records:
+                _add_records(records, curves, b"true" in chunk or b"false" in chunk)
+
+
+def _chunks(block: bytes, size: int) -> Iterator[bytes]:
+    """`block` (complete lines) cut after a newline every `size` bytes or so."""
+    start = 0
+    while start < len(block):
+        end = block.find(b"\n", start + size) + 1 or len(block)
+        yield block[start:end]
+        start = end
+
+
+def _parse_lines(chunk: bytes) -> tuple[list[dict[str, Any]], int]:
+    """The JSON objects of a run of complete lines, and how many lines were not one.
+
+    The whole chunk goes through one `loads` call as a JSON array; only when that fails (a bad
+    or blank line, a bare NaN that orjson refuses) are its lines parsed one by one.
+    """
+    lines = chunk.count(b"\n")
+    try:
+        records = _LOADS(b"[" + chunk[:-1].replace(b"\n", b",") + b"]")
+    except (ValueError, RecursionError):
+        records = None
+    # One value per line: a line holding two values ("1, 2") makes the count differ, unless a record
+    # also spans two lines, which only a hand-made file does.
+    if isinstance(records, list) and len(records) == lines and set(map(type, records)) == {dict}:
+        return records, 0
+    good: list[dict[str, Any]] = []
+    bad = 0
+    for line in chunk.split(b"\n")[:-1]:
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            bad += 1
+            continue
+        if isinstance(obj, dict):
+            good.append(obj)
+        else:
+            bad += 1
+    return good, bad
+
+
+def _by_split(records: list[dict[str, Any]], keys: set[str]) -> Iterator[tuple[str | None, list[dict[str, Any]]]]:
+    """The records grouped by split, in first-seen order, each group with its series-name prefix."""
+    if "split" not in keys:
+        yield None, records
+        return
+    splits = list(map(dict.get, records, repeat("split")))
+    try:
+        distinct = list(dict.fromkeys(splits))
+    except TypeError:  # a list or an object as split: no prefix
+        splits = [s if isinstance(s, str) else None for s in splits]
+        distinct = list(dict.fromkeys(splits))
+    for split in distinct:
+        prefix = (split if isinstance(split, str) else str(split)) if split else None
+        if len(distinct) == 1:
+            yield prefix, records
+        else:
+            yield prefix, list(compress(records, map(operator.eq, splits, repeat(split))))
+
+
+def _columns(records: list[dict[str, Any]], keys: set[str]) -> dict[str, list[Any]]:
+    """Each key's values over the records, None where a record lacks it (a C-speed map per key)."""
+    return {key: list(map(dict.get, records, repeat(key))) for key in keys}
+
+
+def _floats(values: list[Any], maybe_bool: bool) -> tuple[array, np.ndarray | None] | None:
+    """Values as an array of floats and a mask of the numbers among them (None: all are numbers).
+
+    Booleans are not numbers; "nan", "inf", "-inf" (and "NaN", "Infinity") are. `maybe_bool`
+    False says the text had no `true`/`false`, so an `array("d")` of the list is enough: a
+    string or None (a missing key, a null) makes it raise and go the slow way. None when no
+    value is a number.
+    """
+    if not maybe_bool or set(map(type, values)) <= {float, int}:
+        with contextlib.suppress(TypeError, OverflowError):
+            return array("d", values), None
+    if values.count(None) == len(values):
+        return None  # a key of another split's records
+    numbers = [_number(v) for v in values]
+    present = np.array([v is not None for v in numbers], dtype=bool)
+    if not present.any():
+        return None
+    return array("d", [math.nan if v is None else v for v in numbers]), present
+
+
+def _position(columns: dict[str, list[Any]], names: tuple[str, ...], maybe_bool: bool) -> array | None:
+    """The first of `names` among the columns, as floats (NaN where absent or not a number)."""
+    for name in names:
+        if name in columns:
+            floats = _floats(columns[name], maybe_bool)
+            if floats is None:
+                return None
+            values, present = floats
+            if present is not None:
+                values = _as_array(np.where(present, np.frombuffer(values), math.nan))
+            return values
+    return None
+
+
+def _add_events(records: list[dict[str, Any]], curves: Curves) -> list[dict[str, Any]]:
+    """Count the event records; return the others."""
+    is_event = ["event" in r for r in records]
+    for record, event in zip(records, is_event, strict=True):
+        if event:
+            fields = {k: v for k, v in record.items() if k not in ("event", "name")}
+            curves.event(str(record["event"]), **fields)
+    return list(compress(records, map(operator.not_, is_event)))
+
+
+def _add_records(records: list[dict[str, Any]], curves: Curves, maybe_bool: bool) -> None:
+    """Append the values of parsed JSON objects to their series: split by split, column by column."""
+    keys: set[str] = set().union(*records)
+    if "event" in keys:
+        records = _add_events(records, curves)
+    if not records:
+        return
+    groups = list(_by_split(records, keys))
+    for prefix, group in groups:
+        columns = _columns(group, keys - {"split", "event"})
+        steps = _position(columns, STEP_KEYS, maybe_bool)
+        epochs = _position(columns, ("epoch",), maybe_bool)
+        times = _position(columns, TIME_KEYS, maybe_bool)
+        carried: np.ndarray | bool = False
+        for key in columns.keys() - JSONL_RESERVED:
+            floats = _floats(columns[key], maybe_bool)
+            if floats is None:
+                continue
+            values, present = floats
+            carried = True if present is None else carried | present
+            _extend(curves, f"{prefix}/{key}" if prefix else key, values, present, steps, epochs, times)
+        curves.records += len(group) if carried is True else int(np.count_nonzero(carried))
+
+
+def _extend(curves: Curves, name: str, values: array, keep: np.ndarray | None,
+            steps: array | None, epochs: array | None, times: array | None) -> None:
+    """Append the kept rows of a value column (and of its position columns) to series `name`."""
+
+    def pick(column: array | None) -> array | None:
+        if column is None or keep is None:
+            return column
+        return _as_array(np.frombuffer(column)[keep])
+
+    curves.get(name).extend(pick(values), pick(steps), pick(epochs), pick(times))
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV
+
+
+class CsvReader(_LineStream):
+    """A header row then rows: every numeric column but the step, epoch and time is a series.
+
+    The step is the first of "step", "global_step", "episode", "update", "iteration", "iter";
+    the epoch is "epoch"; the wall time "time", "timestamp" or "wall_time". Empty cells are no
+    value (Lightning writes train and val metrics on separate rows); a row whose length differs
+    from the header's is skipped.
+    """
+
+    kind = "csv"
+
+    def __init__(self, path: str | os.PathLike[str]):
+        super().__init__(path)
+        self.header: list[str] | None = None
+
+    def _take(self, block: bytes, curves: Curves) -> None:
+        for row in _csv_rows(block.decode("utf-8", errors="replace")):
+            if row is None:
+                curves.skipped += 1
+            elif self.header is None:
+                self.header = [h.strip().lstrip("\ufeff") for h in row]
+            else:
+                self._add_row(row, curves)
+
+    def _rewound(self) -> None:
+        self.header = None
+
+    def _add_row(self, row: list[str], curves: Curves) -> None:
+        header = self.header or []
+        if not row or (len(row) == 1 and not row[0].strip()):
+            return
+        if len(row) != len(header):
+            curves.skipped += 1
+            return
+        cells = dict(zip(header, row, strict=True))
+        step = _first_number(cells, CSV_STEP_KEYS)
+        epoch = _first_number(cells, ("epoch",))
+        t = _first_number(cells, CSV_TIME_KEYS)
+        position = {k for k in (*CSV_STEP_KEYS, "epoch", *CSV_TIME_KEYS) if k in cells}
+        carried = False
+        for name, cell in cells.items():
+            if name in position or not name:
+                continue
+            value = _cell_number(cell)
+            if value is not None:
+                curves.add(name, value, step, epoch, t)
+                carried = True
+        curves.records += carried
+
+
+def _csv_rows(text: str) -> Iterator[list[str] | None]:
+    """The rows of CSV text; None for a row the csv module refuses (an over-long field)."""
+    rows = csv.reader(io.StringIO(text, newline=""))
+    while True:
+        try:
+            yield next(rows)
+        except StopIteration:
+            return
+        except csv.Error:
+            yield None
+
+
+def _cell_number(cell: str) -> float | None:
+    """A CSV cell as a float ("nan", "inf" included); None for an empty or non-numeric cell."""
+    cell = cell.strip()
+    if not cell:
+        return None
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _first_number(cells: dict[str, str], names: tuple[str, ...]) -> float | None:
+    for name in names:
+        if name in cells:
+            return _cell_number(cells[name])
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-file JSON: history.json and trainer_state.json
+
+
+class _WholeFile:
+    """A JSON file rewritten as a whole: read again when its size or mtime changes."""
+
+    kind = "whole"
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self._signature: tuple[int, int] | None = None
+        self._owned: set[str] = set()  # series this reader filled: replaced on a re-read
+        self._records = 0
+
+    def read_new(self, curves: Curves) -> int:
+        _note_source(curves, self)
+        try:
+            st = self.path.stat()
+            signature = (st.st_size, st.st_mtime_ns)
+            if signature == self._signature:
+                return 0
+            data = json.loads(self.path.read_bytes())
+        except (OSError, ValueError, RecursionError):
+            return 0  # missing, or being rewritten: the next call tries again
+        self._signature = signature
+        for name in self._owned:
+            if name in curves.series:
+                curves.series[name].clear()
+        rows = self._fill(data, curves)
+        curves.records += rows - self._records
+        self._records = rows
+        return signature[0]
+
+    def _fill(self, data: Any, curves: Curves) -> int:
+        """Add the file's points to `curves`; return how many rows (epochs, entries) carried one."""
+        raise NotImplementedError
+
+    def _add(self, curves: Curves, name: str, value: float, step: float | None, epoch: float | None) -> None:
+        self._owned.add(name)
+        curves.add(name, value, step, epoch)
+
+
+class HistoryReader(_WholeFile):
+    """`history.json`: `{"train_loss": [...], "val_acc": [...], ...}`, one value per epoch.
+
+    Each list is a series of its key's name; step and epoch are the position + 1. A value that
+    is not a number is skipped.
+    """
+
+    kind = "history"
+
+    def _fill(self, data: Any, curves: Curves) -> int:
+        if not isinstance(data, dict):
+            curves.skipped += 1
+            return 0
+        rows = 0
+        for name, values in data.items():
+            if not isinstance(values, list):
+                continue
+            for i, raw in enumerate(values):
+                value = _number(raw)
+                if value is None:
+                    curves.skipped += 1
+                    continue
+                self._add(curves, str(name), value, i + 1, i + 1)
+            rows = max(rows, len(values))
+        return rows
+
+
+class HfStateReader(_WholeFile):
+    """Hugging Face `trainer_state.json`: every numeric key of each `log_history` entry.
+
+    An entry is `{"loss": 0.61, "learning_rate": 0.05, "grad_norm": 0.5, "epoch": 0.125,
+    "step": 1}` or `{"eval_loss": ..., "eval_accuracy": ..., "epoch": 1.0, "step": 8}`; its
+    step and (fractional) epoch go with each of its values.
+    """
+
+    kind = "hf_state"
+
+    def _fill(self, data: Any, curves: Curves) -> int:
+        history = data.get("log_history") if isinstance(data, dict) else None
+        if not isinstance(history, list):
+            curves.skipped += 1
+            return 0
+        rows = 0
+        for entry in history:
+            if not isinstance(entry, dict):
+                curves.skipped += 1
+                continue
+            step, epoch = _number(entry.get("step")), _number(entry.get("epoch"))
+            carried = False
+            for name, raw in entry.items():
+                value = _number(raw) if name not in ("step", "epoch") else None
+                if value is not None:
+                    self._add(curves, str(name), value, step, epoch)
+                    carried = True
+            rows += carried
+        return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Printed lines
+
+
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf(?:inity)?)\b"
+_END = r"(?![\w.:])"  # a whole number: not "00:12" (a time), not "5it/s"
+EPOCH_RE = re.compile(r"\bepoch\s*[:=]?\s*(\d+)(?:\s*/\s*\d+)?", re.IGNORECASE)
+STEP_RE = re.compile(r"\b(?:step|it|iter|iteration)\s*[:=]?\s*(\d+)\b(?!\.)", re.IGNORECASE)
+COLON_PAIR_RE = re.compile(
+    rf"(?<![\w.])([A-Za-z][\w/-]*(?: [A-Za-z][\w/-]*){{0,2}})\s*:\s*({_NUM})(%?){_END}", re.IGNORECASE
+)
+EQUALS_PAIR_RE = re.compile(rf"(?<![\w.])([A-Za-z_][\w./-]*)\s*=\s*({_NUM})(%?){_END}", re.IGNORECASE)
+ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+NOT_METRICS = frozenset({"epoch", "step", "it", "iter", "iteration", "v_num"})
+
+
+class StdoutReader(_LineStream):
+    """Lines a training script prints, such as seed 001's
+
+        Epoch 2/100 - Train Loss: 1.2345, Train Acc: 0.5678 Val Loss: 1.1234, Val Acc: 0.5890 *
+
+    A line counts when it has a position, `Epoch N[/M]` or `Step N` / `step N` / `it N`, and at
+    least one `Name Words: number` or `name=number` pair; each pair is a series named in lower
+    case with underscores ("train_loss", "val_psnr": a unit after the number is dropped, a
+    percentage keeps its printed number). Without a step the epoch is the step. Of a line that
+    a progress bar redrew with carriage returns only its last drawing counts; other lines are
+    ignored, not counted as skipped.
+    """
+
+    kind = "stdout"
+
+    def _take(self, block: bytes, curves: Curves) -> None:
+        for line in block.decode("utf-8", errors="replace").split("\n"):
+            parsed = parse_line(line)
+            if parsed is None:
+                continue
+            step, epoch, pairs = parsed
+            for name, value in pairs:
+                curves.add(name, value, step, epoch)
+            curves.records += 1
+
+
+def parse_line(line: str) -> tuple[float | None, float | None, list[tuple[str, float]]] | None:
+    """A printed line's (step, epoch, [(name, value)...]), or None when it is not a metrics line."""
+    line = ANSI_RE.sub("", line.rstrip("\r").rsplit("\r", 1)[-1])
+    epoch_match, step_match = EPOCH_RE.search(line), STEP_RE.search(line)
+    if epoch_match is None and step_match is None:
+        return None
+    pairs = []
+    for regex in (COLON_PAIR_RE, EQUALS_PAIR_RE):
+        for match in regex.finditer(line):
+            name = re.sub(r"\s+", "_", match.group(1).strip().lower())
+            if name not in NOT_METRICS:
+                pairs.append((name, float(match.group(2))))
+    if not pairs:
+        return None
+    epoch = float(epoch_match.group(1)) if epoch_match else None
+    step = float(step_match.group(1)) if step_match else epoch
+    return step, epoch, pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection and discovery
+
+
+KIND_ORDER = ("jsonl", "tfevents", "csv", "hf_state", "history", "stdout")
+MAX_DEPTH = 4
+MAX_FILES = 200
+SNIFF_BYTES = 4096
+
+
+def detect(path: str | os.PathLike[str]) -> Reader | None:
+    """The reader for one file, chosen by its name, then by its first bytes; None if none fits."""
+    path = Path(path)
+    name = path.name
+    if name.endswith(".jsonl"):
+        return JsonlReader(path)
+    if "tfevents" in name:
+        reader = _tfevents(path)
+        if reader is not None:
+            return reader
+    if name.endswith(".csv"):
+        return CsvReader(path)
+    if name == "trainer_state.json":
+        return HfStateReader(path)
+    if name == "history.json":
+        return HistoryReader(path)
+    if name in ("stdout.log", "stdout.txt") or name.endswith((".log", ".out")):
+        return StdoutReader(path)
+    return _sniff(path)
+
+
+def _tfevents(path: Path) -> Reader | None:
+    """A TfEventsReader when the tfevents module is there and the file is one (imported late)."""
+    try:
+        from mcp_server.curves.tfevents import TfEventsReader, is_tfevents
+    except ImportError:
+        return None
+    return TfEventsReader(path) if is_tfevents(path) else None
+
+
+def _sniff(path: Path) -> Reader | None:
+    """Guess from the first bytes: a JSON object per line, an HF state or history file, CSV, text."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError:
+        return None
+    if not head or b"\x00" in head:
+        return _tfevents(path)
+    text = head.decode("utf-8", errors="replace")
+    first = text.split("\n", 1)[0].strip()
+    if text.lstrip().startswith("{"):
+        try:
+            obj = json.loads(first)
+        except ValueError:  # a JSON document over many lines
+            obj = None
+        kind = _json_kind(obj, text)
+        return _JSON_READERS[kind](path) if kind else None
+    lines = text.split("\n")
+    if len(lines) > 2 and "," in first and first.count(",") == lines[1].count(","):
+        return CsvReader(path)
+    if EPOCH_RE.search(text) or STEP_RE.search(text):
+        return StdoutReader(path)
+    return None
+
+
+def _json_kind(first_line: Any, head: str) -> str | None:
+    """Which JSON reader fits a file whose first line parsed to `first_line` and that begins with `head`."""
+    if isinstance(first_line, dict):
+        if "log_history" in first_line:
+            return "hf_state"
+        values = list(first_line.values())
+        if values and all(isinstance(v, list) for v in values):
+            return "history"
+        return "jsonl"
+    if '"log_history"' in head:
+        return "hf_state"
+    return "history" if re.match(r'\s*\{\s*"[^"]+"\s*:\s*\[', head) else None
+
+
+_JSON_READERS: dict[str, Callable[[Path], Reader]] = {
+    "jsonl": JsonlReader, "hf_state": HfStateReader, "history": HistoryReader,
+}
+
+
+def discover(folder: str | os.PathLike[str]) -> list[Reader]:
+    """Readers for the training logs in a run folder (or any folder), best source first.
+
+    Looks for metrics.jsonl, TensorBoard event files, *.csv, trainer_state.json (only the newest),
+    history.json and stdout.log, at most MAX_DEPTH folders down and among at most MAX_FILES
+    files, skipping hidden folders and files and symbolic links. A file gives [its reader].
+    """
+    folder = Path(folder)
+    if folder.is_file():
+        reader = detect(folder)
+        return [reader] if reader is not None else []
+    found: list[Path] = []
+    hf_states: list[Path] = []
+    for path in _walk(folder):
+        name = path.name
+        if name == "trainer_state.json":
+            hf_states.append(path)
+        elif name in ("metrics.jsonl", "history.json", "stdout.log") or name.endswith(".csv") or (
+            name.startswith("events.out.tfevents.")
+        ):
+            found.append(path)
+    if hf_states:
+        found.append(max(hf_states, key=_newest_state))
+    readers = [r for r in map(detect, sorted(found)) if r is not None]
+    return sorted(readers, key=lambda r: KIND_ORDER.index(r.kind) if r.kind in KIND_ORDER else len(KIND_ORDER))
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Regular files under `folder`, breadth first, bounded in depth and count; no links, no dot-names."""
+    level, considered = [folder], 0
+    for _ in range(MAX_DEPTH + 1):
+        below: list[Path] = []
+        for current in level:
+            try:
+                entries = sorted(os.scandir(current), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name.startswith(".") or entry.is_symlink():
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    below.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    considered += 1
+                    if considered > MAX_FILES:
+                        return
+                    yield Path(entry.path)
+        level = below
+
+
+def _newest_state(path: Path) -> tuple[int, int]:
+    """Sort key of a trainer_state.json: its mtime, then its checkpoint-N number."""
+    match = re.fullmatch(r"checkpoint-(\d+)", path.parent.name)
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        mtime = 0
+    return (mtime, int(match.group(1)) if match else -1)
