@@ -327,7 +327,7 @@ def test_generic_jsonl_of_another_tool(tmp_path):
     path.write_text(
         '{"global_step": 10, "epoch": 0.5, "loss": 2.0, "accuracy": 0.25, "run": "a", "cfg": {"lr": 1}}\n'
         '{"global_step": 20, "epoch": 1.0, "loss": 1.0, "timestamp": 100.5}\n'
-        '{"event": "checkpoint", "name": "ckpt-20", "path": "x"}\n'
+        '{"event": "checkpoint", "name": "ckpt-20", "self": 1, "path": "x"}\n'
     )
     curves = _read(JsonlReader(path))
     assert set(curves.series) == {"loss", "accuracy"}
@@ -338,8 +338,8 @@ def test_generic_jsonl_of_another_tool(tmp_path):
 
 
 def _mixed_stream(path: Path, n: int) -> list[dict]:
-    """n train records, a val record every 7, a NaN, a bad line and events: what a long run writes."""
-    records: list[dict] = [{"t": 0.0, "event": "start", "config": {"lr": 0.1}}]
+    """n train records, a val record every 7, a NaN, a bad line and events (a long first line)."""
+    records: list[dict] = [{"t": 0.0, "event": "start", "config": {"lr": 0.1}, "note": "x" * 1500}]  # > 1 read
     for i in range(1, n + 1):
         records.append({"t": float(i), "step": i, "epoch": i // 50, "split": "train",
                         "loss": "nan" if i == n // 2 else 1.0 / i, "lr": 0.1})
