@@ -4,7 +4,7 @@
     trainguard preflight 1 [--set ...]                   the checks alone
     trainguard memory 2 [--set batch_size=16] [--gpu-gib 16]  peak memory; the largest batch that fits
     trainguard prepare 2                                 create missing data (e.g. the image folder)
-    trainguard runs | status RUN | stop RUN | summary RUN | gpu | experiments
+    trainguard runs | status RUN | stop RUN | summary RUN | plot RUN | gpu | experiments
     trainguard serve                                     MCP over stdio (what the plugin starts)
 
 Every command but `serve` takes --json for the same structured result the MCP tool returns.
@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from mcp_server import gpu, paths, prepare, registry, runs, textlog
+from mcp_server.curves.analysis import MetricStats, Point
 from mcp_server.errors import InvalidInput, TrainguardError
 from mcp_server.preflight import PreflightReport, estimate_memory, run_preflight
 from mcp_server.rundir import TERMINAL, open_run
@@ -57,8 +58,12 @@ def _print_summary(run_id: str) -> None:
     info, summ = runs.summary(run_id)
     print(f"\nRun {info.run_id}: {info.status}" + (f" ({info.failure})" if info.failure else ""))
     print(f"  {summ.headline}")
-    for m in summ.metrics:
-        print(f"  {m.name:<14} {m.trend}")
+    for m in ([summ.primary] if summ.primary else []) + summ.metrics:
+        print(f"  {_stats_line(m)}")
+    for f in summ.findings:
+        print(f"  [{f.severity}] {f.rule} on {f.metric} at step {f.step}: {f.evidence}\n         fix: {f.remedy}")
+    if summ.omitted_metrics:
+        print(f"  (also logged: {', '.join(summ.omitted_metrics)})")
     if info.status in ("failed", "lost"):
         run = open_run(paths.runs_root(), run_id)
         print("  stderr (last lines):\n    " + textlog.tail(run.stderr).replace("\n", "\n    "))
@@ -206,6 +211,21 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0 if result.processes_left == 0 else 1
 
 
+def _stats_line(m: MetricStats) -> str:
+    def value(p: Point | None) -> str:
+        return "-" if p is None or p.value is None else f"{p.value:.4g}"
+
+    best = f", best {value(m.best)} at step {m.best.step:g}" if m.best and m.best.step is not None else ""
+    bad = f", {m.nonfinite} non-finite from step {m.first_nonfinite_step:g}" if m.nonfinite else ""
+    return f"{m.name:<16} {m.spark}  {value(m.first)} -> {value(m.last)}{best}{bad} ({m.count:,} points)"
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    out, drawn = runs.plot(args.run_id, args.metric or None)
+    print(f"{out} ({', '.join(drawn)})")
+    return 0
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     if args.json:
         info, summ = runs.summary(args.run_id)
@@ -282,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--grace", type=float, default=30.0, help="seconds between SIGTERM and SIGKILL")
     add("summary", cmd_summary, "summarise a run's metrics").add_argument("run_id")
+    p = add("plot", cmd_plot, "draw a run's curves to <run dir>/plot.png")
+    p.add_argument("run_id")
+    p.add_argument("--metric", action="append", help="a metric to draw (repeat for more); default: primary and losses")
     add("gpu", cmd_gpu, "GPUs and host status")
     return parser
 

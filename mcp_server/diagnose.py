@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server import metrics
+from mcp_server.curves.summary import CurveSummary, summarize_run_dir
 from mcp_server.rundir import RunDir, RunState
 from mcp_server.textlog import read_tail, sanitize
 
@@ -53,7 +53,7 @@ class _Facts:
     state: RunState
     stderr: list[str]
     stdout: list[str]
-    summary: metrics.RunSummary
+    summary: CurveSummary
 
 
 @dataclass
@@ -97,14 +97,8 @@ def _watchdog_stop(kind: str) -> Callable[[_Facts], list[Evidence]]:
 
 
 def _nonfinite(f: _Facts) -> list[Evidence]:
-    out = []
-    for m in f.summary.metrics:
-        if m.nonfinite_count and m.first_nonfinite is not None:
-            where = m.first_nonfinite
-            out.append(Evidence(source="metrics", text=f"{m.name} is NaN/inf first at step {where.step}"
-                                + (f", epoch {where.epoch}" if where.epoch is not None else "")
-                                + f" ({m.nonfinite_count} non-finite of {m.count} values)"))
-    return out[:MAX_EVIDENCE]
+    return [Evidence(source="metrics", text=finding.evidence) for finding in f.summary.findings
+            if finding.rule == "nonfinite"][:MAX_EVIDENCE]
 
 
 def _kernel_oom(f: _Facts) -> list[Evidence]:
@@ -204,7 +198,7 @@ def diagnose(run: RunDir, state: RunState) -> Diagnosis:
     manifest = run.read_manifest()
     facts = _Facts(run=run, manifest=manifest, state=state, stderr=_read_lines(run.stderr),
                    stdout=_read_lines(run.stdout),
-                   summary=metrics.summarize_file(run.metrics, manifest["primary_metric"], manifest["primary_mode"]))
+                   summary=summarize_run_dir(run.path, manifest))
     matched: list[tuple[_Rule, list[Evidence]]] = []
     for rule in RULES:
         evidence = (rule.check(facts) if rule.check else []) + (_grep(facts, rule.patterns) if rule.patterns else [])

@@ -22,7 +22,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server import __version__, diagnose, metrics, paths, procs, registry, scratchpad, slots, textlog
+from mcp_server import __version__, diagnose, paths, procs, registry, scratchpad, slots, textlog
+from mcp_server.curves import load as curves_load
+from mcp_server.curves import plot as curves_plot
+from mcp_server.curves.summary import CurveSummary, resolve_metric, summarize, summarize_run_dir
 from mcp_server.errors import Conflict, InvalidInput, NotFound, TrainguardError
 from mcp_server.preflight import Check, PreflightReport, probe_torch, run_preflight
 from mcp_server.rundir import TERMINAL, RunDir, RunState, all_runs, create_run_dir, open_run, write_json_atomic
@@ -266,7 +269,7 @@ def refresh(run: RunDir) -> RunState:
 
 def _info_fields(run: RunDir, manifest: dict[str, Any], state: RunState) -> dict[str, Any]:
     end = state.finished_at or time.time()
-    summary = metrics.summarize_file(run.metrics, manifest["primary_metric"], manifest["primary_mode"])
+    summary = summarize_run_dir(run.path, manifest)
     return {
         "run_id": run.run_id,
         "experiment": manifest["experiment"],
@@ -300,8 +303,9 @@ def status(run_id: str, project: Path | None = None) -> RunStatus:
     run = open_run(paths.runs_root(project or paths.project_root()), run_id)
     manifest, state = run.read_manifest(), refresh(run)
     fields, summary = _info_fields(run, manifest, state)
-    latest = {m.name: m.last.value for m in summary.metrics}
-    epochs = [m.last.epoch for m in summary.metrics if m.last.epoch is not None]
+    shown = ([summary.primary] if summary.primary else []) + summary.metrics
+    latest = {m.name: m.last.value for m in shown if m.last is not None}
+    epochs = [int(m.last.epoch) for m in shown if m.last is not None and m.last.epoch is not None]
     ckpts = _list_outputs(run.checkpoints)
     return RunStatus(
         **fields,
@@ -331,12 +335,37 @@ def _list_outputs(folder: Path) -> list[str]:
     return found
 
 
-def summary(run_id: str, project: Path | None = None) -> tuple[RunInfo, metrics.RunSummary]:
-    """The run and its metrics summary."""
+def summary(run_id: str, project: Path | None = None, primary_metric: str | None = None
+            ) -> tuple[RunInfo, CurveSummary]:
+    """The run and its curves' summary (around `primary_metric` if given, else the spec's)."""
     run = open_run(paths.runs_root(project or paths.project_root()), run_id)
     manifest, state = run.read_manifest(), refresh(run)
     fields, summ = _info_fields(run, manifest, state)
+    if primary_metric and primary_metric != manifest["primary_metric"]:
+        with curves_load.loaded(run.path) as found:
+            summ = summarize(found, primary_metric)
     return RunInfo(**fields), summ
+
+
+def plot(run_id: str, metrics: list[str] | None = None, project: Path | None = None) -> tuple[Path, list[str]]:
+    """Draw the run's curves to `<run dir>/plot.png`; returns the file and the metrics drawn."""
+    run = open_run(paths.runs_root(project or paths.project_root()), run_id)
+    manifest = run.read_manifest()
+    with curves_load.loaded(run.path) as found:
+        curves = found.curves
+        if not curves.series:
+            raise InvalidInput(f"run {run_id} has logged no metrics yet; wait_run, then plot.")
+        if metrics:
+            names = [resolve_metric(curves, m) or m for m in metrics]
+            unknown = [m for m, n in zip(metrics, names, strict=True) if n not in curves.series]
+            if unknown:
+                raise InvalidInput(f"run {run_id} has no metric {', '.join(map(repr, unknown))}; it has: "
+                                   + ", ".join(list(curves.series)[:30]))
+        else:
+            names = curves_plot.default_metrics(curves, resolve_metric(curves, manifest["primary_metric"]))
+        out = run.path / "plot.png"
+        drawn = curves_plot.plot_curves(curves, names, f"{run_id} ({manifest['title'][:60]})", out)
+    return out, drawn
 
 
 def stop(run_id: str, grace_s: float = 30.0, project: Path | None = None) -> StopResult:

@@ -7,22 +7,27 @@ Nothing here writes to stdout (the MCP wire) or imports torch (start-up must sta
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import functools
 import inspect
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
-from mcp_server import __version__, diagnose, gpu, memory, metrics, paths, prepare, registry, runs, scratchpad, textlog
+from mcp_server import __version__, diagnose, gpu, memory, paths, prepare, registry, runs, scratchpad, textlog
+from mcp_server.compare import Comparison
+from mcp_server.compare import compare_runs as _compare_runs
+from mcp_server.curves import load as curves_load
+from mcp_server.curves.summary import CurveSummary, summarize
 from mcp_server.errors import InvalidInput, TrainguardError
 from mcp_server.preflight import PreflightReport, run_preflight
 from mcp_server.preflight import estimate_memory as _estimate_memory
@@ -92,8 +97,8 @@ class RunList(BaseModel):
 
 
 class RunSummaryResult(BaseModel):
-    run: runs.RunInfo
-    summary: metrics.RunSummary
+    run: runs.RunInfo | None  # None when a folder or file was summarised
+    summary: CurveSummary
 
 
 class ScratchpadView(BaseModel):
@@ -206,12 +211,55 @@ def stop_run(run_id: str, grace_seconds: float = 30.0) -> runs.StopResult:
 
 
 @tool(READ_ONLY)
-def summarize_run(run_id: str) -> RunSummaryResult:
-    """Summarise a run's metrics in a few hundred tokens, however long it ran: per metric the first,
-    last and best value (with step and epoch), and a one-line trend; the primary metric (e.g. best
-    val/acc and its epoch) first in `summary.primary` and `summary.headline`. Use this, not the logs."""
-    info, summary = runs.summary(run_id)
-    return RunSummaryResult(run=info, summary=summary)
+def summarize_run(run_id: str | None = None, path: str | None = None, primary_metric: str | None = None
+                  ) -> RunSummaryResult:
+    """Summarise a run's curves in at most ~1,500 tokens, however long it ran, from whatever it
+    writes (our metrics stream, TensorBoard events, CSV, history.json, trainer_state.json or
+    'Epoch N - Loss: x' lines). Per metric: first, last, best (step, epoch), tail median,
+    log-scale slope, throughput, and sparklines that keep spikes. `findings` lists diagnoses with
+    step, evidence and remedy: non-finite values, spikes, divergence, plateau, overfitting,
+    underfitting, accuracy at chance, learning rate too low, no progress. Give `run_id`, or `path`
+    (a folder or log file inside the project, e.g. a run of your own outside trainguard).
+    Repeated calls on a growing run read only the new bytes. Use this, never the raw logs."""
+    if (run_id is None) == (path is None):
+        raise InvalidInput("Give either run_id (see list_runs) or path (a log folder or file in the project).")
+    if run_id is not None:
+        info, summary = runs.summary(run_id, primary_metric=primary_metric)
+        return RunSummaryResult(run=info, summary=summary)
+    target = paths.confine(paths.project_root(), path, "path")
+    if not target.exists():
+        raise InvalidInput(f"{path} does not exist in the project; give a folder or file that holds training logs.")
+    with curves_load.loaded(target) as found:
+        return RunSummaryResult(run=None, summary=summarize(found, primary_metric))
+
+
+@tool(READ_ONLY)
+def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | None = None) -> Comparison:
+    """Compare 2-20 runs on one metric (default: the first run's primary metric): a table, best
+    first, with each run's best (and its step/epoch), last value, and the hyperparameters that
+    differ between the runs. `baseline` is one of the run ids or a number (e.g. 20.47 for a
+    published figure): each row then says how far it is from it."""
+    return _compare_runs(run_ids, metric, baseline)
+
+
+class PlotResult(BaseModel):
+    run_id: str
+    path: str  # the PNG, in the run's folder
+    metrics: list[str]  # drawn, in panel order
+
+
+@tool(WRITES)
+def plot_run(run_id: str, metrics: list[str] | None = None) -> Annotated[CallToolResult, PlotResult]:
+    """A PNG of a run's curves (up to 4 panels; train and val of one metric share a panel; long
+    runs drawn as min/max envelopes so spikes survive; NaN onsets marked), returned as an image
+    and saved in the run's folder as plot.png. `metrics` defaults to the primary metric and the
+    losses. Costs an image's tokens: prefer summarize_run unless a picture is needed."""
+    saved, drawn = runs.plot(run_id, metrics)
+    result = PlotResult(run_id=run_id, path=str(saved), metrics=drawn)
+    return CallToolResult(content=[
+        TextContent(type="text", text=f"{run_id}: {', '.join(drawn)}; saved to {saved}"),
+        ImageContent(type="image", data=base64.b64encode(saved.read_bytes()).decode(), mime_type="image/png"),
+    ], structured_content=result.model_dump())
 
 
 @tool(WRITES)

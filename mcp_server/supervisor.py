@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from mcp_server import gpu, metrics, procs, scratchpad, slots
+from mcp_server import gpu, procs, scratchpad, slots
+from mcp_server.curves.summary import summarize_run_dir
 from mcp_server.errors import TrainguardError
 from mcp_server.rundir import RunDir, RunState
 from mcp_server.watchdog import Watchdog, WatchdogConfig
@@ -171,7 +172,7 @@ def _finish(run: RunDir, manifest: dict, state: RunState) -> None:
 
 
 def _scratchpad_finish(run: RunDir, manifest: dict, state: RunState) -> None:
-    summary = metrics.summarize_file(run.metrics, manifest["primary_metric"], manifest["primary_mode"])
+    summary = summarize_run_dir(run.path, manifest)
     line = f"run {run.run_id} {state.status}"
     if state.failure:
         line += f" ({state.failure})"

@@ -79,7 +79,7 @@ class Series:
 
 
 def _copy(column: array) -> np.ndarray:
-    return np.frombuffer(column, dtype=np.float64).copy() if column else np.empty(0)
+    return np.array(column, dtype=np.float64)  # one C call: no buffer view left for an append to trip on
 
 
 @dataclass

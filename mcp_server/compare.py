@@ -1,0 +1,109 @@
+"""`compare_runs`: several runs' best value of one metric in a table, best first, with the
+hyperparameters that differ between them and each run's distance to a baseline (seed 003:
+"19.78 dB vs 20.47 baseline").
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from mcp_server import paths
+from mcp_server.curves.analysis import direction_of, metric_stats
+from mcp_server.curves.load import loaded
+from mcp_server.curves.summary import resolve_metric
+from mcp_server.errors import InvalidInput
+from mcp_server.rundir import open_run
+
+MAX_RUNS = 20
+
+
+class RunRow(BaseModel):
+    run_id: str
+    experiment: str
+    status: str
+    best: float | None
+    best_step: float | None
+    best_epoch: float | None
+    last: float | None
+    points: int
+    vs_baseline: float | None = Field(None, description="best minus the baseline's (positive = higher)")
+    differs: dict[str, Any] = Field(description="this run's values of the hyperparameters that differ")
+
+
+class Comparison(BaseModel):
+    metric: str
+    direction: Literal["min", "max"]
+    baseline: str | None = Field(description="the baseline run, or the value given")
+    baseline_value: float | None
+    rows: list[RunRow] = Field(description="best first; runs without the metric last")
+    same: dict[str, Any] = Field(description="hyperparameters every run shares (up to 30)")
+    note: str
+
+
+def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | None = None,
+                 project: Path | None = None) -> Comparison:
+    """Compare `run_ids` (2-20) on `metric` (default: the first run's primary metric).
+
+    `baseline` is one of the runs or a number (a published figure, an earlier result).
+    """
+    ids = list(dict.fromkeys(run_ids))
+    if not 2 <= len(ids) <= MAX_RUNS:
+        raise InvalidInput(f"compare_runs takes 2-{MAX_RUNS} distinct run ids; got {len(ids)}.")
+    root = paths.runs_root(project or paths.project_root())
+    runs = [open_run(root, r) for r in ids]
+    manifests = [r.read_manifest() for r in runs]
+    metric = metric or manifests[0]["primary_metric"]
+    direction = next((m["primary_mode"] for m in manifests if m["primary_metric"] == metric), None) or (
+        direction_of(metric) or "min")
+    configs = [m.get("config", {}) for m in manifests]
+    keys = sorted({k for c in configs for k in c})
+    differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    same = {k: configs[0].get(k) for k in keys if k not in differing}
+
+    rows = []
+    for run, manifest, config in zip(runs, manifests, configs, strict=True):
+        with loaded(run.path) as found:
+            curves = found.curves
+            name = resolve_metric(curves, metric) if curves.series else None
+            stats = metric_stats(curves.series[name], direction) if name and name in curves.series else None
+        best = stats.best if stats else None
+        rows.append(RunRow(
+            run_id=run.run_id, experiment=manifest["experiment"], status=run.read_state().status,
+            best=best.value if best else None, best_step=best.step if best else None,
+            best_epoch=best.epoch if best else None,
+            last=stats.last.value if stats and stats.last else None, points=stats.count if stats else 0,
+            differs={k: config.get(k) for k in differing},
+        ))
+    base_value, base_name = _baseline(baseline, rows)
+    for row in rows:
+        if base_value is not None and row.best is not None:
+            row.vs_baseline = round(row.best - base_value, 6)
+    sign = 1 if direction == "min" else -1
+    rows.sort(key=lambda r: (r.best is None, sign * r.best if r.best is not None else 0))
+    leader = rows[0]
+    note = (f"best {metric}: {leader.run_id} at {leader.best:.4g}" if leader.best is not None
+            else f"no run logged {metric}")
+    if base_value is not None and leader.best is not None:
+        note += f" vs {base_value:.4g} baseline ({base_name})"
+    return Comparison(metric=metric, direction=direction, baseline=base_name, baseline_value=base_value,
+                      rows=rows, same=dict(list(same.items())[:30]), note=note)
+
+
+def _baseline(baseline: str | None, rows: list[RunRow]) -> tuple[float | None, str | None]:
+    if baseline is None:
+        return None, None
+    row = next((r for r in rows if r.run_id == baseline), None)
+    if row is not None:
+        return row.best, baseline
+    try:
+        value = float(baseline)
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value):
+        return value, "given"
+    raise InvalidInput(f"baseline {baseline!r} is neither one of the runs compared nor a finite number; "
+                       "pass a run id from run_ids or a value such as 20.47.")
