@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from mcp_server import paths
 from mcp_server.curves.analysis import direction_of, metric_stats
 from mcp_server.curves.load import loaded
-from mcp_server.curves.summary import resolve_metric
+from mcp_server.curves.summary import find_metric
 from mcp_server.errors import InvalidInput
 from mcp_server.rundir import open_run
 
@@ -68,7 +68,7 @@ def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | 
     for run, manifest, config in zip(runs, manifests, configs, strict=True):
         with loaded(run.path) as found:
             curves = found.curves
-            name = resolve_metric(curves, metric) if curves.series else None
+            name = find_metric(curves, metric)
             stats = metric_stats(curves.series[name], direction) if name and name in curves.series else None
         best = stats.best if stats else None
         rows.append(RunRow(

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from mcp_server import __version__, diagnose, paths, procs, registry, scratchpad, slots, textlog
 from mcp_server.curves import load as curves_load
 from mcp_server.curves import plot as curves_plot
-from mcp_server.curves.summary import CurveSummary, resolve_metric, summarize, summarize_run_dir
+from mcp_server.curves.summary import CurveSummary, find_metric, resolve_metric, summarize, summarize_run_dir
 from mcp_server.errors import Conflict, InvalidInput, NotFound, TrainguardError
 from mcp_server.preflight import Check, PreflightReport, probe_torch, run_preflight
 from mcp_server.rundir import TERMINAL, RunDir, RunState, all_runs, create_run_dir, open_run, write_json_atomic
@@ -356,7 +356,7 @@ def plot(run_id: str, metrics: list[str] | None = None, project: Path | None = N
         if not curves.series:
             raise InvalidInput(f"run {run_id} has logged no metrics yet; wait_run, then plot.")
         if metrics:
-            names = [resolve_metric(curves, m) or m for m in metrics]
+            names = [find_metric(curves, m) or m for m in metrics]
             unknown = [m for m, n in zip(metrics, names, strict=True) if n not in curves.series]
             if unknown:
                 raise InvalidInput(f"run {run_id} has no metric {', '.join(map(repr, unknown))}; it has: "

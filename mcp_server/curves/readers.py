@@ -659,11 +659,15 @@ _JSON_READERS: dict[str, Callable[[Path], Reader]] = {
 }
 
 
+NOT_LOG_FILES = frozenset({"stderr.log", "supervisor.log", "requirements.txt"})
+
+
 def discover(folder: str | os.PathLike[str]) -> list[Reader]:
     """Readers for the training logs in a run folder (or any folder), best source first.
 
     Looks for metrics.jsonl, TensorBoard event files, *.csv, trainer_state.json (only the newest),
-    history.json and stdout.log, at most MAX_DEPTH folders down and among at most MAX_FILES
+    history.json, stdout.log, and other *.jsonl, *.log, *.out and *.txt files whose first bytes
+    look like a log, at most MAX_DEPTH folders down and among at most MAX_FILES
     files, skipping hidden folders and files and symbolic links. A file gives [its reader].
     """
     folder = Path(folder)
@@ -671,6 +675,7 @@ def discover(folder: str | os.PathLike[str]) -> list[Reader]:
         reader = detect(folder)
         return [reader] if reader is not None else []
     found: list[Path] = []
+    guessed: list[Path] = []
     hf_states: list[Path] = []
     for path in _walk(folder):
         name = path.name
@@ -680,9 +685,11 @@ def discover(folder: str | os.PathLike[str]) -> list[Reader]:
             name.startswith("events.out.tfevents.")
         ):
             found.append(path)
+        elif name.endswith((".jsonl", ".log", ".out", ".txt")) and name not in NOT_LOG_FILES:
+            guessed.append(path)  # a user's own log: kept only if its first bytes look like one
     if hf_states:
         found.append(max(hf_states, key=_newest_state))
-    readers = [r for r in map(detect, sorted(found)) if r is not None]
+    readers = [r for r in [*map(detect, sorted(found)), *map(_sniff, sorted(guessed))] if r is not None]
     return sorted(readers, key=lambda r: KIND_ORDER.index(r.kind) if r.kind in KIND_ORDER else len(KIND_ORDER))
 
 

@@ -43,19 +43,22 @@ def resolve_metric(curves: Curves, wanted: str | None) -> str | None:
     """`wanted` itself or its spelling in this file ('val/acc' is 'val_acc' in a CSV); without
     one, the metric a person would look at first: validation loss or accuracy, then any loss."""
     names = list(curves.series)
-    if wanted:
-        if wanted in curves.series:
-            return wanted
-        norm = _norm(wanted)
-        match = next((n for n in names if _norm(n) == norm), None)
-        if match or not names:
-            return match
+    if wanted and (match := find_metric(curves, wanted)):
+        return match
     for test in (lambda n: "val" in n.lower() and "loss" in n.lower(), lambda n: "eval_loss" in n.lower(),
                  lambda n: "val" in n.lower() and "acc" in n.lower(), lambda n: "loss" in n.lower()):
         match = next((n for n in names if test(n)), None)
         if match:
             return match
     return names[0] if names else None
+
+
+def find_metric(curves: Curves, wanted: str) -> str | None:
+    """`wanted` itself, or the series spelled the same but for case and separators, or None."""
+    if wanted in curves.series:
+        return wanted
+    norm = _norm(wanted)
+    return next((n for n in curves.series if _norm(n) == norm), None)
 
 
 def _norm(name: str) -> str:
