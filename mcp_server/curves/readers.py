@@ -339,15 +339,46 @@ class CsvReader(_LineStream):
     the epoch is "epoch"; the wall time "time", "timestamp" or "wall_time". Empty cells are no
     value (Lightning writes train and val metrics on separate rows); a row whose length differs
     from the header's is skipped.
+
+    Speed: a run of rows with no quote, no empty cell and the header's number of cells on every
+    line (the common case) is converted ~1 MiB at a time as one JSON array of numbers (or, when
+    orjson refuses it, e.g. for "nan", with `float` over its cells) into a (rows, columns) table,
+    and each column appended at once: 1M rows of `step,epoch,time,loss,lr` took 0.5 s where the
+    csv module row by row took 6 s. Anything else (quotes, sparse rows, words, non-ASCII, CR)
+    goes row by row through the csv module, with the same results.
     """
 
     kind = "csv"
+    fast = True  # False: always row by row (the tests compare both ways)
 
     def __init__(self, path: str | os.PathLike[str]):
         super().__init__(path)
         self.header: list[str] | None = None
+        self._plan: _CsvPlan | None = None
 
     def _take(self, block: bytes, curves: Curves) -> None:
+        while self.header is None and block:  # the header row first, alone
+            end = block.find(b"\n") + 1
+            if b'"' in block[:end]:
+                break
+            self._take_rows(block[:end], curves)
+            block = block[end:]
+        if not block:
+            return
+        if not (self.fast and self.header) or not _plain_ascii(block):
+            self._take_rows(block, curves)
+            return
+        if self._plan is None or self._plan.header != self.header:
+            self._plan = _CsvPlan(self.header)
+        for chunk in _chunks(block, CHUNK_BYTES):  # no quotes: lines stand alone, cutting between them is safe
+            table = _csv_table(chunk, len(self.header))
+            if table is None:
+                self._take_rows(chunk, curves)
+            else:
+                self._plan.add(table, curves)
+
+    def _take_rows(self, block: bytes, curves: Curves) -> None:
+        """The slow way: row by row through the csv module."""
         for row in _csv_rows(block.decode("utf-8", errors="replace")):
             if row is None:
                 curves.skipped += 1
@@ -358,6 +389,7 @@ class CsvReader(_LineStream):
 
     def _rewound(self) -> None:
         self.header = None
+        self._plan = None
 
     def _add_row(self, row: list[str], curves: Curves) -> None:
         header = self.header or []
@@ -380,6 +412,70 @@ class CsvReader(_LineStream):
                 curves.add(name, value, step, epoch, t)
                 carried = True
         curves.records += carried
+
+
+class _CsvPlan:
+    """Which column of a header feeds which series, as `CsvReader._add_row` picks them."""
+
+    def __init__(self, header: list[str]):
+        self.header = list(header)
+        index = {name: i for i, name in enumerate(header)}  # a repeated name: its last cell, as dict(zip()) keeps
+        self.step = _first_index(index, CSV_STEP_KEYS)
+        self.epoch = _first_index(index, ("epoch",))
+        self.time = _first_index(index, CSV_TIME_KEYS)
+        position = {*CSV_STEP_KEYS, "epoch", *CSV_TIME_KEYS}
+        self.values = [(name, i) for name, i in index.items() if name and name not in position]
+
+    def add(self, table: np.ndarray, curves: Curves) -> None:
+        """Append a (rows, columns) table of numbers: every cell of a value column is a point."""
+        steps, epochs, times = (None if i is None else _as_array(table[:, i])
+                                for i in (self.step, self.epoch, self.time))
+        for name, i in self.values:
+            curves.get(name).extend(_as_array(table[:, i]), steps, epochs, times)
+        if self.values:
+            curves.records += len(table)
+
+
+def _first_index(index: dict[str, int], names: tuple[str, ...]) -> int | None:
+    for name in names:
+        if name in index:
+            return index[name]
+    return None
+
+
+def _plain_ascii(block: bytes) -> bool:
+    """No quote (a cell may span lines), no CR (a line end too), no NUL, nothing but ASCII."""
+    return b'"' not in block and b"\r" not in block and b"\0" not in block and block.isascii()
+
+
+_NOT_JSON_NUMBERS = (b"t", b"f", b"n", b"[", b"{")  # true, false, null, inf, nan, lists, objects
+_MINUS_ZERO = re.compile(rb"-0(?![.eE0-9])")  # JSON reads an integer -0 as 0, float() as -0.0
+
+
+def _csv_table(chunk: bytes, ncols: int) -> np.ndarray | None:
+    """Complete lines of plain ASCII as a (rows, ncols) float64 table; None unless every line has
+    ncols cells, none empty or past the csv module's field size limit, each one a `float()`."""
+    data = np.frombuffer(chunk, dtype=np.uint8)
+    ends = np.flatnonzero((data == ord(",")) | (data == ord("\n")))  # where each cell ends
+    rows = chunk.count(b"\n")
+    if not rows or ends.size != rows * ncols or not (data[ends[ncols - 1::ncols]] == ord("\n")).all():
+        return None
+    lengths = np.diff(ends, prepend=-1) - 1
+    if lengths.min() < 1 or lengths.max() >= csv.field_size_limit():
+        return None
+    text = chunk[:-1].replace(b"\n", b",")
+    values = None
+    if not any(c in text for c in _NOT_JSON_NUMBERS) and not (b"-0" in text and _MINUS_ZERO.search(text)):
+        with contextlib.suppress(ValueError):  # an overflow (1e400), a leading zero, "1.", ...
+            numbers = _LOADS(b"[" + text + b"]")
+            if len(numbers) == ends.size:  # no value but numbers, so each is one cell
+                values = array("d", numbers)
+    if values is None:
+        try:
+            values = array("d", map(float, text.split(b",")))
+        except ValueError:  # a word, a blank cell: row by row
+            return None
+    return np.frombuffer(values, dtype=np.float64).reshape(rows, ncols)
 
 
 def _csv_rows(text: str) -> Iterator[list[str] | None]:

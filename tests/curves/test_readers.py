@@ -274,6 +274,65 @@ def test_csv_rows_the_csv_module_refuses_are_skipped(tmp_path):
     assert curves.skipped == 2 and curves.records == 2
 
 
+def _csv_snapshot(path: Path, fast: bool, monkeypatch=None, chunk: int | None = None) -> tuple:
+    """Everything a CsvReader leaves in Curves, bit for bit (NaN == NaN, -0.0 != 0.0)."""
+    if chunk is not None:
+        monkeypatch.setattr(readers, "CHUNK_BYTES", chunk)
+    reader = CsvReader(path)
+    reader.fast = fast
+    curves = _read(reader)
+    columns = {name: tuple(getattr(s, c)().tobytes() for c in ("values", "steps", "epochs", "times"))
+               for name, s in curves.series.items()}
+    return list(curves.series), columns, curves.records, curves.skipped
+
+
+def test_csv_fast_path_gives_the_same_series_as_row_by_row(tmp_path, monkeypatch):
+    """Plain numeric rows go through numpy a chunk at a time; the csv module row by row must agree."""
+    path = tmp_path / "m.csv"
+    rows = [f"{i},{i // 4},{1.7e9 + i * 0.25!r},{1 / (i + 1)!r},{i * 1e-7:.8g}" for i in range(200)]
+    rows[7] = "7,1,1700000001.75,nan,7e-07"  # orjson refuses nan: float() per cell
+    rows[9] = "9,2,1700000002.25,-0,inf"  # -0 is -0.0, as float() says
+    rows[40] = "40,10,1700000010.0,,4e-06"  # an empty cell: that chunk row by row
+    rows[41] = "41,10,1700000010.25,0.5,x"  # a word: no value, the row still counts
+    rows[60] = "60,15,1700000015.0,0.1"  # a short row: skipped
+    path.write_text("step,epoch,time,loss,lr\n" + "\n".join(rows) + "\n61,15")  # a torn last line
+    slow = _csv_snapshot(path, fast=False)
+    assert slow[0] == ["loss", "lr"] and slow[2:] == (199, 1)
+    assert _csv_snapshot(path, fast=True) == slow
+    assert _csv_snapshot(path, fast=True, monkeypatch=monkeypatch, chunk=64) == slow  # some chunks fast, some not
+    curves = _read(CsvReader(path))
+    loss, lr = curves.series["loss"].values(), curves.series["lr"].values()
+    assert math.isnan(loss[7]) and math.copysign(1, loss[9]) == -1 and lr[9] == math.inf
+    assert len(loss) == 198 and len(lr) == 198  # rows 40 and 41 lack one value each, row 60 is skipped
+    assert curves.series["loss"].steps()[:3].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_csv_fast_path_takes_the_plain_rows_and_reads_in_increments(tmp_path, monkeypatch):
+    calls = []
+    table = readers._csv_table
+    monkeypatch.setattr(readers, "_csv_table", lambda chunk, ncols: calls.append(t := table(chunk, ncols)) or t)
+    path = tmp_path / "m.csv"
+    path.write_text("\ufeffstep,loss,loss,acc\n1,0.5,0.4,0.9\n2,0.25,0.2,0.95\n")  # a BOM; "loss" twice: the last
+    reader, curves = CsvReader(path), Curves()
+    reader.read_new(curves)
+    assert calls and calls[-1] is not None  # the rows after the header went the fast way
+    _append(path, "3,nan,0.1,inf\n4,")
+    reader.read_new(curves)
+    assert calls[-1] is not None and calls[-1].shape == (1, 4)  # float() per cell, the torn row waits
+    _append(path, "0.1,,0.99\n")  # sparse, as Lightning writes: row by row
+    reader.read_new(curves)
+    assert calls[-1] is None
+    assert _values(curves, "loss") == [0.4, 0.2, 0.1] and _values(curves, "acc")[:2] == [0.9, 0.95]
+    assert math.isinf(_values(curves, "acc")[2]) and _values(curves, "acc")[3] == 0.99
+    assert curves.series["acc"].steps().tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert curves.records == 4 and curves.skipped == 0
+
+
+def test_csv_sparse_lightning_rows_read_the_same_either_way():
+    path = FIXTURES / "lightning_metrics.csv"
+    assert _csv_snapshot(path, fast=True) == _csv_snapshot(path, fast=False)
+
+
 def test_whole_file_readers_replace_their_series_and_wait_for_valid_json(tmp_path):
     path = tmp_path / "history.json"
     path.write_text(json.dumps({"train_loss": [1.0, 0.5], "lr": [0.1, 0.1]}))
