@@ -62,7 +62,7 @@ def test_train_stop_and_bad_input_over_stdio(tiny_trm):
             summary = (await ok(client, "summarize_run", {"run_id": run_id}))["summary"]
             best = summary["primary"]["best"]
             history = json.loads((Path(final["run_dir"]) / "checkpoints" / "history.json").read_text())
-            assert best["value"] == pytest.approx(max(history["val_acc"]))
+            assert best["value"] == pytest.approx(max(history["val_acc"]), rel=1e-3)
             assert best["epoch"] == history["val_acc"].index(max(history["val_acc"])) + 1
             assert f"best val/acc {best['value']:.4g} at epoch {best['epoch']}" in summary["headline"]
             ckpt = torch.load(Path(final["run_dir"]) / "checkpoints" / "best.pt", weights_only=False)

@@ -104,7 +104,7 @@ def test_seed_000_project_through_stdio(example_project):
                     await anyio.sleep(0.3)
             assert status["status"] == "succeeded", status
             summary = await ok(client, "summarize_run", {"run_id": run_id})
-            names = {m["name"]: m for m in summary["summary"]["metrics"]}
+            names = {m["name"]: m for m in [summary["summary"]["primary"], *summary["summary"]["metrics"]]}
             assert names["val/psnr_db"]["count"] == 2 and names["val/psnr_db"]["best"]["value"] > 5
             return run_id
 
