@@ -215,7 +215,11 @@ def _stats_line(m: MetricStats) -> str:
     def value(p: Point | None) -> str:
         return "-" if p is None or p.value is None else f"{p.value:.4g}"
 
-    best = f", best {value(m.best)} at step {m.best.step:g}" if m.best and m.best.step is not None else ""
+    best = ""
+    if m.best and m.best.epoch is not None:
+        best = f", best {value(m.best)} at epoch {m.best.epoch:g}"
+    elif m.best and m.best.step is not None:
+        best = f", best {value(m.best)} at step {m.best.step:g}"
     bad = f", {m.nonfinite} non-finite from step {m.first_nonfinite_step:g}" if m.nonfinite else ""
     return f"{m.name:<16} {m.spark}  {value(m.first)} -> {value(m.last)}{best}{bad} ({m.count:,} points)"
 
