@@ -25,6 +25,8 @@ from mcp_server.gpu.model import (
     Stat,
 )
 from mcp_server.gpu.nvml import NvmlBackend
+from mcp_server.rundir import TERMINAL, all_runs, run_pids
+from mcp_server.textlog import read_tail
 
 _cpu_primed: list[float] = []
 
@@ -231,8 +233,6 @@ class Sampler:
         return report
 
     def _attribute(self, report: GpuReport, processes: list[GpuProcess]) -> None:
-        from mcp_server.rundir import run_pids  # rundir does not import gpu; imported here to keep gpu leaf-light
-
         if not self.nested:
             active, finished = run_pids(self.runs_root)
             for p in processes:
@@ -261,9 +261,6 @@ def _describe(p: GpuProcess) -> None:
 
 def run_memory_figures(runs_root: Path) -> dict[str, int]:
     """run id -> the GPU memory its trainer last reported reserved, for each active run."""
-    from mcp_server.rundir import TERMINAL, all_runs
-    from mcp_server.textlog import read_tail
-
     out = {}
     for run in all_runs(runs_root):
         try:
