@@ -17,6 +17,7 @@ from mcp_server.curves.load import loaded
 from mcp_server.curves.summary import find_metric
 from mcp_server.errors import InvalidInput
 from mcp_server.rundir import open_run
+from mcp_server.runs import refresh
 
 MAX_RUNS = 20
 
@@ -72,7 +73,7 @@ def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | 
             stats = metric_stats(curves.series[name], direction) if name and name in curves.series else None
         best = stats.best if stats else None
         rows.append(RunRow(
-            run_id=run.run_id, experiment=manifest["experiment"], status=run.read_state().status,
+            run_id=run.run_id, experiment=manifest["experiment"], status=refresh(run).status,
             best=best.value if best else None, best_step=best.step if best else None,
             best_epoch=best.epoch if best else None,
             last=stats.last.value if stats and stats.last else None, points=stats.count if stats else 0,

@@ -79,11 +79,11 @@ class MetricsStream:
         """Every DEVICE_MEMORY_EVERY_S, once CUDA/HIP is in use: a ``device_memory`` event with what
         torch's allocator holds. In a container the GPU driver lists host pids, so the supervisor
         matches this run to its GPU process by this figure instead."""
-        torch = sys.modules.get("torch")  # never imported here: a trainer without torch stays without
-        if self._file is None or torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
-            return
         now = time.monotonic()
-        if now - self._memory_at < DEVICE_MEMORY_EVERY_S:
+        if self._file is None or now - self._memory_at < DEVICE_MEMORY_EVERY_S:
+            return
+        torch = sys.modules.get("torch")  # never imported here: a trainer without torch stays without
+        if torch is None or not torch.cuda.is_initialized():  # initialised implies available
             return
         self._memory_at = now
         index = torch.cuda.current_device()
