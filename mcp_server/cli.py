@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server import gpu, paths, prepare, registry, runs, textlog
+from mcp_server import gpu, paths, prepare, registry, runs, safefiles, textlog
 from mcp_server.curves.analysis import MetricStats, Point
 from mcp_server.errors import InvalidInput, TrainguardError
 from mcp_server.preflight import PreflightReport, estimate_memory, run_preflight
@@ -76,10 +76,10 @@ def _follow(run_id: str) -> str:
     try:
         while True:
             state = runs.refresh(run)
-            if run.stdout.is_file():
-                with run.stdout.open("rb") as fh:
+            if safefiles.is_regular(run.stdout):
+                with safefiles.open_read(run.stdout, follow_links=False) as fh:
                     fh.seek(offset)
-                    chunk = fh.read()
+                    chunk = fh.read(4 * 2**20)
                 # Print whole lines only; a partial line waits for its end.
                 cut = chunk.rfind(b"\n") + 1
                 if cut:
@@ -177,15 +177,17 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    items = runs.list_runs(limit=args.limit)
+    page = runs.list_runs(limit=args.limit, offset=args.offset)
     if args.json:
-        _emit_json(items)
+        _emit_json(page)
         return 0
-    if not items:
-        print(f"No runs in {paths.runs_root()}.")
-    for r in items:
+    if not page.runs:
+        print(f"No runs in {page.runs_dir}." if not page.total else f"No runs from offset {page.offset}.")
+    for r in page.runs:
         elapsed = f"{r.elapsed_s:.0f}s" if r.elapsed_s is not None else "-"
-        print(f"{r.run_id:<44} {r.status:<10} {elapsed:>7}  {r.headline}")
+        print(f"{r.run_id:<44} {r.status:<10} {elapsed:>7}  {r.error or r.headline}")
+    if page.next_offset is not None:
+        print(f"({page.total - page.next_offset} more: trainguard runs --offset {page.next_offset})")
     return 0
 
 
@@ -300,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--detach", action="store_true", help="return after launching; the run goes on")
             p.add_argument("--dry-run", action="store_true", help="show the command without starting it")
     add("experiments", cmd_experiments, "list experiments")
-    add("runs", cmd_runs, "list recent runs").add_argument("--limit", type=int, default=20)
+    p = add("runs", cmd_runs, "list recent runs")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--offset", type=int, default=0, help="skip this many of the newest runs")
     add("status", cmd_status, "status of a run").add_argument("run_id")
     p = add("stop", cmd_stop, "stop a run (checkpoint, then kill its process group)")
     p.add_argument("run_id")

@@ -57,10 +57,10 @@ def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | 
     root = paths.runs_root(project or paths.project_root())
     runs = [open_run(root, r) for r in ids]
     manifests = [r.read_manifest() for r in runs]
-    metric = metric or manifests[0]["primary_metric"]
-    direction = next((m["primary_mode"] for m in manifests if m["primary_metric"] == metric), None) or (
+    metric = metric or manifests[0].primary_metric
+    direction = next((m.primary_mode for m in manifests if m.primary_metric == metric), None) or (
         direction_of(metric) or "min")
-    configs = [m.get("config", {}) for m in manifests]
+    configs = [m.config for m in manifests]
     keys = sorted({k for c in configs for k in c})
     differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
     same = {k: configs[0].get(k) for k in keys if k not in differing}
@@ -73,7 +73,7 @@ def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | 
             stats = metric_stats(curves.series[name], direction) if name and name in curves.series else None
         best = stats.best if stats else None
         rows.append(RunRow(
-            run_id=run.run_id, experiment=manifest["experiment"], status=refresh(run).status,
+            run_id=run.run_id, experiment=manifest.experiment, status=refresh(run).status,
             best=best.value if best else None, best_step=best.step if best else None,
             best_epoch=best.epoch if best else None,
             last=stats.last.value if stats and stats.last else None, points=stats.count if stats else 0,

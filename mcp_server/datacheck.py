@@ -50,9 +50,11 @@ except Exception as exc:
 MAX_FILES_COUNTED = 100_000
 
 
-def data_checks(exp_id: str, spec: TrainerSpec, config: dict[str, Any], project: Path, python: str) -> list[Check]:
+def data_checks(exp_id: str, spec: TrainerSpec, config: dict[str, Any], project: Path, python: str | None
+                ) -> list[Check]:
     """One check per path parameter that is set: inputs exist, are readable, hold enough files and
-    a sample decodes; outputs would not overwrite a finished run."""
+    a sample decodes (with `python`; not tried without a working interpreter); outputs would not
+    overwrite a finished run."""
     checks = []
     for name, param in spec.params.items():
         if param.type != "path" or config.get(name) is None:
@@ -62,7 +64,7 @@ def data_checks(exp_id: str, spec: TrainerSpec, config: dict[str, Any], project:
             checks.append(_output_path_check(name, config[name], path, spec))
         elif param.must_exist:
             check = _input_path_check(exp_id, name, param, config[name], path, project)
-            if check.verdict == "pass" and param.decode:
+            if check.verdict == "pass" and param.decode and python is not None:
                 check = _decode_check(check, name, param, path, python)
             checks.append(check)
     if not checks:

@@ -16,12 +16,11 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel
 
 from mcp_server.curves.summary import CurveSummary, summarize_run_dir
-from mcp_server.rundir import RunDir, RunState
+from mcp_server.rundir import Manifest, RunDir, RunState
 from mcp_server.textlog import read_tail, sanitize
 
 TAIL_BYTES = 256 * 1024  # enough for a long traceback; the evidence quoted is a few lines of it
@@ -49,7 +48,7 @@ class Diagnosis(BaseModel):
 @dataclass
 class _Facts:
     run: RunDir
-    manifest: dict[str, Any]
+    manifest: Manifest
     state: RunState
     stderr: list[str]
     stdout: list[str]
@@ -115,7 +114,7 @@ def _file_size(f: _Facts) -> list[Evidence]:
 
 
 def _missing_override(f: _Facts) -> list[Evidence]:
-    env = f.manifest.get("env", {})
+    env = f.manifest.env
     hits = _grep(f, [r"invalid device function", r"hipErrorNoBinaryForGpu", r"no kernel image is available",
                      r"HSA_STATUS_ERROR"])
     if hits and "HSA_OVERRIDE_GFX_VERSION" not in env:

@@ -187,6 +187,10 @@ def estimate(
     if not isinstance(batch, int):
         raise ProbeFailed(f"{mem.batch_param} is unset; pass it as an override or set memory.batch_default.")
     script = Path(expand([mem.script], python=python, trainer_dir=spec.trainer_dir, project=project)[0])
+    if not any(script.resolve().is_relative_to(root.resolve()) for root in (project, spec.trainer_dir)):
+        raise ProbeFailed(f"memory.script {mem.script!r} of trainer {spec.name!r} resolves to {script.resolve()}, "
+                          f"outside the project {project}; the estimate imports it, so it must be a project file "
+                          "(or beside the spec). Fix the spec's [memory] table.")
     flags = probe_flags(spec, config, python, project)
     inputs = [project / str(config[name]) for name, p in spec.params.items()
               if p.type == "path" and p.must_exist and config.get(name) is not None]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,6 +81,25 @@ def trainer_python(exp: registry.Experiment, project: Path) -> str:
     return os.environ.get("TRAINGUARD_PYTHON") or sys.executable
 
 
+PYTHON_NAME_RE = re.compile(r"python(\d+(\.\d+)?)?")
+
+
+def venv_problem(python: str) -> str | None:
+    """Why an experiment's `python` is not a venv's interpreter, found without running it; None if
+    it is one. Pre-flight runs that interpreter (to probe torch, decode a sample, trace memory), so
+    it must be `<venv>/bin/python*` beside the venv's pyvenv.cfg, never some other project file."""
+    path = Path(python)
+    venv = path.parent.parent
+    if not os.path.lexists(path):
+        return f"{python}: No such file or directory"
+    if not PYTHON_NAME_RE.fullmatch(path.name) or path.parent.name != "bin":
+        return (f"{python} is not a venv's interpreter (<venv>/bin/python*); trainguard runs no other file as "
+                "a trainer's interpreter")
+    if not (venv / "pyvenv.cfg").is_file():
+        return f"{python} is not in a venv ({venv}/pyvenv.cfg is missing)"
+    return None
+
+
 def probe_torch(python: str) -> dict[str, Any]:
     """What torch looks like from `python`: version, build (CUDA/ROCm/CPU), visible devices."""
     try:
@@ -117,11 +137,7 @@ def _venv_check(python: str, info: dict[str, Any]) -> Check | None:
     create = f"python3 -m venv {venv} && {venv}/bin/pip install torch (the build for your GPU)"
     if "interpreter_error" in info:
         return Check(name="interpreter", verdict="fail", detail=f"the experiment's venv: {info['interpreter_error']}",
-                     fix=f"Create the venv: {create}; or fix the experiment's `python`.")
-    if not (venv / "pyvenv.cfg").is_file():
-        return Check(name="interpreter", verdict="fail",
-                     detail=f"{python} is not in a venv ({venv}/pyvenv.cfg is missing)",
-                     fix=f"Create the venv: {create}; or point `python` at a venv's bin/python.")
+                     fix=f"Create the venv: {create}; or point the experiment's `python` at a venv's bin/python.")
     if Path(info["prefix"]).resolve() != venv.resolve():
         return Check(name="interpreter", verdict="fail",
                      detail=f"{python} runs as {info['prefix']}, not as the venv {venv} (not its packages)",
@@ -342,7 +358,8 @@ def estimate_memory(experiment: str, overrides: dict[str, Any] | None = None, pr
     """
     project = project or paths.project_root()
     exp, spec, config, python = resolve(experiment, dict(overrides or {}), project)
-    torch_info = probe_torch(python)
+    problem = venv_problem(python) if exp.python else None
+    torch_info = {"interpreter_error": problem} if problem else probe_torch(python)
     if "torch" not in torch_info:
         raise memory.ProbeFailed(
             f"torch does not import with {python}: "
@@ -380,14 +397,15 @@ def run_preflight(
     fired = rules.fired(spec.danger, config)
     checks += _rule_checks(spec, config, fired)
     gpus = gpu.shared_sampler(paths.runs_root(project)).sample()
-    torch_info = probe_torch(python)
+    problem = venv_problem(python) if exp.python else None
+    torch_info = {"interpreter_error": problem} if problem else probe_torch(python)  # nothing else is run
     checks += _interpreter_checks(python, torch_info, config, gpus, named_venv=exp.python is not None)
     amd = _amd_check(gpu.amd_gfx_targets(), spec.env)
     if amd is not None:
         checks.append(amd)
     if "torch" in torch_info:
         checks.append(_memory_check(exp.id, spec, config, python, project, torch_info, gpus))
-    checks += datacheck.data_checks(exp.id, spec, config, project, python)
+    checks += datacheck.data_checks(exp.id, spec, config, project, python if "torch" in torch_info else None)
     checks.append(_output_check(paths.runs_root(project)))
     checks.append(_gpu_check(gpus))
 

@@ -1,7 +1,12 @@
-"""Process identity and the one routine that stops a process group.
+"""Process identity, the one routine that stops a run's processes, and the leash that ties a
+child to its parent.
 
-A pid alone is not an identity: pids are reused. A process is ours only if its pid *and*
-its start time match what was recorded when we started it.
+A pid alone is not an identity: pids are reused, and so are process-group ids. A process is
+ours only if its pid *and* its start time match what was recorded when we started it, or, for
+the trainer's children, if it carries the run's id in the environment it was started with
+(`TRAINGUARD_RUN_ID`, which every trainer and its children inherit). A signal goes to a
+process group only while its leader is verifiably the run's trainer; once the leader is gone,
+only to the members verified one by one.
 """
 
 from __future__ import annotations
@@ -9,7 +14,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -22,7 +30,9 @@ ENV_ALLOW = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH",
 })
 ENV_ALLOW_PREFIXES = ("LC_", "CUDA_", "HIP_", "ROCR_", "HSA_", "ROCM_", "PYTORCH_", "TORCH_", "NCCL_", "OMP_", "MKL_")
-ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
+RUN_ID_VAR = "TRAINGUARD_RUN_ID"
+LEASH = Path(__file__).resolve().parent / "leash.py"
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:
@@ -34,7 +44,7 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     """
     env = {k: v for k, v in os.environ.items() if k in ENV_ALLOW or k.startswith(ENV_ALLOW_PREFIXES)}
     for key, value in extra.items():
-        if not ENV_NAME_RE.match(key) or "\x00" in value:
+        if not ENV_NAME_RE.fullmatch(key) or "\x00" in value:
             raise InvalidInput(f"environment variable {key!r} is malformed; fix the trainer spec's [env] table.")
         env[key] = value
     env["PYTHONUNBUFFERED"] = "1"
@@ -61,7 +71,7 @@ def is_alive(pid: int | None, started: float | None) -> bool:
 
 
 def group_members(pgid: int) -> list[int]:
-    """Pids of the live (non-zombie) processes in process group `pgid`."""
+    """Pids of the live (non-zombie) processes in process group `pgid`, whoever they belong to."""
     members = []
     for proc in psutil.process_iter(["status"]):
         try:
@@ -72,34 +82,90 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    return True
+@dataclass(frozen=True)
+class RunProcesses:
+    """Who a run's processes are: the trainer (pid + start time), leader of its own group `pgid`,
+    and whatever else carries `TRAINGUARD_RUN_ID=run_id` in that group."""
 
+    run_id: str
+    pgid: int | None
+    pid: int | None
+    pid_started: float | None
 
-def wait_group_gone(pgid: int, timeout_s: float) -> bool:
-    """Poll until no live process is left in the group; True if it emptied in time."""
-    deadline = time.monotonic() + timeout_s
-    while group_members(pgid):
-        if time.monotonic() >= deadline:
+    def leader_alive(self) -> bool:
+        """The trainer itself runs, and still leads the group."""
+        if self.pgid is None or not is_alive(self.pid, self.pid_started):
             return False
-        time.sleep(POLL_S)
-    return True
+        try:
+            return os.getpgid(self.pid) == self.pgid
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def _ours(self, proc: psutil.Process) -> bool:
+        if proc.pid == self.pid:
+            return is_alive(self.pid, self.pid_started)
+        try:
+            return proc.environ().get(RUN_ID_VAR) == self.run_id
+        except psutil.Error:  # another user's process, or gone: not verifiably ours
+            return False
+
+    def members(self) -> list[int]:
+        """Pids of the run's live processes in its group, each verified."""
+        if self.pgid is None:
+            return []
+        out = []
+        for pid in group_members(self.pgid):
+            try:
+                if self._ours(psutil.Process(pid)):
+                    out.append(pid)
+            except psutil.Error:
+                continue
+        return out
+
+    def signal(self, sig: signal.Signals) -> bool:
+        """Send `sig` to the run's processes; False if there were none."""
+        if self.leader_alive():
+            assert self.pgid is not None
+            try:
+                os.killpg(self.pgid, sig)
+                return True
+            except ProcessLookupError:
+                return False
+        sent = False
+        for pid in self.members():
+            try:
+                os.kill(pid, sig)
+                sent = True
+            except ProcessLookupError:
+                continue
+        return sent
+
+    def wait_gone(self, timeout_s: float) -> bool:
+        """Poll until none of the run's processes is left; True if that happened in time."""
+        deadline = time.monotonic() + timeout_s
+        while self.members():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_S)
+        return True
+
+    def stop(self, grace_s: float) -> str:
+        """SIGTERM the run's processes, wait up to `grace_s`, then SIGKILL whatever is left.
+
+        Returns:
+            "gone" if nothing was running, "terminated" if SIGTERM sufficed, "killed" otherwise.
+        """
+        if not self.signal(signal.SIGTERM):
+            return "gone"
+        if self.wait_gone(grace_s):
+            return "terminated"
+        self.signal(signal.SIGKILL)
+        self.wait_gone(5.0)
+        return "killed"
 
 
-def stop_group(pgid: int, grace_s: float) -> str:
-    """SIGTERM the whole group, wait up to `grace_s`, then SIGKILL whatever is left.
-
-    Returns:
-        "gone" if nothing was running, "terminated" if SIGTERM sufficed, "killed" otherwise.
-    """
-    if not _signal_group(pgid, signal.SIGTERM):
-        return "gone"
-    if wait_group_gone(pgid, grace_s):
-        return "terminated"
-    _signal_group(pgid, signal.SIGKILL)
-    wait_group_gone(pgid, 5.0)
-    return "killed"
+def leashed(argv: list[str], sig: signal.Signals = signal.SIGTERM) -> list[str]:
+    """`argv` run through `leash.py`, so the child gets `sig` when the thread that started it
+    dies (Linux's parent-death signal): a trainer never outlives its supervisor unobserved,
+    a data preparation never outlives the server. The leash execs `argv` in place (same pid)."""
+    return [sys.executable, "-I", str(LEASH), "--signal", str(int(sig)), "--parent", str(os.getpid()), "--", *argv]

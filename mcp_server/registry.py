@@ -16,14 +16,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mcp_server import paths
-from mcp_server.errors import InvalidInput, NotFound
+from mcp_server import paths, safefiles
+from mcp_server.errors import InvalidInput, NotFound, TrainguardError
 from mcp_server.specs import Scalar, TrainerSpec, resolve_config
 from mcp_server.watchdog import WatchdogConfig
 
-EXPERIMENT_DIR_RE = re.compile(r"^(\d{3})-([a-z0-9][a-z0-9-]*)$")
-REF_RE = re.compile(r"^(\d{1,3})(?:-([a-z0-9][a-z0-9-]*))?$")
-TRAINER_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+EXPERIMENT_DIR_RE = re.compile(r"(\d{3})-([a-z0-9][a-z0-9-]*)")  # every name pattern is matched whole
+REF_RE = re.compile(r"(\d{1,3})(?:-([a-z0-9][a-z0-9-]*))?")
+TRAINER_NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
+MAX_FILE_BYTES = 1 * 2**20  # an experiment.toml, hypothesis or trainer spec is a few KB
 
 
 class ExperimentFile(BaseModel):
@@ -71,7 +72,7 @@ def _experiment_dirs(project: Path) -> list[tuple[Literal["project", "bundled"],
         if not root.is_dir():
             continue
         for child in sorted(root.iterdir()):
-            m = EXPERIMENT_DIR_RE.match(child.name)
+            m = EXPERIMENT_DIR_RE.fullmatch(child.name)
             if m and child.is_dir() and int(m.group(1)) not in found:
                 found[int(m.group(1))] = (source, child)
     return [found[n] for n in sorted(found)]
@@ -85,7 +86,7 @@ def find_experiment_dir(ref: str, project: Path) -> tuple[Literal["project", "bu
         NotFound: if no experiment has that number (the message lists the ones there are).
     """
     ref = str(ref).strip()
-    m = REF_RE.match(ref)
+    m = REF_RE.fullmatch(ref)
     if not m:
         raise InvalidInput(f"experiment {ref!r} is not a number: pass N, NNN or NNN-slug, e.g. '1' or '001'.")
     number, slug = int(m.group(1)), m.group(2)
@@ -111,7 +112,7 @@ def load_experiment(ref: str, project: Path | None = None) -> Experiment:
     project = project or paths.project_root()
     source, folder = find_experiment_dir(ref, project)
     toml_path = folder / "experiment.toml"
-    if not toml_path.is_file():
+    if not toml_path.exists():
         raise NotFound(f"{folder} has no experiment.toml; create it with at least `trainer` and `title`.")
     raw = _read_toml(toml_path)
     try:
@@ -119,7 +120,8 @@ def load_experiment(ref: str, project: Path | None = None) -> Experiment:
     except ValidationError as exc:
         raise InvalidInput(f"{toml_path} is invalid: {_first_errors(exc)}.") from None
     hypothesis_path = folder / "hypothesis.md"
-    if not hypothesis_path.is_file() or not hypothesis_path.read_text(encoding="utf-8").strip():
+    hypothesis = _read_text(hypothesis_path).strip() if hypothesis_path.exists() else ""
+    if not hypothesis:
         raise NotFound(
             f"{folder.name} has no hypothesis: write {hypothesis_path} (what you expect this run to show "
             "and why) before training it."
@@ -136,7 +138,7 @@ def load_experiment(ref: str, project: Path | None = None) -> Experiment:
         trainer=spec_file.trainer,
         python=spec_file.python,
         args=spec_file.args,
-        hypothesis=hypothesis_path.read_text(encoding="utf-8").strip(),
+        hypothesis=hypothesis,
         watchdog=spec_file.watchdog,
     )
 
@@ -148,7 +150,7 @@ def list_experiments(project: Path | None = None) -> list[Experiment | tuple[Pat
     for _, folder in _experiment_dirs(project):
         try:
             out.append(load_experiment(folder.name, project))
-        except (NotFound, InvalidInput) as exc:
+        except TrainguardError as exc:  # one broken experiment never hides the others
             out.append((folder, str(exc)))
     return out
 
@@ -161,11 +163,11 @@ def load_trainer(name: str, project: Path | None = None) -> TrainerSpec:
         InvalidInput: if the spec file fails validation.
     """
     project = project or paths.project_root()
-    if not TRAINER_NAME_RE.match(name):
+    if not isinstance(name, str) or not TRAINER_NAME_RE.fullmatch(name):
         raise InvalidInput(f"trainer name {name!r} must be lower_snake_case, e.g. 'trm_nav'.")
     for folder in (project / "experiments" / "trainers", paths.BUNDLED_TRAINERS):
         path = folder / f"{name}.toml"
-        if path.is_file():
+        if path.exists():
             try:
                 return TrainerSpec.model_validate({**_read_toml(path), "source": path.resolve()})
             except ValidationError as exc:
@@ -178,16 +180,30 @@ def known_trainers(project: Path) -> list[str]:
     names = set()
     for folder in (project / "experiments" / "trainers", paths.BUNDLED_TRAINERS):
         if folder.is_dir():
-            names.update(p.stem for p in folder.glob("*.toml") if TRAINER_NAME_RE.match(p.stem))
+            names.update(p.stem for p in folder.glob("*.toml") if TRAINER_NAME_RE.fullmatch(p.stem))
     return sorted(names)
 
 
+def _read_text(path: Path) -> str:
+    """A project file as text: a regular file (never a FIFO), UTF-8, of a sane size.
+
+    Raises:
+        InvalidInput: naming the file and what is wrong with it.
+    """
+    text = safefiles.read_text(path, what="file")
+    if len(text) > MAX_FILE_BYTES:
+        raise InvalidInput(f"{path} is {len(text):,} characters; an experiment file is a few KB. Shorten it.")
+    return text
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    text = _read_text(path)
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{path} is not valid TOML: {exc}.") from None
+    except RecursionError:
+        raise InvalidInput(f"{path} nests tables or arrays too deeply to read; flatten it.") from None
 
 
 def _first_errors(exc: ValidationError, limit: int = 3) -> str:

@@ -1,7 +1,7 @@
 """The one place that knows a run folder's layout and writes its JSON files atomically.
 
     runs/<run_id>/
-        manifest.json    what was launched: argv, config, env, versions, host (written once)
+        manifest.json    what was launched (`Manifest`): argv, config, env, versions, host (written once)
         state.json       where it is: status, pids, exit code (rewritten as it changes)
         stop_requested   present once someone asked the run to stop
         stdout.log, stderr.log, supervisor.log
@@ -11,20 +11,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-import os
 import re
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mcp_server import procs
+from mcp_server import procs, safefiles
 from mcp_server.errors import InvalidInput, NotFound
+from mcp_server.watchdog import WatchdogConfig
 
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 Status = Literal["starting", "queued", "running", "succeeded", "failed", "stopped", "lost"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "stopped", "lost"})
@@ -49,6 +51,42 @@ class RunState(BaseModel):
     events: list[dict[str, Any]] = []  # watchdog firings: {t, kind, action, detail}
     resource: str | None = None  # gpu or cpu: the slot it needs (slots.py)
     queued_at: float | None = None  # when it started waiting for a slot, if it had to
+    orphaned_at: float | None = None  # when a status check found the supervisor dead and the trainer alive
+
+
+class Manifest(BaseModel):
+    """Contents of `manifest.json`: what was launched, written once before the trainer starts."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str
+    created_at: str
+    experiment: str
+    experiment_dir: str
+    source: str
+    title: str
+    hypothesis: str = ""
+    trainer: str
+    primary_metric: str
+    primary_mode: Literal["min", "max"] = "min"
+    config: dict[str, Any] = Field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str]
+    cwd: str
+    project_dir: str
+    agent: str
+    note: str = ""
+    acknowledged: list[str] = Field(default_factory=list)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    resource: Literal["gpu", "cpu"] = "cpu"
+    stop_grace_s: float = Field(default=30.0, ge=0, description="the trainer's time to checkpoint after SIGTERM")
+    chance: dict[str, float] | None = None  # chance level of an accuracy metric, by name
+    git_commit: str | None = None
+    versions: dict[str, Any] = Field(default_factory=dict)
+    host: dict[str, Any] = Field(default_factory=dict)
+    gpus: list[Any] = Field(default_factory=list)
+    preflight: dict[str, Any] = Field(default_factory=dict)
 
 
 class RunDir:
@@ -67,15 +105,49 @@ class RunDir:
     metrics = property(lambda self: self.path / "metrics.jsonl")
     checkpoints = property(lambda self: self.path / "checkpoints")
 
-    def read_manifest(self) -> dict[str, Any]:
-        return json.loads(self.manifest.read_text(encoding="utf-8"))
+    def read_manifest(self) -> Manifest:
+        """The manifest, validated.
+
+        Raises:
+            InvalidInput: naming the file and what is wrong with it (a link, not JSON, a field).
+        """
+        return _read_model(self.manifest, Manifest, f"run {self.run_id}'s manifest")
 
     def read_state(self) -> RunState:
-        return RunState.model_validate_json(self.state_file.read_text(encoding="utf-8"))
+        """The state, validated (a missing file is a FileNotFoundError: the run is being made).
+
+        Raises:
+            InvalidInput: naming the file and what is wrong with it.
+        """
+        return _read_model(self.state_file, RunState, f"run {self.run_id}'s state")
 
     def write_state(self, state: RunState) -> None:
         state.updated_at = time.time()
         write_json_atomic(self.state_file, state.model_dump())
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's lock: whoever records an outcome for a run without its supervisor
+        (a status check that finds it dead) does it under this, so it is done once."""
+        with safefiles.open_append(self.path / ".lock") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            yield
+
+
+MAX_JSON_BYTES = 16 * 2**20  # a manifest or state is a few KB; anything this big is not ours
+
+
+def _read_model(path: Path, model: type[BaseModel], what: str) -> Any:
+    data = safefiles.read_bytes(path, follow_links=False, limit=MAX_JSON_BYTES)
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": str(exc)}
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise InvalidInput(f"{what} {path} is damaged ({where}: {first['msg']}; {len(errors)} problem(s)); "
+                           "trainguard cannot use this run. Move the folder out of the runs folder, "
+                           "or delete it if it holds nothing you need.") from None
 
 
 def open_run(runs_root: Path, run_id: str) -> RunDir:
@@ -85,10 +157,10 @@ def open_run(runs_root: Path, run_id: str) -> RunDir:
         InvalidInput: if `run_id` is not a plain run id.
         NotFound: if there is no such run.
     """
-    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id) or run_id in (".", ".."):
+    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id) or run_id in (".", ".."):
         raise InvalidInput(f"run_id {run_id!r} is not a run id; call list_runs for the ids there are.")
     path = runs_root / run_id
-    if not (path / "manifest.json").is_file():
+    if not (path / "manifest.json").exists() and not (path / "manifest.json").is_symlink():
         raise NotFound(f"no run {run_id!r} in {runs_root}; call list_runs for the ids there are.")
     if path.is_symlink() or path.resolve().parent != runs_root.resolve():
         raise InvalidInput(f"run {run_id!r} is a link out of {runs_root}; trainguard only reads run folders in it.")
@@ -105,7 +177,8 @@ def all_runs(runs_root: Path) -> list[RunDir]:
     return [
         RunDir(p)
         for p in sorted(runs_root.iterdir())
-        if RUN_ID_RE.match(p.name) and not p.is_symlink() and (p / "manifest.json").is_file()
+        if RUN_ID_RE.fullmatch(p.name) and not p.is_symlink() and p.is_dir()
+        and ((p / "manifest.json").exists() or (p / "manifest.json").is_symlink())
     ]
 
 
@@ -123,18 +196,9 @@ def create_run_dir(runs_root: Path, stem: str) -> RunDir:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temp file in the same folder and a rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON through a temp file in the same folder and a rename: readers never see half a
+    file, and a link at `path` is replaced, never written through."""
+    safefiles.write_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
 def run_pids(runs_root: Path) -> tuple[dict[int, str], dict[int, str]]:
@@ -145,12 +209,12 @@ def run_pids(runs_root: Path) -> tuple[dict[int, str], dict[int, str]]:
     for run in all_runs(runs_root):
         try:
             state = run.read_state()
-        except (OSError, ValueError):
+        except (OSError, InvalidInput):
             continue
         if state.pgid is None:
             continue
         into = finished if state.status in TERMINAL else active
-        for pid in procs.group_members(state.pgid):
+        for pid in procs.RunProcesses(run.run_id, state.pgid, state.pid, state.pid_started).members():
             into.setdefault(pid, run.run_id)
     return active, finished
 

@@ -8,10 +8,13 @@ restarted server all see the same runs.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import getpass
-import json
+import logging
 import os
 import platform
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,14 +25,26 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server import __version__, diagnose, paths, procs, registry, scratchpad, slots, textlog
+from mcp_server import __version__, budget, diagnose, paths, procs, registry, safefiles, scratchpad, slots, textlog
 from mcp_server.curves import load as curves_load
 from mcp_server.curves import plot as curves_plot
 from mcp_server.curves.summary import CurveSummary, find_metric, resolve_metric, summarize, summarize_run_dir
 from mcp_server.errors import Conflict, InvalidInput, NotFound, TrainguardError
 from mcp_server.preflight import Check, PreflightReport, probe_torch, run_preflight
-from mcp_server.rundir import TERMINAL, RunDir, RunState, all_runs, create_run_dir, open_run, write_json_atomic
+from mcp_server.rundir import (
+    TERMINAL,
+    Manifest,
+    RunDir,
+    RunState,
+    all_runs,
+    create_run_dir,
+    open_run,
+    write_json_atomic,
+)
+from mcp_server.safefiles import disk_full
 from mcp_server.specs import Scalar, TrainerSpec, build_argv
+
+log = logging.getLogger("trainguard.runs")
 
 START_TIMEOUT_S = 20.0
 FINALIZE_TIMEOUT_S = 15.0
@@ -66,6 +81,7 @@ class RunInfo(BaseModel):
     failure: str | None
     headline: str
     queue_position: int | None = None  # 1 = next to start, when queued
+    error: str | None = None  # a damaged run folder: what is wrong and what to do
 
 
 class RunStatus(RunInfo):
@@ -74,10 +90,12 @@ class RunStatus(RunInfo):
     epoch: int | None
     epochs: int | None
     latest: dict[str, float | None]
+    latest_omitted: int = 0  # metrics logged but not shown in `latest` (summarize_run has them)
     checkpoints: list[str]
     stderr_tail: str | None
     run_dir: str
-    events: list[dict[str, Any]] = []  # watchdog firings, the last 20
+    events: list[dict[str, Any]] = []  # watchdog firings, the last few
+    events_total: int = 0
 
 
 class StopResult(BaseModel):
@@ -99,6 +117,22 @@ def _git_commit(project: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _now() -> dt.datetime:
+    return dt.datetime.now()
+
+
+def _command(spec: TrainerSpec, report: PreflightReport, project: Path, run: RunDir
+             ) -> tuple[list[str], dict[str, str]]:
+    """The trainer's argv and environment: everything that names a folder names `run`'s own."""
+    argv = build_argv(spec, report.config, python=report.python, project=project, output_dir=run.checkpoints)
+    env = procs.child_env(spec.env) | {
+        procs.RUN_ID_VAR: run.run_id,
+        "TRAINGUARD_RUN_DIR": str(run.path),
+        "TRAINGUARD_METRICS": str(run.metrics),
+    }
+    return argv, env
+
+
 def launch(
     experiment: str,
     overrides: dict[str, Any] | None = None,
@@ -111,9 +145,12 @@ def launch(
 ) -> LaunchResult:
     """Re-run pre-flight, then start the experiment's trainer under a supervisor.
 
+    All or nothing: the run folder is made first, everything the run is told (argv, env) names
+    that folder, and a launch that fails part-way removes what it made.
+
     Raises:
-        Conflict: if pre-flight fails (the message lists the failed checks and their fixes), or a
-            danger rule fires that `acknowledge` does not name.
+        Conflict: if pre-flight fails (the message lists the failed checks and their fixes), a
+            danger rule fires that `acknowledge` does not name, or the disk is full.
         NotFound / InvalidInput: for an unknown experiment, a bad override or an unknown rule id.
     """
     project = project or paths.project_root()
@@ -125,64 +162,71 @@ def launch(
         raise Conflict(f"pre-flight failed for {exp.id}, nothing launched. " + " | ".join(fixes))
 
     root = paths.runs_root(project)
-    stem = f"{exp.id}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    run = RunDir(root / stem)  # the folder is only created once the launch is sure to go ahead
-    argv = build_argv(spec, report.config, python=report.python, project=project, output_dir=run.checkpoints)
-    env = procs.child_env(spec.env) | {
-        "TRAINGUARD_RUN_ID": run.run_id,
-        "TRAINGUARD_RUN_DIR": str(run.path),
-        "TRAINGUARD_METRICS": str(run.metrics),
-    }
+    stem = f"{exp.id}-{_now():%Y%m%d-%H%M%S}"
     notes = [c for c in report.checks if c.verdict != "pass"]
     if dry_run:
+        # Nothing is made: the folder shown is the name a launch now would start from.
+        argv, env = _command(spec, report, project, RunDir(root / stem))
         return LaunchResult(
-            run_id=None, status="dry_run", dry_run=True, run_dir=str(run.path), argv=argv, env=env, pid=None,
+            run_id=None, status="dry_run", dry_run=True, run_dir=str(root / stem), argv=argv, env=env, pid=None,
             config=report.config, preflight_verdict=report.verdict, preflight_notes=notes, acknowledged=[],
             next_step="Nothing was started. Call launch_run without dry_run to start it.",
         )
 
     acknowledged = _check_acknowledged(spec, report, acknowledge or [])
-    run = create_run_dir(root, stem)
-    run.checkpoints.mkdir()
     torch_info = probe_torch(report.python)
-    manifest = {
-        "run_id": run.run_id,
-        "created_at": dt.datetime.now().isoformat(timespec="seconds"),
-        "experiment": exp.id,
-        "experiment_dir": str(exp.dir),
-        "source": exp.source,
-        "title": exp.title,
-        "hypothesis": exp.hypothesis,
-        "trainer": spec.name,
-        "primary_metric": spec.primary_metric,
-        "primary_mode": spec.primary_mode,
-        "config": report.config,
-        "overrides": report.overrides,
-        "argv": argv,
-        "env": env,
-        "cwd": str(project),
-        "project_dir": str(project),
-        "agent": agent,
-        "note": note,
-        "acknowledged": acknowledged,
-        "watchdog": exp.watchdog.model_dump(),
-        "resource": "gpu" if torch_info.get("devices") and report.config.get("device") not in ("cpu", "mps") else "cpu",
-        "git_commit": _git_commit(project),
-        "versions": {
-            "trainguard": __version__,
-            "python": torch_info.get("python"),
-            "torch": torch_info.get("torch"),
-            "cuda": torch_info.get("cuda"),
-            "hip": torch_info.get("hip"),
-        },
-        "host": {"hostname": socket.gethostname(), "platform": platform.platform(), "user": getpass.getuser()},
-        "gpus": torch_info.get("devices", []),
-        "preflight": {"verdict": report.verdict, "warnings": [c.detail for c in report.checks if c.verdict == "warn"]},
-    }
-    write_json_atomic(run.manifest, manifest)
-    run.write_state(RunState(status="starting", updated_at=time.time()))
-    _start_supervisor(run)
-    state = _wait_started(run)
+    try:
+        run = create_run_dir(root, stem)
+    except OSError as exc:
+        raise _launch_error(root, exc) from None
+    try:
+        argv, env = _command(spec, report, project, run)
+        run.checkpoints.mkdir()
+        manifest = Manifest(
+            run_id=run.run_id,
+            created_at=_now().isoformat(timespec="seconds"),
+            experiment=exp.id,
+            experiment_dir=str(exp.dir),
+            source=exp.source,
+            title=exp.title,
+            hypothesis=exp.hypothesis,
+            trainer=spec.name,
+            primary_metric=spec.primary_metric,
+            primary_mode=spec.primary_mode,
+            config=report.config,
+            overrides=report.overrides,
+            argv=argv,
+            env=env,
+            cwd=str(project),
+            project_dir=str(project),
+            agent=agent,
+            note=note,
+            acknowledged=acknowledged,
+            watchdog=exp.watchdog,
+            resource="gpu" if torch_info.get("devices") and report.config.get("device") not in ("cpu", "mps")
+            else "cpu",
+            git_commit=_git_commit(project),
+            versions={
+                "trainguard": __version__,
+                "python": torch_info.get("python"),
+                "torch": torch_info.get("torch"),
+                "cuda": torch_info.get("cuda"),
+                "hip": torch_info.get("hip"),
+            },
+            host={"hostname": socket.gethostname(), "platform": platform.platform(), "user": getpass.getuser()},
+            gpus=torch_info.get("devices", []),
+            preflight={"verdict": report.verdict,
+                       "warnings": [c.detail for c in report.checks if c.verdict == "warn"]},
+        )
+        # The state first: a folder with a manifest is a run, and every run has a state.
+        run.write_state(RunState(status="starting", updated_at=time.time()))
+        write_json_atomic(run.manifest, manifest.model_dump(mode="json"))
+        state = _wait_started(run, _start_supervisor(run))
+    except BaseException as exc:
+        _discard(run)
+        if isinstance(exc, OSError):
+            raise _launch_error(root, exc) from None
+        raise
 
     parts = [f"launched {run.run_id} ({exp.title})"]
     if report.overrides:
@@ -191,15 +235,34 @@ def launch(
         parts.append(f"acknowledged danger rules: {', '.join(acknowledged)}")
     if note:
         parts.append(f"note: {note}")
-    scratchpad.append(project, agent, "; ".join(parts), kind="launch")
+    pad_note = ""
+    try:
+        scratchpad.append(project, agent, "; ".join(parts), kind="launch")
+    except (OSError, TrainguardError) as exc:  # the run is started: say so, whatever the scratchpad does
+        pad_note = f" (The scratchpad entry was not written: {exc}.)"
     return LaunchResult(
         run_id=run.run_id, status=state.status, dry_run=False, run_dir=str(run.path), argv=argv, env=env,
         pid=state.pid, config=report.config, preflight_verdict=report.verdict, preflight_notes=notes,
         acknowledged=acknowledged,
         next_step=(f"Queued: it starts when a {state.resource or 'device'} slot frees; stop_run cancels it. "
                    if state.status == "queued" else "")
-        + f"wait_run('{run.run_id}') waits for its end or a watchdog event; then summarize_run.",
+        + f"wait_run('{run.run_id}') waits for its end or a watchdog event; then summarize_run." + pad_note,
     )
+
+
+def _launch_error(root: Path, exc: OSError) -> TrainguardError:
+    """What a launch that failed on the file system tells the caller (nothing was left behind)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        full = disk_full(root) or f"disk full on {root}"
+        return Conflict(f"{full}; nothing launched and nothing left behind. Free space (old runs' checkpoints) "
+                        "or move TRAINGUARD_RUNS_DIR to a bigger disk, then launch again.")
+    return TrainguardError(f"could not create the run in {root}: {exc.strerror or exc}; nothing launched. "
+                           "Check that the folder is writable, or set TRAINGUARD_RUNS_DIR.")
+
+
+def _discard(run: RunDir) -> None:
+    """Remove a run folder a failed launch made (never following a link out of it)."""
+    shutil.rmtree(run.path, ignore_errors=True)
 
 
 def _check_acknowledged(spec: TrainerSpec, report: PreflightReport, acknowledge: list[str]) -> list[str]:
@@ -220,10 +283,10 @@ def _check_acknowledged(spec: TrainerSpec, report: PreflightReport, acknowledge:
     return list(report.danger_fired)
 
 
-def _start_supervisor(run: RunDir) -> None:
+def _start_supervisor(run: RunDir) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.PLUGIN_ROOT), env.get("PYTHONPATH")]))
-    with run.supervisor_log.open("ab") as log:
+    with safefiles.open_append(run.supervisor_log) as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mcp_server.supervisor", str(run.path)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=str(paths.PLUGIN_ROOT),
@@ -231,71 +294,163 @@ def _start_supervisor(run: RunDir) -> None:
         )
     # Reap it when it exits so no zombie lingers while this server lives.
     threading.Thread(target=proc.wait, name=f"reap-{run.run_id}", daemon=True).start()
+    return proc
 
 
-def _wait_started(run: RunDir) -> RunState:
+def _wait_started(run: RunDir, proc: subprocess.Popen) -> RunState:
+    """The state once the supervisor has queued or started the trainer.
+
+    Raises:
+        TrainguardError: if the supervisor ended first or did not get that far in time (its
+            process is then killed; the caller removes the folder).
+        OSError: ENOSPC when the supervisor found the disk full before the trainer started.
+    """
     deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
+    while True:
         state = run.read_state()
+        if state.status == "failed" and state.pid is None and (state.failure or "").startswith("disk full"):
+            raise OSError(errno.ENOSPC, state.failure)
         if state.status != "starting":
             return state
+        if proc.poll() is not None:
+            state = run.read_state()
+            if state.status != "starting":
+                continue
+            full = disk_full(run.path)
+            if full:
+                raise OSError(errno.ENOSPC, full)
+            raise TrainguardError(f"the run's supervisor exited before starting the trainer: "
+                                  f"{textlog.tail(run.supervisor_log, lines=3, max_chars=500) or 'no output'}")
+        if time.monotonic() >= deadline:
+            proc.kill()  # our own child: nothing else can hold its pid while it is unreaped
+            raise TrainguardError(f"the run's supervisor did not start the trainer within {START_TIMEOUT_S:.0f} s "
+                                  "(the machine may be overloaded); nothing launched. Try again.")
         time.sleep(0.05)
-    state = refresh(run)
-    if state.status == "starting":
-        raise TrainguardError(
-            f"run {run.run_id} did not start within {START_TIMEOUT_S:.0f} s; see {run.supervisor_log}."
-        )
-    return state
+
+
+def _processes(run: RunDir, state: RunState) -> procs.RunProcesses:
+    return procs.RunProcesses(run.run_id, state.pgid, state.pid, state.pid_started)
 
 
 def refresh(run: RunDir) -> RunState:
-    """The run's state, corrected if its supervisor died without recording an outcome."""
+    """The run's state, corrected if its supervisor died without recording an outcome.
+
+    A run whose supervisor is gone is never forgotten: while any of its processes lives it is
+    sent SIGTERM (it checkpoints; its slot stays taken until it exits), then SIGKILL after the
+    stop grace; once none is left it is `lost`, with a finish entry in the scratchpad.
+    """
     state = run.read_state()
-    if state.status in TERMINAL:
-        return state
-    if procs.is_alive(state.supervisor_pid, state.supervisor_started):
+    if state.status in TERMINAL or procs.is_alive(state.supervisor_pid, state.supervisor_started):
         return state
     if state.status == "starting" and state.supervisor_pid is None and time.time() - state.updated_at < START_TIMEOUT_S:
         return state  # the supervisor is still coming up
-    state = run.read_state()  # it may have finished between the two reads
-    if state.status in TERMINAL or procs.is_alive(state.pid, state.pid_started):
-        return state
-    state.status = "lost"
-    state.failure = "the supervisor ended without recording how the trainer ended"
-    state.finished_at = time.time()
-    run.write_state(state)
+    with run.lock():
+        state = run.read_state()  # it may have finished, or another caller recorded it, meanwhile
+        if state.status in TERMINAL or procs.is_alive(state.supervisor_pid, state.supervisor_started):
+            return state
+        orphans = _processes(run, state)
+        if orphans.members():
+            now = time.time()
+            if state.orphaned_at is None:
+                state.orphaned_at = now
+                orphans.signal(signal.SIGTERM)
+                run.write_state(state)
+            elif now - state.orphaned_at > run.read_manifest().stop_grace_s:
+                orphans.signal(signal.SIGKILL)
+            return state
+        state.status = "lost"
+        state.failure = "the supervisor ended without recording how the trainer ended" + (
+            "; its trainer was stopped with it (SIGTERM: it saves a checkpoint)" if state.pid is not None
+            else "; its trainer had not started")
+        state.finished_at = time.time()
+        run.write_state(state)
+        _scratchpad_lost(run, state)
     return state
 
 
-def _info_fields(run: RunDir, manifest: dict[str, Any], state: RunState) -> dict[str, Any]:
+def _scratchpad_lost(run: RunDir, state: RunState) -> None:
+    try:
+        manifest = run.read_manifest()
+        scratchpad.append(Path(manifest.project_dir), manifest.agent,
+                          f"run {run.run_id} lost ({state.failure}); resume_run continues it from its last checkpoint",
+                          kind="finish")
+    except (OSError, TrainguardError) as exc:
+        log.warning("scratchpad not written for %s: %s", run.run_id, exc)
+
+
+def _info_fields(run: RunDir, manifest: Manifest, state: RunState) -> tuple[dict[str, Any], CurveSummary]:
     end = state.finished_at or time.time()
     summary = summarize_run_dir(run.path, manifest)
     return {
         "run_id": run.run_id,
-        "experiment": manifest["experiment"],
+        "experiment": manifest.experiment,
         "status": state.status,
-        "created_at": manifest["created_at"],
+        "created_at": manifest.created_at,
         "elapsed_s": round(end - state.started_at, 1) if state.started_at else None,
         "pid": state.pid,
         "exit_code": state.exit_code,
         "signal": state.signal,
-        "failure": state.failure,
-        "headline": summary.headline,
+        "failure": budget.clip(state.failure, 300),
+        "headline": budget.clip(summary.headline, 240),
         "queue_position": (len(slots.queued_before(run.path.parent, run.run_id, state.resource or "cpu",
                                                     state.queued_at or time.time())) + 1
                            if state.status == "queued" else None),
     }, summary
 
 
-def list_runs(project: Path | None = None, limit: int = 50) -> list[RunInfo]:
-    """The most recent runs, newest first."""
-    runs = all_runs(paths.runs_root(project or paths.project_root()))
-    runs.sort(key=lambda r: r.manifest.stat().st_mtime, reverse=True)
-    out = []
-    for run in runs[:limit]:
-        fields, _ = _info_fields(run, run.read_manifest(), refresh(run))
-        out.append(RunInfo(**fields))
-    return out
+class RunPage(BaseModel):
+    """A page of `list_runs`, newest first."""
+
+    runs: list[RunInfo]
+    total: int  # runs in the folder
+    offset: int
+    next_offset: int | None  # pass it as offset for the next page; None on the last one
+    runs_dir: str
+
+
+def _created(run: RunDir) -> float:
+    try:
+        return os.lstat(run.manifest).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _info(run: RunDir) -> RunInfo:
+    """One run's row; a damaged run is a row that says what is wrong and what to do."""
+    try:
+        manifest = run.read_manifest()
+        fields, _ = _info_fields(run, manifest, refresh(run))
+        return RunInfo(**fields)
+    except FileNotFoundError:
+        return RunInfo(run_id=run.run_id, experiment="?", status="damaged", created_at="", elapsed_s=None, pid=None,
+                       exit_code=None, signal=None, failure=None, headline="",
+                       error=f"{run.state_file} is missing: the launch that made it did not finish. "
+                             "Delete the folder if it holds nothing you need.")
+    except TrainguardError as exc:
+        return RunInfo(run_id=run.run_id, experiment="?", status="damaged", created_at="", elapsed_s=None, pid=None,
+                       exit_code=None, signal=None, failure=None, headline="", error=budget.clip(str(exc), 400))
+
+
+def list_runs(project: Path | None = None, limit: int = 20, offset: int = 0) -> RunPage:
+    """A page of the runs, newest first, within the answer budget (a page may hold fewer than
+    `limit` runs; `next_offset` says where the next one starts)."""
+    root = paths.runs_root(project or paths.project_root())
+    found = sorted(all_runs(root), key=_created, reverse=True)
+    rows: list[RunInfo] = []
+    used = 0
+    for run in found[offset:offset + limit]:
+        row = _info(run)
+        size = len(row.model_dump_json(exclude_none=True)) + 1
+        if rows and used + size > budget.LIST_CHARS:
+            break
+        rows.append(row)
+        used += size
+    end = offset + len(rows)
+    return RunPage(runs=rows, total=len(found), offset=offset, next_offset=end if end < len(found) else None,
+                   runs_dir=str(root))
+
+
+MAX_LATEST = 24  # metrics shown in run_status: the primary first, then the summary's order
 
 
 def status(run_id: str, project: Path | None = None) -> RunStatus:
@@ -304,34 +459,57 @@ def status(run_id: str, project: Path | None = None) -> RunStatus:
     manifest, state = run.read_manifest(), refresh(run)
     fields, summary = _info_fields(run, manifest, state)
     shown = ([summary.primary] if summary.primary else []) + summary.metrics
-    latest = {m.name: m.last.value for m in shown if m.last is not None}
+    latest = {budget.clip(m.name, 80): m.last.value for m in shown[:MAX_LATEST] if m.last is not None}
+    omitted = len(shown) - min(len(shown), MAX_LATEST) + len(summary.omitted_metrics)
     epochs = [int(m.last.epoch) for m in shown if m.last is not None and m.last.epoch is not None]
     ckpts = _list_outputs(run.checkpoints)
+    epochs_cfg = manifest.config.get("epochs")
     return RunStatus(
         **fields,
         epoch=max(epochs) if epochs else None,
-        epochs=manifest["config"].get("epochs"),
+        epochs=epochs_cfg if isinstance(epochs_cfg, int) and not isinstance(epochs_cfg, bool) else None,
         latest=latest,
+        latest_omitted=omitted,
         checkpoints=ckpts,
         stderr_tail=textlog.tail(run.stderr) if state.status in ("failed", "lost") else None,
         run_dir=str(run.path),
-        events=state.events[-20:],
+        events=[_short_event(e) for e in state.events[-MAX_EVENTS:]],
+        events_total=len(state.events),
     )
 
 
-MAX_LISTED_FILES = 40
+MAX_EVENTS = 8
+
+
+def _short_event(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: budget.clip(v, 200) if isinstance(v, str) else v for k, v in list(event.items())[:6]}
+
+
+MAX_LISTED_FILES = 20
 
 
 def _list_outputs(folder: Path) -> list[str]:
-    """Files the trainer wrote (relative paths, models/ppo.pth too), temp files left out, bounded."""
-    found = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-            found.append(str(rel))
-            if len(found) == MAX_LISTED_FILES:
-                found.append("...")
-                break
+    """Regular files the trainer wrote (relative paths, models/ppo.pth too), breadth first,
+    never through a link, temp and hidden files left out, bounded."""
+    found: list[str] = []
+    level = [folder]
+    for _ in range(8):
+        below = []
+        for current in level:
+            try:
+                entries = sorted(os.scandir(current), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name.startswith(".") or entry.is_symlink():
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    below.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    if len(found) == MAX_LISTED_FILES:
+                        return [*found, "..."]
+                    found.append(budget.clip(str(Path(entry.path).relative_to(folder)), 160))
+        level = below
     return found
 
 
@@ -341,7 +519,7 @@ def summary(run_id: str, project: Path | None = None, primary_metric: str | None
     run = open_run(paths.runs_root(project or paths.project_root()), run_id)
     manifest, state = run.read_manifest(), refresh(run)
     fields, summ = _info_fields(run, manifest, state)
-    if primary_metric and primary_metric != manifest["primary_metric"]:
+    if primary_metric and primary_metric != manifest.primary_metric:
         with curves_load.loaded(run.path) as found:
             summ = summarize(found, primary_metric)
     return RunInfo(**fields), summ
@@ -362,14 +540,15 @@ def plot(run_id: str, metrics: list[str] | None = None, project: Path | None = N
                 raise InvalidInput(f"run {run_id} has no metric {', '.join(map(repr, unknown))}; it has: "
                                    + ", ".join(list(curves.series)[:30]))
         else:
-            names = curves_plot.default_metrics(curves, resolve_metric(curves, manifest["primary_metric"]))
+            names = curves_plot.default_metrics(curves, resolve_metric(curves, manifest.primary_metric))
         out = run.path / "plot.png"
-        drawn = curves_plot.plot_curves(curves, names, f"{run_id} ({manifest['title'][:60]})", out)
+        drawn = curves_plot.plot_curves(curves, names, f"{run_id} ({manifest.title[:60]})", out)
     return out, drawn
 
 
 def stop(run_id: str, grace_s: float = 30.0, project: Path | None = None) -> StopResult:
-    """Ask the trainer to stop (SIGTERM: it checkpoints), then SIGKILL its whole group after `grace_s`."""
+    """Ask the trainer to stop (SIGTERM: it checkpoints), then SIGKILL what is left of it after
+    `grace_s`. Only processes verified as the run's are signalled (procs.RunProcesses)."""
     run = open_run(paths.runs_root(project or paths.project_root()), run_id)
     state = refresh(run)
     if state.status in TERMINAL:
@@ -377,22 +556,21 @@ def stop(run_id: str, grace_s: float = 30.0, project: Path | None = None) -> Sto
             run_id=run_id, status=state.status, how="none", processes_left=0,
             message=f"run already ended ({state.status}); nothing to stop.",
         )
-    run.stop_marker.write_text(json.dumps({"requested_at": time.time()}), encoding="utf-8")
+    write_json_atomic(run.stop_marker, {"requested_at": time.time()})
     deadline = time.monotonic() + START_TIMEOUT_S
     while state.pgid is None and state.status not in TERMINAL and time.monotonic() < deadline:
         time.sleep(0.05)
         state = refresh(run)
     how = "none"
     if state.pgid is not None and state.status not in TERMINAL:
-        if procs.is_alive(state.pid, state.pid_started) or procs.group_members(state.pgid):
-            how = procs.stop_group(state.pgid, grace_s)
+        how = _processes(run, state).stop(grace_s)
     deadline = time.monotonic() + FINALIZE_TIMEOUT_S
     while state.status not in TERMINAL and time.monotonic() < deadline:
         time.sleep(0.05)
         state = refresh(run)
     if how == "none" and state.status == "stopped" and state.pid is None:
         how = "cancelled while queued"
-    left = len(procs.group_members(state.pgid)) if state.pgid else 0
+    left = len(_processes(run, state).members())
     return StopResult(
         run_id=run_id, status=state.status, how=how, processes_left=left,
         message=f"run {state.status}; " + ("no process of it is left." if not left else f"{left} processes remain!"),
@@ -421,7 +599,7 @@ def tail_log(run_id: str, stream: str = "stderr", lines: int = 50, pattern: str 
     path = {"stderr": run.stderr, "stdout": run.stdout, "metrics": run.metrics,
             "supervisor": run.supervisor_log}[stream]
     picked, matched, truncated = textlog.tail_lines(path, lines, pattern)
-    size = path.stat().st_size if path.is_file() else 0
+    size = os.lstat(path).st_size if safefiles.is_regular(path) else 0
     return textlog.LogTail(run_id=run_id, stream=stream, lines=picked, matched=matched, truncated=truncated,
                            file_bytes=size)
 
@@ -452,12 +630,12 @@ def resume_run(
     if state.status not in TERMINAL:
         raise Conflict(f"run {run_id} is {state.status}; stop_run it first, then resume it.")
     manifest = run.read_manifest()
-    spec = registry.load_trainer(manifest["trainer"], project)
+    spec = registry.load_trainer(manifest.trainer, project)
     if not spec.resume_checkpoint:
         raise InvalidInput(f"trainer {spec.name!r} names no resume_checkpoint in its spec, so its runs cannot be "
                            "resumed; launch_run the experiment again instead.")
-    found = sorted((p for p in run.checkpoints.glob(spec.resume_checkpoint) if p.is_file()),
-                   key=lambda p: p.stat().st_mtime)
+    found = sorted((p for p in run.checkpoints.glob(spec.resume_checkpoint) if safefiles.is_regular(p)),
+                   key=lambda p: os.lstat(p).st_mtime)
     if not found:
         raise NotFound(f"run {run_id} left no checkpoint matching {spec.resume_checkpoint!r} in {run.checkpoints} "
                        "(it ended before its first one); launch_run the experiment again instead.")
@@ -465,9 +643,9 @@ def resume_run(
     if not checkpoint.resolve().is_relative_to(project.resolve()):
         raise InvalidInput(f"the checkpoint {checkpoint} is outside the project {project} (TRAINGUARD_RUNS_DIR?); "
                            "copy it into the project and pass it as the resume override of launch_run.")
-    merged = {**manifest.get("overrides", {}), **(overrides or {}),
+    merged = {**manifest.overrides, **(overrides or {}),
               "resume": str(checkpoint.resolve().relative_to(project.resolve()))}
-    acks = sorted(set(manifest.get("acknowledged", [])) | set(acknowledge or []))
+    acks = sorted(set(manifest.acknowledged) | set(acknowledge or []))
     why = f"resume of {run_id} from {checkpoint.name}" + (f"; {note}" if note else "")
-    return launch(manifest["experiment"], merged, note=why, agent=agent, acknowledge=acks, dry_run=dry_run,
+    return launch(manifest.experiment, merged, note=why, agent=agent, acknowledge=acks, dry_run=dry_run,
                   project=project)

@@ -15,14 +15,13 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from mcp_server import paths
+from mcp_server import paths, safefiles, textlog
 from mcp_server.errors import InvalidInput
 
-AGENT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-DATE_FILE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}\.md$")
-KIND_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+AGENT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # matched whole (fullmatch): no trailing newline
+DATE_FILE_RE = re.compile(r"\d{4}-\d{2}-\d{2}\.md")
+KIND_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 MAX_ENTRY_CHARS = 4000
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class ScratchpadFile(BaseModel):
@@ -37,7 +36,7 @@ class ScratchpadFile(BaseModel):
 
 def agent_dir(project: Path, agent: str) -> Path:
     """The folder of one agent's scratchpad, with the agent name checked."""
-    if not isinstance(agent, str) or not AGENT_RE.match(agent):
+    if not isinstance(agent, str) or not AGENT_RE.fullmatch(agent):
         raise InvalidInput(
             f"agent {agent!r} is not a scratchpad name: use lower-case letters, digits, '-' or '_' "
             "(e.g. 'training-runner', 'coordinator')."
@@ -47,8 +46,9 @@ def agent_dir(project: Path, agent: str) -> Path:
 
 
 def clean_text(text: str, limit: int = MAX_ENTRY_CHARS) -> str:
-    """Drop control characters (keeping tabs and newlines) and bound the length."""
-    text = _CONTROL.sub("", text.replace("\r\n", "\n")).strip()
+    """Make every line break a newline, drop control characters and bidi overrides (keeping
+    tabs), and bound the length: an entry cannot hide text or pass a line off as another entry."""
+    text = textlog.sanitize(text).strip()
     if len(text) > limit:
         raise InvalidInput(f"entry is {len(text)} characters; keep it under {limit} (summarise, don't paste logs).")
     return text
@@ -60,7 +60,7 @@ def append(project: Path, agent: str, text: str, kind: str = "note", now: dt.dat
     Returns:
         The path of the file written.
     """
-    if not KIND_RE.match(kind):
+    if not isinstance(kind, str) or not KIND_RE.fullmatch(kind):
         raise InvalidInput(f"kind {kind!r} must be a short lower-case word such as 'note' or 'gpu'.")
     body = clean_text(text)
     if not body:
@@ -71,17 +71,17 @@ def append(project: Path, agent: str, text: str, kind: str = "note", now: dt.dat
     path = folder / f"{now:%Y-%m-%d}.md"
     lines = body.split("\n")
     entry = f"- {now:%H:%M} [{kind}] {lines[0]}\n" + "".join(f"  {line}\n" for line in lines[1:])
-    with path.open("a", encoding="utf-8") as fh:
+    with safefiles.open_append(path) as fh:
         # The supervisor and the server may append at once: lock so entries never interleave.
         fcntl.flock(fh, fcntl.LOCK_EX)
-        if fh.tell() == 0:
-            fh.write(f"# {agent} scratchpad, {now:%Y-%m-%d}\n\n")
-        fh.write(entry)
+        if fh.seek(0, 2) == 0:
+            fh.write(f"# {agent} scratchpad, {now:%Y-%m-%d}\n\n".encode())
+        fh.write(entry.encode())
     return path
 
 
 def _read_tail(agent: str, path: Path, max_chars: int) -> ScratchpadFile:
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = safefiles.read_bytes(path, follow_links=False).decode("utf-8", errors="replace")
     truncated = len(text) > max_chars
     if truncated:
         text = "...\n" + text[-max_chars:]
@@ -93,7 +93,7 @@ def day_files(project: Path, agent: str) -> list[Path]:
     folder = agent_dir(project, agent)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if DATE_FILE_RE.match(p.name) and p.is_file())
+    return sorted(p for p in folder.iterdir() if DATE_FILE_RE.fullmatch(p.name) and safefiles.is_regular(p))
 
 
 def latest(project: Path, agent: str, before: dt.date | None, max_chars: int) -> ScratchpadFile | None:
@@ -107,4 +107,4 @@ def latest(project: Path, agent: str, before: dt.date | None, max_chars: int) ->
 def today(project: Path, agent: str, max_chars: int, now: dt.date | None = None) -> ScratchpadFile | None:
     """The agent's file for today, if it has written one."""
     path = agent_dir(project, agent) / f"{(now or dt.date.today()):%Y-%m-%d}.md"
-    return _read_tail(agent, path, max_chars) if path.is_file() else None
+    return _read_tail(agent, path, max_chars) if safefiles.is_regular(path) else None

@@ -21,7 +21,7 @@ import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from mcp_server import __version__, diagnose, gpu, memory, paths, prepare, registry, runs, scratchpad, textlog
 from mcp_server.compare import Comparison
@@ -49,8 +49,28 @@ WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempoten
 DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
 
 
+def _answer(result: Any) -> Any:
+    """A model as the answer the client gets: compact JSON text (no indentation, no nulls: the
+    budget is counted in characters) beside the full structured content."""
+    if isinstance(result, BaseModel):
+        return CallToolResult(content=[TextContent(type="text", text=result.model_dump_json(exclude_none=True))],
+                              structured_content=result.model_dump(mode="json", by_alias=True))
+    return result
+
+
+def _tool_error(name: str, exc: BaseException) -> ToolError:
+    """The error the model reads: a TrainguardError's own message, else what failed and where to look."""
+    if isinstance(exc, TrainguardError):
+        return ToolError(str(exc))
+    log.exception("tool %s failed", name)
+    return ToolError(f"{name} failed unexpectedly ({type(exc).__name__}: {str(exc)[:300]}). This is a trainguard bug; "
+                     "the server's log (stderr) has the traceback. Try the call again, or the CLI's same command.")
+
+
 def tool(annotations: ToolAnnotations) -> Callable[[F], F]:
-    """Register a function as a tool whose `TrainguardError`s reach the model as `ToolError`s."""
+    """Register a function as a tool. Its `TrainguardError`s reach the model as `ToolError`s with
+    their message; anything else as a `ToolError` that names it (never a bare "Error executing
+    tool"); a returned model as compact JSON."""
 
     def register(fn: F) -> F:
         if inspect.iscoroutinefunction(fn):
@@ -58,17 +78,17 @@ def tool(annotations: ToolAnnotations) -> Callable[[F], F]:
             @functools.wraps(fn)
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
-                    return await fn(*args, **kwargs)
-                except TrainguardError as exc:
-                    raise ToolError(str(exc)) from exc
+                    return _answer(await fn(*args, **kwargs))
+                except Exception as exc:  # noqa: BLE001 - the top level: every failure becomes a ToolError
+                    raise _tool_error(fn.__name__, exc) from exc
         else:
 
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
-                    return fn(*args, **kwargs)
-                except TrainguardError as exc:
-                    raise ToolError(str(exc)) from exc
+                    return _answer(fn(*args, **kwargs))
+                except Exception as exc:  # noqa: BLE001 - the top level: every failure becomes a ToolError
+                    raise _tool_error(fn.__name__, exc) from exc
 
         mcp.add_tool(wrapper, annotations=annotations)
         return fn
@@ -89,11 +109,6 @@ class ExperimentInfo(BaseModel):
 class ExperimentList(BaseModel):
     experiments: list[ExperimentInfo]
     project_dir: str
-
-
-class RunList(BaseModel):
-    runs: list[runs.RunInfo]
-    runs_dir: str
 
 
 class RunSummaryResult(BaseModel):
@@ -160,11 +175,13 @@ def estimate_memory(
 
 
 @tool(WRITES)
-def prepare_data(experiment: str | int, overrides: dict[str, Scalar] | None = None) -> prepare.PrepareResult:
+async def prepare_data(experiment: str | int, overrides: dict[str, Scalar] | None = None) -> prepare.PrepareResult:
     """Create the data an experiment needs when pre-flight reports a data path missing and offers
     this tool as the fix (e.g. the image folder built from real photographs). Runs the trainer
-    spec's own preparation command; never touches data that exists. Can take minutes."""
-    return prepare.prepare_data(str(experiment), overrides)
+    spec's own preparation command (project code) in its own process group; cancelling the call
+    stops it, and a second call for the same path while one runs is refused. Never touches data
+    that exists. Can take minutes."""
+    return await prepare.prepare_data_async(str(experiment), overrides)
 
 
 @tool(WRITES)
@@ -187,11 +204,13 @@ def launch_run(
 
 
 @tool(READ_ONLY)
-def list_runs(limit: int = 20) -> RunList:
-    """List recent runs, newest first: id, experiment, status (running, succeeded, failed, stopped,
-    lost), elapsed time, exit code and a one-line headline of the primary metric. Cheap."""
-    limit = max(1, min(int(limit), 200))
-    return RunList(runs=runs.list_runs(limit=limit), runs_dir=str(paths.runs_root()))
+def list_runs(limit: Annotated[int, Field(ge=1, le=100)] = 20,
+              offset: Annotated[int, Field(ge=0)] = 0) -> runs.RunPage:
+    """List runs, newest first: id, experiment, status (queued with its position, running,
+    succeeded, failed, stopped, lost; a damaged folder with its error), elapsed time, exit code
+    and a one-line headline of the primary metric. Pages: `total` runs in all, and
+    `next_offset` to pass as `offset` for the next page (a page stops early to stay short). Cheap."""
+    return runs.list_runs(limit=limit, offset=offset)
 
 
 @tool(READ_ONLY)

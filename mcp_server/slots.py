@@ -1,9 +1,11 @@
 """One GPU, one job: run slots and the FIFO queue in front of them.
 
 A run needs a slot of its resource (`gpu` or `cpu`) before its trainer starts. A slot is an
-exclusive `flock` on `runs/.slots/<resource>-<i>.lock`, held by the run's supervisor for the
-trainer's whole life and released by the kernel when the supervisor exits, however it exits:
-no stale locks, and two launches racing for one GPU can never both hold it. Runs waiting for
+exclusive `flock` on `runs/.slots/<resource>-<i>.lock`, taken by the run's supervisor and
+inherited by the trainer (the same open file, passed down), so the kernel holds it while either
+of them lives and releases it when both have exited, however they exit: no stale locks, a
+trainer that outlives a killed supervisor still holds its slot, and two launches racing for one
+GPU can never both hold it. Runs waiting for
 a slot are `queued`; only the oldest queued run of a resource may take a free slot (FIFO).
 The counts: one per visible GPU (`TRAINGUARD_GPU_SLOTS` overrides), CPU runs as many as the
 cores allow (`TRAINGUARD_CPU_SLOTS`, default the core count).
@@ -16,7 +18,8 @@ import os
 from pathlib import Path
 from typing import IO
 
-from mcp_server import procs
+from mcp_server import procs, safefiles
+from mcp_server.errors import InvalidInput
 from mcp_server.rundir import RunState, all_runs
 
 
@@ -34,8 +37,10 @@ def try_acquire(runs_root: Path, resource: str, count: int) -> IO[bytes] | None:
     """An open, exclusively locked slot file, or None when every slot is taken. Keep it open."""
     folder = runs_root / ".slots"
     folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_symlink():
+        raise safefiles.NotRegular(f"{folder} is a symbolic link; remove it (trainguard recreates it).")
     for i in range(count):
-        fh = (folder / f"{resource}-{i}.lock").open("ab")
+        fh = safefiles.open_append(folder / f"{resource}-{i}.lock")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -53,7 +58,7 @@ def queued_before(runs_root: Path, run_id: str, resource: str, queued_at: float)
             continue
         try:
             state: RunState = run.read_state()
-        except (OSError, ValueError):
+        except (OSError, InvalidInput):  # a damaged run: not in the queue
             continue
         if (state.status == "queued" and state.resource == resource and state.queued_at is not None
                 and (state.queued_at, run.run_id) < (queued_at, run_id)

@@ -6,11 +6,17 @@ the trainer in a further process group with stdin closed and output to files, re
 pid and start time, waits for it, and records how it ended: the exit code and status reach
 `state.json` and the scratchpad even when no server is running at that moment.
 
+The trainer is leashed to the supervisor (`procs.leashed`: it gets SIGTERM, and checkpoints,
+if the supervisor is killed) and inherits the supervisor's slot lock, so its slot stays taken
+until the trainer too has exited. A file of reserved space in the run folder is given back
+if the disk fills, so the outcome (`disk full on ...`) can still be written.
+
 It imports neither the MCP SDK nor torch.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -19,17 +25,18 @@ import sys
 import time
 from pathlib import Path
 
-from mcp_server import gpu, procs, scratchpad, slots
+from mcp_server import gpu, procs, safefiles, scratchpad, slots
 from mcp_server.curves.summary import summarize_run_dir
 from mcp_server.errors import TrainguardError
-from mcp_server.rundir import RunDir, RunState
-from mcp_server.watchdog import Watchdog, WatchdogConfig
+from mcp_server.rundir import Manifest, RunDir, RunState
+from mcp_server.watchdog import Watchdog
 
 log = logging.getLogger("trainguard.supervisor")
 POLL_S = 0.5
 QUEUE_POLL_S = 0.25
 GPU_SAMPLE_S = 10.0
-STOP_GRACE_S = 30.0  # the trainer's time to checkpoint after SIGTERM
+RESERVE_BYTES = 1 * 2**20  # given back when the disk is full, so the outcome can be written
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def classify(returncode: int, stop_requested: bool) -> tuple[str, int | None, int | None, str | None]:
@@ -46,6 +53,15 @@ def classify(returncode: int, stop_requested: bool) -> tuple[str, int | None, in
     return "failed", returncode, None, f"exited with code {returncode}"
 
 
+def _reserve(run: RunDir) -> Path:
+    path = run.path / ".reserve"
+    with safefiles.open_append(path) as fh:
+        fh.write(b"\0" * RESERVE_BYTES)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path
+
+
 def supervise(run: RunDir) -> int:
     """Start the run's trainer, wait for it and record the outcome. Returns the trainer's code."""
     manifest = run.read_manifest()
@@ -56,50 +72,65 @@ def supervise(run: RunDir) -> int:
     # record the outcome, so it ignores the polite signals and only SIGKILL ends it early.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    slot = _take_slot(run, manifest, state)  # held (open) until this process exits
+    try:
+        _reserve(run)
+        run.write_state(state)  # the supervisor's own identity, before anything else can go wrong
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        state.status = "failed"
+        state.failure = safefiles.disk_full(run.path) or f"disk full on {run.path}: {exc.strerror}"
+        state.finished_at = time.time()
+        _write_outcome(run, state)
+        return 1
+    slot = _take_slot(run, manifest, state)  # held (open) until this process and the trainer exit
     if slot is None:  # cancelled while queued
         state.status, state.finished_at = "stopped", time.time()
         _finish(run, manifest, state)
         return 0
     try:
-        with run.stdout.open("ab") as out, run.stderr.open("ab") as err:
+        with safefiles.open_append(run.stdout) as out, safefiles.open_append(run.stderr) as err:
             proc = subprocess.Popen(
-                manifest["argv"],
+                procs.leashed(manifest.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
-                cwd=manifest["cwd"],
-                env=manifest["env"],
+                cwd=manifest.cwd,
+                env=manifest.env,
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=(slot.fileno(),),  # the trainer holds the slot too: it is never free while it runs
             )
-    except OSError as exc:
+    except (OSError, TrainguardError) as exc:
         state.status, state.failure, state.finished_at = "failed", f"could not start the trainer: {exc}", time.time()
         _finish(run, manifest, state)
         return 127
+    slot.close()  # the trainer's copy keeps the lock; the kernel releases it when the last copy closes
     state.status = "running"
     state.pid, state.pgid = proc.pid, proc.pid
     state.pid_started = procs.start_time(proc.pid)
     state.started_at = time.time()
     run.write_state(state)
 
-    stopped_by = _watch(run, manifest, state, proc)
+    stopped_by, full = _watch(run, manifest, state, proc)
     returncode = proc.wait()
     # Grandchildren (data-loader workers...) may outlive the trainer; none may stay behind.
-    procs.stop_group(proc.pid, grace_s=2.0)
+    procs.RunProcesses(run.run_id, proc.pid, proc.pid, state.pid_started).stop(grace_s=2.0)
     state.status, state.exit_code, state.signal, state.failure = classify(returncode, run.stop_marker.exists())
     if stopped_by and state.status != "succeeded":
         state.status, state.failure = "failed", f"stopped by the watchdog: {stopped_by['detail']}"
+    elif state.status == "failed" and (full or safefiles.disk_full(run.path)):
+        state.failure = f"{full or safefiles.disk_full(run.path)} ({state.failure})"
     state.finished_at = time.time()
     _finish(run, manifest, state)
     return returncode
 
 
-def _take_slot(run: RunDir, manifest: dict, state: RunState):
+def _take_slot(run: RunDir, manifest: Manifest, state: RunState):
     """Wait, queued in FIFO order, for a slot of the run's resource; None if cancelled meanwhile."""
     root = run.path.parent
-    resource = manifest.get("resource", "cpu")
-    count = slots.slot_count(resource, len(manifest.get("gpus") or []))
+    resource = manifest.resource
+    count = slots.slot_count(resource, len(manifest.gpus))
     state.resource = resource
     now = time.time()
     slot = None if slots.queued_before(root, run.run_id, resource, now) else slots.try_acquire(root, resource, count)
@@ -117,14 +148,18 @@ def _take_slot(run: RunDir, manifest: dict, state: RunState):
                 return slot
 
 
-def _watch(run: RunDir, manifest: dict, state: RunState, proc: subprocess.Popen) -> dict | None:
-    """Poll the watchdog until the trainer exits; returns the event that stopped it, if one did."""
-    config = WatchdogConfig.model_validate(manifest.get("watchdog") or {})
-    dog = Watchdog(config, run.metrics, manifest["primary_metric"])
-    sample_gpu = bool(manifest.get("gpus")) and (config.gpu_memory_gib or config.temperature_c)
+def _watch(run: RunDir, manifest: Manifest, state: RunState, proc: subprocess.Popen
+           ) -> tuple[dict | None, str | None]:
+    """Poll the watchdog until the trainer exits; returns the event that stopped it, if one did,
+    and whether the disk was seen full meanwhile."""
+    config = manifest.watchdog
+    dog = Watchdog(config, run.metrics, manifest.primary_metric)
+    sample_gpu = bool(manifest.gpus) and (config.gpu_memory_gib or config.temperature_c)
     next_gpu, sampler = 0.0, None
+    full = None
     while proc.poll() is None:
         time.sleep(POLL_S)
+        full = full or safefiles.disk_full(run.path)
         events = dog.poll()
         if sample_gpu and time.monotonic() >= next_gpu:
             next_gpu = time.monotonic() + GPU_SAMPLE_S
@@ -132,12 +167,12 @@ def _watch(run: RunDir, manifest: dict, state: RunState, proc: subprocess.Popen)
             events += _gpu_events(dog, run.run_id, sampler)
         for event in events:
             state.events.append(event)
-            run.write_state(state)
+            _write_outcome(run, state)
             _scratchpad_event(run, manifest, event)
             if event["action"] == "stop" and proc.poll() is None:
-                procs.stop_group(proc.pid, grace_s=float(manifest.get("stop_grace_s", STOP_GRACE_S)))
-                return event
-    return None
+                procs.RunProcesses(run.run_id, proc.pid, proc.pid, state.pid_started).stop(manifest.stop_grace_s)
+                return event, full
+    return None, full
 
 
 def _gpu_events(dog: Watchdog, run_id: str, sampler: gpu.Sampler) -> list[dict]:
@@ -152,26 +187,40 @@ def _gpu_events(dog: Watchdog, run_id: str, sampler: gpu.Sampler) -> list[dict]:
     return events
 
 
-def _scratchpad_event(run: RunDir, manifest: dict, event: dict) -> None:
+def _scratchpad_event(run: RunDir, manifest: Manifest, event: dict) -> None:
     what = "stopping the run" if event["action"] == "stop" else "warning"
     try:
-        scratchpad.append(Path(manifest["project_dir"]), manifest["agent"],
+        scratchpad.append(Path(manifest.project_dir), manifest.agent,
                           f"run {run.run_id} watchdog {event['kind']} ({what}): {event['detail']}", kind="watchdog")
     except (OSError, TrainguardError) as exc:
         log.warning("scratchpad not written: %s", exc)
 
 
-def _finish(run: RunDir, manifest: dict, state: RunState) -> None:
+def _finish(run: RunDir, manifest: Manifest, state: RunState) -> None:
     """Write the scratchpad's finish entry, then the terminal state: once a reader sees the
     run ended, everything about its end is on disk."""
     try:
         _scratchpad_finish(run, manifest, state)
     except (OSError, TrainguardError) as exc:  # the outcome must be recorded even so
         state.failure = (state.failure or "") + f" (scratchpad not written: {exc})"
-    run.write_state(state)
+    _write_outcome(run, state)
+    (run.path / ".reserve").unlink(missing_ok=True)
 
 
-def _scratchpad_finish(run: RunDir, manifest: dict, state: RunState) -> None:
+def _write_outcome(run: RunDir, state: RunState) -> None:
+    """Write the state; on a full disk, give back the reserved space and write it again."""
+    try:
+        run.write_state(state)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        (run.path / ".reserve").unlink(missing_ok=True)
+        if state.status != "running" and not (state.failure or "").startswith("disk full"):
+            state.failure = f"{safefiles.disk_full(run.path) or 'disk full'} ({state.failure})"
+        run.write_state(state)
+
+
+def _scratchpad_finish(run: RunDir, manifest: Manifest, state: RunState) -> None:
     summary = summarize_run_dir(run.path, manifest)
     line = f"run {run.run_id} {state.status}"
     if state.failure:
@@ -179,7 +228,7 @@ def _scratchpad_finish(run: RunDir, manifest: dict, state: RunState) -> None:
     if state.started_at and state.finished_at:
         line += f" after {state.finished_at - state.started_at:.0f} s"
     line += f": {summary.headline}"
-    scratchpad.append(Path(manifest["project_dir"]), manifest["agent"], line, kind="finish")
+    scratchpad.append(Path(manifest.project_dir), manifest.agent, line, kind="finish")
 
 
 def main(argv: list[str] | None = None) -> int:

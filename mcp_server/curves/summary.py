@@ -9,13 +9,16 @@ sample, so a single spike or NaN in a million points is reported.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
 from mcp_server.curves.analysis import Finding, MetricStats, diagnose, direction_of, metric_stats, pair_series
 from mcp_server.curves.load import Loaded, loaded
 from mcp_server.curves.store import Curves
+
+if TYPE_CHECKING:
+    from mcp_server.rundir import Manifest
 
 BUDGET_CHARS = 6000  # about 1,500 tokens of JSON (numbers and names run near 4 characters a token)
 MAX_OMITTED_NAMES = 25
@@ -103,12 +106,11 @@ def summarize(loaded: Loaded, primary_metric: str | None, mode: Literal["min", "
     return summary
 
 
-def summarize_run_dir(run_dir: Path, manifest: dict[str, Any]) -> CurveSummary:
+def summarize_run_dir(run_dir: Path, manifest: Manifest) -> CurveSummary:
     """A launched run's curves, from whatever its trainer writes (our metrics stream first), with
     the primary metric of its spec; a repeated call reads only what was appended since the last."""
     with loaded(run_dir) as curves:
-        return summarize(curves, manifest.get("primary_metric"), manifest.get("primary_mode"),
-                         chance=manifest.get("chance") or None)
+        return summarize(curves, manifest.primary_metric, manifest.primary_mode, chance=manifest.chance or None)
 
 
 def headline(curves: Curves, name: str, primary: MetricStats | None, findings: list[Finding]) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 
+from mcp_server.errors import TrainguardError
 from mcp_server.gpu.amd import AmdSmiBackend, AmdSmiCliBackend, AmdSysfsBackend
 from mcp_server.gpu.model import (
     DeviceWatch,
@@ -266,9 +267,10 @@ def run_memory_figures(runs_root: Path) -> dict[str, int]:
         try:
             if run.read_state().status in TERMINAL:
                 continue
-        except (OSError, ValueError):
+            tail = read_tail(run.metrics, 64 * 1024)
+        except (OSError, TrainguardError):  # a damaged run: list_runs shows it, here it is skipped
             continue
-        for line in reversed(read_tail(run.metrics, 64 * 1024).splitlines()):
+        for line in reversed(tail.splitlines()):
             if '"device_memory"' in line:
                 try:
                     reserved = json.loads(line).get("reserved_bytes")

@@ -35,7 +35,7 @@ def test_a_second_run_queues_fifo_and_starts_when_the_slot_frees(scripted, monke
     third = runs.launch("952")
     assert (first.status, second.status, third.status) == ("running", "queued", "queued")
     assert "stop_run cancels it" in second.next_step
-    listed = {r.run_id: r for r in runs.list_runs()}
+    listed = {r.run_id: r for r in runs.list_runs().runs}
     assert (listed[second.run_id].queue_position, listed[third.run_id].queue_position) == (1, 2)
 
     cancelled = runs.stop(third.run_id, grace_s=1.0)
@@ -106,7 +106,7 @@ def test_a_run_survives_its_server_being_killed_and_a_new_server_finds_it(script
     try:
         run_id = anyio.run(first_server)
     except BaseException as exc:  # the client sees its server vanish; that is the point
-        run_id = next((r.run_id for r in runs.list_runs()), None)
+        run_id = next((r.run_id for r in runs.list_runs().runs), None)
         assert run_id, exc
     state = open_run(paths.runs_root(), run_id).read_state()
     assert procs.is_alive(state.supervisor_pid, state.supervisor_started)  # the run goes on without it

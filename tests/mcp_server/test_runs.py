@@ -25,8 +25,8 @@ def test_a_run_completes_with_state_manifest_metrics_and_scratchpad(scripted):
     assert st.latest["val/acc"] == pytest.approx(0.9) and st.checkpoints == ["last.json"]
     run = open_run(paths.runs_root(), result.run_id)
     manifest = run.read_manifest()
-    assert manifest["argv"] == result.argv and manifest["config"]["steps"] == 5
-    assert manifest["env"]["TRAINGUARD_METRICS"] == str(run.metrics) and "note" in manifest
+    assert manifest.argv == result.argv and manifest.config["steps"] == 5
+    assert manifest.env["TRAINGUARD_METRICS"] == str(run.metrics) and "note" in manifest.model_fields_set
     assert "step 5 loss 0.2" in run.stdout.read_text()
     pad = (scripted / ".claude/scratchpad/training-runner").glob("*.md")
     text = next(pad).read_text()
@@ -107,7 +107,7 @@ def test_two_launches_in_the_same_second_get_their_own_folders(scripted):
     a, b = runs.launch("901"), runs.launch("901")
     assert a.run_id != b.run_id
     wait_done(a.run_id), wait_done(b.run_id)
-    assert [r.status for r in runs.list_runs()] == ["succeeded", "succeeded"]
+    assert [r.status for r in runs.list_runs().runs] == ["succeeded", "succeeded"]
 
 
 @pytest.mark.parametrize("bad", ["../etc", "a/b", "", ".", "..", "x" * 200, "run\x00"])
