@@ -9,7 +9,13 @@ of what was left out, big fields are summarised. The server serialises answers c
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+
 ANSWER_CHARS = 6000
+MAX_CUTS = 400
+MIN_TEXT = 32  # a string is never cut below this
 LIST_CHARS = 4800  # what the rows of one page may take; the rest is the page's own fields
 
 
@@ -27,3 +33,54 @@ def clip_tail(text: str, limit: int) -> str:
         return text
     keep = max(0, limit - len(f"[... {len(text):,} earlier characters] "))
     return f"[... {len(text) - keep:,} earlier characters] " + text[len(text) - keep:]
+
+
+def _size(node: Any) -> int:
+    return len(orjson.dumps(node))
+
+
+def fit(data: Any, limit: int = ANSWER_CHARS) -> tuple[Any, list[str]]:
+    """`data` (JSON-shaped: dicts, lists, strings, numbers) cut until its compact JSON fits in
+    `limit` characters, with a note of each cut.
+
+    The last line of defence behind every tool's own paging and summaries: from the top, it
+    goes down into whichever part holds most of the size, and there shortens the string or
+    drops the later half of the list. A map keeps all its keys (it may be a model's fields);
+    its values are cut instead. Types stay as they were, so the answer still matches its
+    schema. Stops when nothing more can be cut.
+    """
+    notes: list[str] = []
+    for _ in range(MAX_CUTS):
+        if _size(data) <= limit:
+            break
+        data, cut = _cut(data, "", notes)
+        if not cut:
+            break
+    return data, notes
+
+
+def _cut(node: Any, where: str, notes: list[str]) -> tuple[Any, bool]:
+    """`node` with its biggest part made smaller, and whether anything could be."""
+    if isinstance(node, str):
+        if len(node) <= MIN_TEXT:
+            return node, False
+        keep = max(MIN_TEXT, len(node) // 2)
+        notes.append(f"{where or 'text'}: cut to {keep:,} of {len(node):,} characters")
+        return clip(node, keep), True
+    if isinstance(node, dict):
+        for key in sorted(node, key=lambda k: -_size(node[k])):
+            value, cut = _cut(node[key], f"{where}.{key}" if where else str(key), notes)
+            if cut:
+                return {**node, key: value}, True
+        return node, False
+    if not isinstance(node, list) or not node:
+        return node, False
+    sizes = [_size(v) for v in node]
+    big = max(range(len(node)), key=sizes.__getitem__)
+    if len(node) == 1 or sizes[big] * 2 > sum(sizes):  # one item holds most of it: cut inside that one
+        value, cut = _cut(node[big], f"{where}[{big}]", notes)
+        if cut or len(node) == 1:
+            return [*node[:big], value, *node[big + 1:]], cut
+    keep = max(1, len(node) // 2)
+    notes.append(f"{where or 'answer'}: {len(node) - keep:,} of {len(node):,} entries left out")
+    return node[:keep], True

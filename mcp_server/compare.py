@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from mcp_server import paths
+from mcp_server import budget, paths
 from mcp_server.curves.analysis import direction_of, metric_stats
 from mcp_server.curves.load import loaded
 from mcp_server.curves.summary import find_metric
@@ -20,6 +20,9 @@ from mcp_server.rundir import open_run
 from mcp_server.runs import refresh
 
 MAX_RUNS = 20
+MAX_DIFFERING = 8  # hyperparameters shown per row; the note names the rest
+DIFFERS_CHARS = 2400  # what the rows' `differs` may take together
+MAX_SAME = 20
 
 
 class RunRow(BaseModel):
@@ -41,7 +44,7 @@ class Comparison(BaseModel):
     baseline: str | None = Field(description="the baseline run, or the value given")
     baseline_value: float | None
     rows: list[RunRow] = Field(description="best first; runs without the metric last")
-    same: dict[str, Any] = Field(description="hyperparameters every run shares (up to 30)")
+    same: dict[str, Any] = Field(description="hyperparameters every run shares (up to 20)")
     note: str
 
 
@@ -62,8 +65,10 @@ def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | 
         direction_of(metric) or "min")
     configs = [m.config for m in manifests]
     keys = sorted({k for c in configs for k in c})
-    differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
-    same = {k: configs[0].get(k) for k in keys if k not in differing}
+    all_differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    # As many as the answer has room for across all rows (a grid's few always fit).
+    differing = all_differing[:max(2, min(MAX_DIFFERING, DIFFERS_CHARS // (len(ids) * 60)))]
+    same = {k: _short(configs[0].get(k)) for k in keys if k not in all_differing}
 
     rows = []
     for run, manifest, config in zip(runs, manifests, configs, strict=True):
@@ -77,7 +82,7 @@ def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | 
             best=best.value if best else None, best_step=best.step if best else None,
             best_epoch=best.epoch if best else None,
             last=stats.last.value if stats and stats.last else None, points=stats.count if stats else 0,
-            differs={k: config.get(k) for k in differing},
+            differs={k: _short(config.get(k)) for k in differing},
         ))
     base_value, base_name = _baseline(baseline, rows)
     for row in rows:
@@ -90,8 +95,15 @@ def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | 
             else f"no run logged {metric}")
     if base_value is not None and leader.best is not None:
         note += f" vs {base_value:.4g} baseline ({base_name})"
+    if len(all_differing) > len(differing):
+        note += (f"; {len(all_differing) - len(differing)} more hyperparameters differ: "
+                 + budget.clip(", ".join(all_differing[len(differing):]), 300))
     return Comparison(metric=metric, direction=direction, baseline=base_name, baseline_value=base_value,
-                      rows=rows, same=dict(list(same.items())[:30]), note=note)
+                      rows=rows, same=dict(list(same.items())[:MAX_SAME]), note=note)
+
+
+def _short(value: Any) -> Any:
+    return budget.clip(value, 32) if isinstance(value, str) else value
 
 
 def _baseline(baseline: str | None, rows: list[RunRow]) -> tuple[float | None, str | None]:

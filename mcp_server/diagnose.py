@@ -107,9 +107,12 @@ def _kernel_oom(f: _Facts) -> list[Evidence]:
     return []
 
 
-def _file_size(f: _Facts) -> list[Evidence]:
+def _disk_full(f: _Facts) -> list[Evidence]:
+    """What the supervisor saw (a full disk leaves no room for the trainer's own error message)."""
     if f.state.signal == signal.SIGXFSZ:
         return [Evidence(source="state", text="killed by SIGXFSZ: a file grew past the file-size limit")]
+    if f.state.failure and "disk full on" in f.state.failure:
+        return [Evidence(source="state", text=f.state.failure[:MAX_LINE])]
     return []
 
 
@@ -178,7 +181,7 @@ RULES: list[_Rule] = [
     _Rule("disk_full", "The disk (or the file-size limit) filled up while writing.",
           [r"No space left on device", r"Errno 28", r"File too large", r"Errno 27"],
           ["Free disk space (checkpoints of old runs) or set TRAINGUARD_RUNS_DIR to a bigger disk.",
-           "Save fewer checkpoints (only best and last)."], _file_size),
+           "Save fewer checkpoints (only best and last)."], _disk_full),
     _Rule("host_out_of_memory", "The host ran out of RAM.",
           [r"MemoryError", r"std::bad_alloc", r"Cannot allocate memory", r"DefaultCPUAllocator: can't allocate"],
           ["Keep less data in RAM (memory-map it, or a smaller subset).", "Lower the batch size or num_workers."]),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from mcp_server.specs import Scalar, TrainerSpec, resolve_config
 
 DISK_FAIL_BYTES = 200 * 2**20
 DISK_WARN_BYTES = 2 * 2**30
+INODES_FAIL = 64  # a run makes about ten files; checkpoints and logs a few more
 PROBE_TIMEOUT_S = 90
 PROBE_TTL_S = 300
 
@@ -277,7 +277,14 @@ def _rule_checks(spec: TrainerSpec, config: dict[str, Any], fired: list[rules.Da
     return checks
 
 
-def _output_check(runs_root: Path) -> Check:
+def _output_check(runs_root: Path, project: Path) -> Check:
+    linked = runs_root == project / "runs" and runs_root.is_symlink()
+    if linked and not runs_root.resolve().is_relative_to(project.resolve()):
+        return Check(
+            name="output", verdict="warn",
+            detail=f"{runs_root} is a symbolic link to {runs_root.resolve()}, outside the project: runs go there",
+            fix="If that is meant, set TRAINGUARD_RUNS_DIR to it instead of the link; else remove the link.",
+        )
     try:
         runs_root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -290,8 +297,12 @@ def _output_check(runs_root: Path) -> Check:
             name="output", verdict="fail", detail=f"{runs_root} is not writable",
             fix="Set TRAINGUARD_RUNS_DIR to a writable folder.",
         )
-    free = shutil.disk_usage(runs_root).free
+    st = os.statvfs(runs_root)
+    free = st.f_bavail * st.f_frsize
     detail = f"runs go to {runs_root}; {free / 2**30:.1f} GiB free"
+    if st.f_files and st.f_favail < INODES_FAIL:
+        return Check(name="output", verdict="fail", detail=f"{detail}, but only {st.f_favail} inodes (files) left",
+                     fix="Delete files on that disk (old runs), or set TRAINGUARD_RUNS_DIR to another disk.")
     if free < DISK_FAIL_BYTES:
         return Check(name="output", verdict="fail", detail=detail, fix="Free disk space before training.")
     if free < DISK_WARN_BYTES:
@@ -406,7 +417,7 @@ def run_preflight(
     if "torch" in torch_info:
         checks.append(_memory_check(exp.id, spec, config, python, project, torch_info, gpus))
     checks += datacheck.data_checks(exp.id, spec, config, project, python if "torch" in torch_info else None)
-    checks.append(_output_check(paths.runs_root(project)))
+    checks.append(_output_check(paths.runs_root(project), project))
     checks.append(_gpu_check(gpus))
 
     verdict = overall(checks)

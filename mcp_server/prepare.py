@@ -206,7 +206,7 @@ class Preparation:
         except BaseException:
             job.close()
             raise
-        job.group = procs.RunProcesses(token, job.proc.pid, job.proc.pid, procs.start_time(job.proc.pid))
+        job.group = procs.RunProcesses(token, job.proc.pid, procs.start_time(job.proc.pid))
         return job
 
     def finish(self, code: int) -> PreparedPath:

@@ -33,6 +33,7 @@ ENV_ALLOW_PREFIXES = ("LC_", "CUDA_", "HIP_", "ROCR_", "HSA_", "ROCM_", "PYTORCH
 ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 RUN_ID_VAR = "TRAINGUARD_RUN_ID"
 LEASH = Path(__file__).resolve().parent / "leash.py"
+LEASH_ARMED = sys.platform.startswith("linux")  # the leash's death signal exists (prctl); elsewhere it only execs
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:
@@ -84,50 +85,51 @@ def group_members(pgid: int) -> list[int]:
 
 @dataclass(frozen=True)
 class RunProcesses:
-    """Who a run's processes are: the trainer (pid + start time), leader of its own group `pgid`,
-    and whatever else carries `TRAINGUARD_RUN_ID=run_id` in that group."""
+    """A run's processes: its trainer `pid`, which leads a process group of its own, and the
+    members of that group. Each is verified before any signal: the trainer by its start time and
+    the run's id in the environment it was started with, the others by that id. A recorded pid
+    (or a whole state file) naming another process therefore never gets it signalled."""
 
     run_id: str
-    pgid: int | None
     pid: int | None
     pid_started: float | None
 
-    def leader_alive(self) -> bool:
-        """The trainer itself runs, and still leads the group."""
-        if self.pgid is None or not is_alive(self.pid, self.pid_started):
-            return False
-        try:
-            return os.getpgid(self.pid) == self.pgid
-        except (ProcessLookupError, PermissionError):
-            return False
-
-    def _ours(self, proc: psutil.Process) -> bool:
-        if proc.pid == self.pid:
-            return is_alive(self.pid, self.pid_started)
+    def _carries_id(self, proc: psutil.Process) -> bool:
         try:
             return proc.environ().get(RUN_ID_VAR) == self.run_id
         except psutil.Error:  # another user's process, or gone: not verifiably ours
             return False
 
+    def leader_alive(self) -> bool:
+        """The trainer itself runs, is the process recorded, and still leads its group."""
+        if self.pid is None or not is_alive(self.pid, self.pid_started):
+            return False
+        try:
+            return os.getpgid(self.pid) == self.pid and self._carries_id(psutil.Process(self.pid))
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            return False
+
     def members(self) -> list[int]:
-        """Pids of the run's live processes in its group, each verified."""
-        if self.pgid is None:
+        """Pids of the run's live processes in the trainer's group, each verified."""
+        if self.pid is None:
             return []
         out = []
-        for pid in group_members(self.pgid):
+        for pid in group_members(self.pid):
             try:
-                if self._ours(psutil.Process(pid)):
+                proc = psutil.Process(pid)
+                if (pid != self.pid or is_alive(self.pid, self.pid_started)) and self._carries_id(proc):
                     out.append(pid)
             except psutil.Error:
                 continue
         return out
 
     def signal(self, sig: signal.Signals) -> bool:
-        """Send `sig` to the run's processes; False if there were none."""
+        """Send `sig` to the run's processes (the whole group while the trainer leads it, else
+        each verified member); False if there was none."""
         if self.leader_alive():
-            assert self.pgid is not None
+            assert self.pid is not None
             try:
-                os.killpg(self.pgid, sig)
+                os.killpg(self.pid, sig)
                 return True
             except ProcessLookupError:
                 return False
@@ -169,3 +171,17 @@ def leashed(argv: list[str], sig: signal.Signals = signal.SIGTERM) -> list[str]:
     dies (Linux's parent-death signal): a trainer never outlives its supervisor unobserved,
     a data preparation never outlives the server. The leash execs `argv` in place (same pid)."""
     return [sys.executable, "-I", str(LEASH), "--signal", str(int(sig)), "--parent", str(os.getpid()), "--", *argv]
+
+
+def wait_unleashed(pid: int, timeout_s: float = 5.0) -> None:
+    """Wait until a leashed child has exec'd its command (its command line no longer names the
+    leash), so what is recorded and shown as running is the command itself."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            cmdline = psutil.Process(pid).cmdline()
+        except psutil.Error:
+            return  # gone, or not readable: nothing to wait for
+        if str(LEASH) not in cmdline:
+            return
+        time.sleep(0.005)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mcp_server import paths, safefiles
+from mcp_server import budget, paths, safefiles
 from mcp_server.errors import InvalidInput, NotFound, TrainguardError
 from mcp_server.specs import Scalar, TrainerSpec, resolve_config
 from mcp_server.watchdog import WatchdogConfig
@@ -146,13 +146,63 @@ def load_experiment(ref: str, project: Path | None = None) -> Experiment:
 def list_experiments(project: Path | None = None) -> list[Experiment | tuple[Path, str]]:
     """Every experiment, loaded; a broken one is returned as (folder, error) instead of hiding it."""
     project = project or paths.project_root()
-    out: list[Experiment | tuple[Path, str]] = []
-    for _, folder in _experiment_dirs(project):
-        try:
-            out.append(load_experiment(folder.name, project))
-        except TrainguardError as exc:  # one broken experiment never hides the others
-            out.append((folder, str(exc)))
-    return out
+    return [_load_or_error(folder, project) for _, folder in _experiment_dirs(project)]
+
+
+class ExperimentInfo(BaseModel):
+    """One row of `list_experiments`; a broken experiment carries its error and fix instead."""
+
+    id: str
+    title: str
+    trainer: str | None
+    source: str | None
+    description: str
+    args: dict[str, Scalar]
+    error: str | None = None
+
+
+class ExperimentPage(BaseModel):
+    experiments: list[ExperimentInfo]
+    total: int
+    offset: int
+    next_offset: int | None  # pass it as offset for the next page; None on the last one
+    project_dir: str
+
+
+def _row(exp: Experiment | tuple[Path, str]) -> ExperimentInfo:
+    if isinstance(exp, tuple):
+        folder, error = exp
+        return ExperimentInfo(id=folder.name, title="(invalid)", trainer=None, source=None, description="", args={},
+                              error=budget.clip(error, 500))
+    args = {k: budget.clip(v, 80) if isinstance(v, str) else v for k, v in list(exp.args.items())[:24]}
+    return ExperimentInfo(id=exp.id, title=budget.clip(exp.title, 120) or "", trainer=exp.trainer, source=exp.source,
+                          description=budget.clip(exp.description, 200) or "", args=args)
+
+
+def experiment_page(project: Path | None = None, limit: int = 50, offset: int = 0) -> ExperimentPage:
+    """A page of `list_experiments`, within the answer budget: descriptions and long values cut,
+    rows until the budget is spent (`next_offset` says where the next page starts)."""
+    project = project or paths.project_root()
+    folders = _experiment_dirs(project)
+    rows: list[ExperimentInfo] = []
+    used = 0
+    for _, folder in folders[offset:offset + limit]:
+        row = _row(_load_or_error(folder, project))
+        size = len(row.model_dump_json(exclude_none=True)) + 1
+        if rows and used + size > budget.LIST_CHARS:
+            break
+        rows.append(row)
+        used += size
+    end = offset + len(rows)
+    return ExperimentPage(experiments=rows, total=len(folders), offset=offset,
+                          next_offset=end if end < len(folders) else None, project_dir=str(project))
+
+
+def _load_or_error(folder: Path, project: Path) -> Experiment | tuple[Path, str]:
+    try:
+        return load_experiment(folder.name, project)
+    except TrainguardError as exc:  # one broken experiment never hides the others
+        return folder, str(exc)
 
 
 def load_trainer(name: str, project: Path | None = None) -> TrainerSpec:

@@ -80,7 +80,6 @@ class Manifest(BaseModel):
     acknowledged: list[str] = Field(default_factory=list)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     resource: Literal["gpu", "cpu"] = "cpu"
-    stop_grace_s: float = Field(default=30.0, ge=0, description="the trainer's time to checkpoint after SIGTERM")
     chance: dict[str, float] | None = None  # chance level of an accuracy metric, by name
     git_commit: str | None = None
     versions: dict[str, Any] = Field(default_factory=dict)
@@ -114,12 +113,17 @@ class RunDir:
         return _read_model(self.manifest, Manifest, f"run {self.run_id}'s manifest")
 
     def read_state(self) -> RunState:
-        """The state, validated (a missing file is a FileNotFoundError: the run is being made).
+        """The state, validated. A launch writes it before the manifest, so a run without one
+        is damaged (a launch from before that rule, or a hand-made folder).
 
         Raises:
             InvalidInput: naming the file and what is wrong with it.
         """
-        return _read_model(self.state_file, RunState, f"run {self.run_id}'s state")
+        try:
+            return _read_model(self.state_file, RunState, f"run {self.run_id}'s state")
+        except FileNotFoundError:
+            raise InvalidInput(f"{self.state_file} is missing: the launch that made this folder did not finish. "
+                               "Delete the folder if it holds nothing you need.") from None
 
     def write_state(self, state: RunState) -> None:
         state.updated_at = time.time()
@@ -214,7 +218,7 @@ def run_pids(runs_root: Path) -> tuple[dict[int, str], dict[int, str]]:
         if state.pgid is None:
             continue
         into = finished if state.status in TERMINAL else active
-        for pid in procs.RunProcesses(run.run_id, state.pgid, state.pid, state.pid_started).members():
+        for pid in procs.RunProcesses(run.run_id, state.pid, state.pid_started).members():
             into.setdefault(pid, run.run_id)
     return active, finished
 

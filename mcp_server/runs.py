@@ -329,15 +329,16 @@ def _wait_started(run: RunDir, proc: subprocess.Popen) -> RunState:
 
 
 def _processes(run: RunDir, state: RunState) -> procs.RunProcesses:
-    return procs.RunProcesses(run.run_id, state.pgid, state.pid, state.pid_started)
+    return procs.RunProcesses(run.run_id, state.pid, state.pid_started)
 
 
 def refresh(run: RunDir) -> RunState:
     """The run's state, corrected if its supervisor died without recording an outcome.
 
-    A run whose supervisor is gone is never forgotten: while any of its processes lives it is
-    sent SIGTERM (it checkpoints; its slot stays taken until it exits), then SIGKILL after the
-    stop grace; once none is left it is `lost`, with a finish entry in the scratchpad.
+    A run whose supervisor is gone is never forgotten: while any of its processes lives it has
+    SIGTERM (from the leash on Linux, else from here: it checkpoints; its slot stays taken until
+    it exits), then SIGKILL after the stop grace; once none is left it is `lost`, with a finish
+    entry in the scratchpad.
     """
     state = run.read_state()
     if state.status in TERMINAL or procs.is_alive(state.supervisor_pid, state.supervisor_started):
@@ -353,9 +354,10 @@ def refresh(run: RunDir) -> RunState:
             now = time.time()
             if state.orphaned_at is None:
                 state.orphaned_at = now
-                orphans.signal(signal.SIGTERM)
+                if not procs.LEASH_ARMED:  # on Linux the leash sent it already: a second one means "now"
+                    orphans.signal(signal.SIGTERM)
                 run.write_state(state)
-            elif now - state.orphaned_at > run.read_manifest().stop_grace_s:
+            elif now - state.orphaned_at > run.read_manifest().watchdog.stop_grace_s:
                 orphans.signal(signal.SIGKILL)
             return state
         state.status = "lost"
@@ -421,11 +423,6 @@ def _info(run: RunDir) -> RunInfo:
         manifest = run.read_manifest()
         fields, _ = _info_fields(run, manifest, refresh(run))
         return RunInfo(**fields)
-    except FileNotFoundError:
-        return RunInfo(run_id=run.run_id, experiment="?", status="damaged", created_at="", elapsed_s=None, pid=None,
-                       exit_code=None, signal=None, failure=None, headline="",
-                       error=f"{run.state_file} is missing: the launch that made it did not finish. "
-                             "Delete the folder if it holds nothing you need.")
     except TrainguardError as exc:
         return RunInfo(run_id=run.run_id, experiment="?", status="damaged", created_at="", elapsed_s=None, pid=None,
                        exit_code=None, signal=None, failure=None, headline="", error=budget.clip(str(exc), 400))
@@ -541,6 +538,8 @@ def plot(run_id: str, metrics: list[str] | None = None, project: Path | None = N
                                    + ", ".join(list(curves.series)[:30]))
         else:
             names = curves_plot.default_metrics(curves, resolve_metric(curves, manifest.primary_metric))
+            if not names:
+                raise InvalidInput(f"run {run_id} has no metric with two finite points yet; wait_run, then plot.")
         out = run.path / "plot.png"
         drawn = curves_plot.plot_curves(curves, names, f"{run_id} ({manifest.title[:60]})", out)
     return out, drawn

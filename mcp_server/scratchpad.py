@@ -80,12 +80,23 @@ def append(project: Path, agent: str, text: str, kind: str = "note", now: dt.dat
     return path
 
 
+MAX_READ_BYTES = 4 * 2**20  # a day's file is read from its end, at most this much
+
+
 def _read_tail(agent: str, path: Path, max_chars: int) -> ScratchpadFile:
-    text = safefiles.read_bytes(path, follow_links=False).decode("utf-8", errors="replace")
-    truncated = len(text) > max_chars
-    if truncated:
-        text = "...\n" + text[-max_chars:]
-    return ScratchpadFile(agent=agent, date=path.stem, path=str(path), text=text, truncated=truncated)
+    with safefiles.open_read(path, follow_links=False) as fh:
+        size = fh.seek(0, 2)
+        fh.seek(max(0, size - MAX_READ_BYTES))
+        text = fh.read().decode("utf-8", errors="replace")
+    return trimmed(ScratchpadFile(agent=agent, date=path.stem, path=str(path), text=text,
+                                  truncated=size > MAX_READ_BYTES), max_chars)
+
+
+def trimmed(found: ScratchpadFile | None, max_chars: int) -> ScratchpadFile | None:
+    """The file's last `max_chars` characters (its newest entries), marked as truncated if cut."""
+    if found is None or len(found.text) <= max_chars:
+        return found
+    return found.model_copy(update={"text": "...\n" + found.text[-max(0, max_chars - 4):], "truncated": True})
 
 
 def day_files(project: Path, agent: str) -> list[Path]:

@@ -18,12 +18,13 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import orjson
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from mcp_server import __version__, diagnose, gpu, memory, paths, prepare, registry, runs, scratchpad, textlog
+from mcp_server import __version__, budget, diagnose, gpu, memory, paths, prepare, registry, runs, scratchpad, textlog
 from mcp_server.compare import Comparison
 from mcp_server.compare import compare_runs as _compare_runs
 from mcp_server.curves import load as curves_load
@@ -46,16 +47,26 @@ mcp = MCPServer(name="trainguard", version=__version__, instructions=INSTRUCTION
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+# Changes no file, but runs project code (the experiment's interpreter, its data decoders, its memory step).
+RUNS_CODE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
 
 
 def _answer(result: Any) -> Any:
     """A model as the answer the client gets: compact JSON text (no indentation, no nulls: the
-    budget is counted in characters) beside the full structured content."""
-    if isinstance(result, BaseModel):
-        return CallToolResult(content=[TextContent(type="text", text=result.model_dump_json(exclude_none=True))],
-                              structured_content=result.model_dump(mode="json", by_alias=True))
-    return result
+    budget is counted in characters) beside the structured content, both within the budget
+    (`budget.fit` cuts, and says what it cut, if a tool's own bounds were not enough)."""
+    if not isinstance(result, BaseModel):
+        return result
+    text, cuts = budget.fit(result.model_dump(mode="json", by_alias=True, exclude_none=True),
+                            limit=budget.ANSWER_CHARS - 400)  # room for the note of what was cut
+    if cuts:
+        log.warning("%s: answer cut to fit the budget (%d cuts): %s", type(result).__name__, len(cuts),
+                    "; ".join(cuts[:4]))
+        text = {**text, "cut": [budget.clip(c, 90) for c in cuts[:4]]} if isinstance(text, dict) else text
+    structured, _ = budget.fit(result.model_dump(mode="json", by_alias=True), limit=2 * budget.ANSWER_CHARS)
+    return CallToolResult(content=[TextContent(type="text", text=orjson.dumps(text).decode())],
+                          structured_content=structured)
 
 
 def _tool_error(name: str, exc: BaseException) -> ToolError:
@@ -96,21 +107,6 @@ def tool(annotations: ToolAnnotations) -> Callable[[F], F]:
     return register
 
 
-class ExperimentInfo(BaseModel):
-    id: str
-    title: str
-    trainer: str | None
-    source: str | None
-    description: str
-    args: dict[str, Scalar]
-    error: str | None = None
-
-
-class ExperimentList(BaseModel):
-    experiments: list[ExperimentInfo]
-    project_dir: str
-
-
 class RunSummaryResult(BaseModel):
     run: runs.RunInfo | None  # None when a folder or file was summarised
     summary: CurveSummary
@@ -132,35 +128,29 @@ class AppendResult(BaseModel):
 
 
 @tool(READ_ONLY)
-def list_experiments() -> ExperimentList:
+def list_experiments(limit: Annotated[int, Field(ge=1, le=100)] = 50,
+                     offset: Annotated[int, Field(ge=0)] = 0) -> registry.ExperimentPage:
     """List the experiments `/train N` can run: the project's `experiments/NNN-slug/` first, then
     the bundled examples. Each has a title, its trainer and its arguments; a broken one is listed
-    with the error that says how to fix it. Cheap; call it when the user names no experiment."""
-    project = paths.project_root()
-    items = []
-    for exp in registry.list_experiments(project):
-        if isinstance(exp, tuple):
-            folder, error = exp
-            items.append(ExperimentInfo(id=folder.name, title="(invalid)", trainer=None, source=None,
-                                        description="", args={}, error=error))
-        else:
-            items.append(ExperimentInfo(id=exp.id, title=exp.title, trainer=exp.trainer, source=exp.source,
-                                        description=exp.description, args=exp.args))
-    return ExperimentList(experiments=items, project_dir=str(project))
+    with the error that says how to fix it. Pages: `total`, and `next_offset` to pass as `offset`
+    for the next page. Cheap; call it when the user names no experiment."""
+    return registry.experiment_page(limit=limit, offset=offset)
 
 
-@tool(READ_ONLY)
+@tool(RUNS_CODE)
 def preflight(experiment: str | int, overrides: dict[str, Scalar] | None = None) -> PreflightReport:
-    """Check an experiment before launching it, changing nothing. `experiment` is N, NNN or
+    """Check an experiment before launching it, changing no file. `experiment` is N, NNN or
     NNN-slug; `overrides` maps parameter names to values (e.g. {"lr": 0.0005}). Returns each check
     (experiment, parameters, interpreter, torch, device, data, output, gpu) as pass/warn/fail with
-    a fix, the resolved config and a one-line summary. Takes a few seconds (it imports torch in a
-    subprocess). A bad experiment or parameter raises an error that says what to pass instead."""
+    a fix, the resolved config and a one-line summary. Runs project code: the experiment's
+    interpreter (only a venv's bin/python) imports torch, decodes a data sample and traces the
+    trainer's memory step, in subprocesses. Takes a few seconds. A bad experiment or parameter
+    raises an error that says what to pass instead."""
     report, _, _ = run_preflight(str(experiment), overrides)
     return report
 
 
-@tool(READ_ONLY)
+@tool(RUNS_CODE)
 def estimate_memory(
     experiment: str | int, overrides: dict[str, Scalar] | None = None, gpu_memory_gib: float | None = None
 ) -> memory.MemoryEstimate:
@@ -170,7 +160,9 @@ def estimate_memory(
     size, what the GPU (or, for CPU training, the host) has free, the largest batch size that
     fits, and a small table of batch sizes. Use it before raising batch size, image size or model
     size. `gpu_memory_gib` plans for a card that is not here (e.g. 16 for an RX 7800 XT, 80 for
-    a cluster's H100). Takes a few seconds. preflight runs the same estimate as its `memory` check."""
+    a cluster's H100). Runs project code: the trainer's memory step (a file inside the project)
+    in the experiment's interpreter. Takes a few seconds. preflight runs the same estimate as its
+    `memory` check."""
     return _estimate_memory(str(experiment), overrides, gpu_memory_gib=gpu_memory_gib)
 
 
@@ -178,7 +170,8 @@ def estimate_memory(
 async def prepare_data(experiment: str | int, overrides: dict[str, Scalar] | None = None) -> prepare.PrepareResult:
     """Create the data an experiment needs when pre-flight reports a data path missing and offers
     this tool as the fix (e.g. the image folder built from real photographs). Runs the trainer
-    spec's own preparation command (project code) in its own process group; cancelling the call
+    spec's own preparation command (project code, with the experiment's interpreter) in its own
+    process group; cancelling the call
     stops it, and a second call for the same path while one runs is refused. Never touches data
     that exists. Can take minutes."""
     return await prepare.prepare_data_async(str(experiment), overrides)
@@ -310,9 +303,11 @@ def diagnose_run(run_id: str) -> diagnose.Diagnosis:
 @tool(READ_ONLY)
 def tail_log(run_id: str, stream: str = "stderr", lines: int = 50, pattern: str | None = None) -> textlog.LogTail:
     """The last `lines` (1-500) lines of a run's log: stream is stderr, stdout, metrics or
-    supervisor. `pattern` (a regular expression) keeps only matching lines, searched in the
-    last 8 MiB. At most 20,000 characters, control characters removed. Prefer diagnose_run and
-    summarize_run; use this for the exact text around an error."""
+    supervisor. `pattern` (a regular expression in RE2 syntax: no backreferences or lookaround)
+    keeps only matching lines, searched in the last 8 MiB. At most ~4,500 characters (the newest
+    lines win; `truncated` says when some were left out), lines over 500 characters cut, control
+    characters removed. Prefer diagnose_run and summarize_run; use this for the exact text
+    around an error."""
     return runs.tail_log(run_id, stream, lines, pattern)
 
 
@@ -387,18 +382,23 @@ async def gpu_watch(ctx: Context, seconds: float = 10.0, interval: float = 1.0) 
 
 @tool(READ_ONLY)
 def scratchpad_read(
-    agent: str = "training-runner", coordinator: str = "coordinator", max_chars: int = 4000
+    agent: str = "training-runner", coordinator: str = "coordinator",
+    max_chars: Annotated[int, Field(ge=300, le=5000)] = 4000,
 ) -> ScratchpadView:
     """Read the scratchpad before starting work (seed 002's protocol): the coordinator's latest day
     (what to train), and your own today's and previous day's files (runs you launched earlier).
-    Files live in .claude/scratchpad/<agent>/YYYY-MM-DD.md; each is trimmed to its last `max_chars`."""
+    Files live in .claude/scratchpad/<agent>/YYYY-MM-DD.md; `max_chars` is shared between the
+    files found, each trimmed to its end (the newest entries)."""
     project = paths.project_root()
-    max_chars = max(200, min(int(max_chars), 20000))
     today = dt.date.today()
+    found = [scratchpad.latest(project, coordinator, None, 10**9), scratchpad.today(project, agent, 10**9, today),
+             scratchpad.latest(project, agent, today, 10**9)]
+    share = max_chars // max(1, sum(f is not None for f in found))
+    coordinator_latest, own_today, own_previous_day = (scratchpad.trimmed(f, share) for f in found)
     view = ScratchpadView(
-        coordinator_latest=scratchpad.latest(project, coordinator, None, max_chars),
-        own_today=scratchpad.today(project, agent, max_chars, today),
-        own_previous_day=scratchpad.latest(project, agent, today, max_chars),
+        coordinator_latest=coordinator_latest,
+        own_today=own_today,
+        own_previous_day=own_previous_day,
         hint="",
     )
     view.hint = (

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 from mcp_server import gpu, procs, safefiles, scratchpad, slots
-from mcp_server.curves.summary import summarize_run_dir
 from mcp_server.errors import TrainguardError
 from mcp_server.rundir import Manifest, RunDir, RunState
 from mcp_server.watchdog import Watchdog
@@ -106,6 +105,7 @@ def supervise(run: RunDir) -> int:
         _finish(run, manifest, state)
         return 127
     slot.close()  # the trainer's copy keeps the lock; the kernel releases it when the last copy closes
+    procs.wait_unleashed(proc.pid)
     state.status = "running"
     state.pid, state.pgid = proc.pid, proc.pid
     state.pid_started = procs.start_time(proc.pid)
@@ -115,7 +115,7 @@ def supervise(run: RunDir) -> int:
     stopped_by, full = _watch(run, manifest, state, proc)
     returncode = proc.wait()
     # Grandchildren (data-loader workers...) may outlive the trainer; none may stay behind.
-    procs.RunProcesses(run.run_id, proc.pid, proc.pid, state.pid_started).stop(grace_s=2.0)
+    procs.RunProcesses(run.run_id, proc.pid, state.pid_started).stop(grace_s=2.0)
     state.status, state.exit_code, state.signal, state.failure = classify(returncode, run.stop_marker.exists())
     if stopped_by and state.status != "succeeded":
         state.status, state.failure = "failed", f"stopped by the watchdog: {stopped_by['detail']}"
@@ -170,7 +170,7 @@ def _watch(run: RunDir, manifest: Manifest, state: RunState, proc: subprocess.Po
             _write_outcome(run, state)
             _scratchpad_event(run, manifest, event)
             if event["action"] == "stop" and proc.poll() is None:
-                procs.RunProcesses(run.run_id, proc.pid, proc.pid, state.pid_started).stop(manifest.stop_grace_s)
+                procs.RunProcesses(run.run_id, proc.pid, state.pid_started).stop(manifest.watchdog.stop_grace_s)
                 return event, full
     return None, full
 
@@ -221,6 +221,12 @@ def _write_outcome(run: RunDir, state: RunState) -> None:
 
 
 def _scratchpad_finish(run: RunDir, manifest: Manifest, state: RunState) -> None:
+    # Imported only now, the trainer gone: numpy starts a BLAS thread, and while the trainer
+    # runs the supervisor must stay one thread. Linux sends the leash's death signal each time
+    # the thread the trainer is reparented to ends, so a second thread means a second SIGTERM,
+    # which trainers (trainkit's StopFlag) take as "stop now, no checkpoint".
+    from mcp_server.curves.summary import summarize_run_dir
+
     summary = summarize_run_dir(run.path, manifest)
     line = f"run {run.run_id} {state.status}"
     if state.failure:

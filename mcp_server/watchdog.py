@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mcp_server import safefiles
+
 Action = Literal["stop", "warn", "off"]
 
 
@@ -46,6 +48,8 @@ class WatchdogConfig(BaseModel):
     temperature: Action = "warn"
     max_runtime_s: float | None = Field(default=None, gt=0, description="a time budget for the whole run")
     timeout: Action = "stop"
+    stop_grace_s: float = Field(default=30.0, ge=0.5, le=3600,
+                                description="seconds the trainer gets to checkpoint after SIGTERM, then SIGKILL")
 
 
 class Watchdog:
@@ -70,10 +74,10 @@ class Watchdog:
 
     def _new_records(self) -> list[dict[str, Any]]:
         try:
-            with self.path.open("rb") as fh:
+            with safefiles.open_read(self.path, follow_links=False) as fh:
                 fh.seek(self.offset)
                 data = fh.read(4 * 2**20)
-        except FileNotFoundError:
+        except (FileNotFoundError, safefiles.NotRegular):
             return []
         self.offset += len(data)
         lines = (self.partial + data).split(b"\n")

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from mcp_server import safefiles
 from mcp_server.curves.store import Curves, Reader
 
 _LOADS: Callable[[bytes], Any] = orjson.loads  # about 4 times json's speed; json re-reads what it refuses
@@ -113,8 +114,8 @@ class _LineStream:
         the next instead of being copied onto it; a longer line doubles the read until it ends.
         """
         try:
-            fh = open(self.path, "rb")
-        except OSError:
+            fh = safefiles.open_read(self.path)  # never blocks: a FIFO in a log's place is skipped
+        except (OSError, safefiles.NotRegular):
             return
         with fh:
             st = os.fstat(fh.fileno())
@@ -530,8 +531,8 @@ class _WholeFile:
             signature = (st.st_size, st.st_mtime_ns)
             if signature == self._signature:
                 return 0
-            data = json.loads(self.path.read_bytes())
-        except (OSError, ValueError, RecursionError):
+            data = json.loads(safefiles.read_bytes(self.path))
+        except (OSError, ValueError, RecursionError, safefiles.NotRegular):
             return 0  # missing, or being rewritten: the next call tries again
         self._signature = signature
         for name in self._owned:
@@ -713,9 +714,9 @@ def _tfevents(path: Path) -> Reader | None:
 def _sniff(path: Path) -> Reader | None:
     """Guess from the first bytes: a JSON object per line, an HF state or history file, CSV, text."""
     try:
-        with open(path, "rb") as fh:
+        with safefiles.open_read(path) as fh:
             head = fh.read(SNIFF_BYTES)
-    except OSError:
+    except (OSError, safefiles.NotRegular):
         return None
     if not head or b"\x00" in head:
         return _tfevents(path)

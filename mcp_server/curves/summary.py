@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
+from mcp_server import budget
 from mcp_server.curves.analysis import Finding, MetricStats, diagnose, direction_of, metric_stats, pair_series
 from mcp_server.curves.load import Loaded, loaded
 from mcp_server.curves.store import Curves
@@ -20,8 +21,9 @@ from mcp_server.curves.store import Curves
 if TYPE_CHECKING:
     from mcp_server.rundir import Manifest
 
-BUDGET_CHARS = 6000  # about 1,500 tokens of JSON (numbers and names run near 4 characters a token)
-MAX_OMITTED_NAMES = 25
+# The summary's share of an answer (budget.ANSWER_CHARS, ~1,500 tokens): the rest is the run's row.
+BUDGET_CHARS = budget.ANSWER_CHARS - 2000
+MAX_OMITTED_NAMES = 12
 
 
 class CurveSummary(BaseModel):
@@ -98,7 +100,7 @@ def summarize(loaded: Loaded, primary_metric: str | None, mode: Literal["min", "
         size = len(stats.model_dump_json()) + 1
         if used + size > BUDGET_CHARS:
             left = order[i:]
-            summary.omitted_metrics = left[:MAX_OMITTED_NAMES] + (
+            summary.omitted_metrics = [budget.clip(n, 60) or "" for n in left[:MAX_OMITTED_NAMES]] + (
                 [f"... and {len(left) - MAX_OMITTED_NAMES} more"] if len(left) > MAX_OMITTED_NAMES else [])
             break
         summary.metrics.append(stats)

@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from mcp_server import safefiles
 from mcp_server.curves.store import Curves
 
 __all__ = ["TfEventsReader", "is_tfevents", "crc32c", "masked_crc32c"]
@@ -100,9 +101,9 @@ def is_tfevents(path: str | os.PathLike[str]) -> bool:
     if path.name.startswith(NAME_PREFIX):
         return True
     try:
-        with path.open("rb") as f:
+        with safefiles.open_read(path) as f:
             header = f.read(HEADER)
-    except OSError:
+    except (OSError, safefiles.NotRegular):
         return False
     return len(header) == HEADER and _frame_length(header) >= 0
 
@@ -457,9 +458,9 @@ class TfEventsReader:
         start = self.offset
         scan = _Scan()
         try:
-            with self.path.open("rb") as f:
+            with safefiles.open_read(self.path) as f:
                 self._read_region(f, size, scan)
-        except OSError:
+        except (OSError, safefiles.NotRegular):
             pass  # vanished or unreadable between stat and read: keep what was read
         if scan.corrupt:
             self.corrupt = True

@@ -20,7 +20,7 @@ def test_train_follows_a_real_run_and_prints_its_summary(tiny_trm):
     assert "[ok  ] torch:" in out.stdout and "Launched 911-trm-tiny-" in out.stdout
     assert "Epoch 1/3 - Train Loss:" in out.stdout
     assert ": succeeded" in out.stdout and "best val/acc" in out.stdout and "ended: " in out.stdout
-    runs = json.loads(trainguard(tiny_trm, "runs", "--json").stdout)
+    runs = json.loads(trainguard(tiny_trm, "runs", "--json").stdout)["runs"]
     assert [r["status"] for r in runs] == ["succeeded"]
 
 
