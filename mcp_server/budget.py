@@ -9,14 +9,35 @@ of what was left out, big fields are summarised. The server serialises answers c
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import orjson
+from pydantic import BaseModel
+
+T = TypeVar("T")
+R = TypeVar("R", bound=BaseModel)
 
 ANSWER_CHARS = 6000
 MAX_CUTS = 400
 MIN_TEXT = 32  # a string is never cut below this
 LIST_CHARS = 4800  # what the rows of one page may take; the rest is the page's own fields
+
+
+def page(items: Sequence[T], offset: int, limit: int, row: Callable[[T], R]) -> tuple[list[R], int | None]:
+    """The rows of `items[offset:offset + limit]`, made by `row`, until LIST_CHARS is spent (at
+    least one), and the offset the next page starts at (None after the last item)."""
+    rows: list[R] = []
+    used = 0
+    for item in items[offset:offset + limit]:
+        made = row(item)
+        size = len(made.model_dump_json(exclude_none=True)) + 1
+        if rows and used + size > LIST_CHARS:
+            break
+        rows.append(made)
+        used += size
+    end = offset + len(rows)
+    return rows, (end if end < len(items) else None)
 
 
 def clip(text: str | None, limit: int) -> str | None:

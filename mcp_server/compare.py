@@ -5,6 +5,7 @@ hyperparameters that differ between them and each run's distance to a baseline (
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from mcp_server.runs import refresh
 
 MAX_RUNS = 20
 MAX_DIFFERING = 8  # hyperparameters shown per row; the note names the rest
-DIFFERS_CHARS = 2400  # what the rows' `differs` may take together
+DIFFERS_CHARS = 1200  # what the rows' `differs` may take together (20 rows of ~200 characters beside)
 MAX_SAME = 20
 
 
@@ -66,8 +67,7 @@ def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | 
     configs = [m.config for m in manifests]
     keys = sorted({k for c in configs for k in c})
     all_differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
-    # As many as the answer has room for across all rows (a grid's few always fit).
-    differing = all_differing[:max(2, min(MAX_DIFFERING, DIFFERS_CHARS // (len(ids) * 60)))]
+    differing = all_differing[:_shown(all_differing, configs)]
     same = {k: _short(configs[0].get(k)) for k in keys if k not in all_differing}
 
     rows = []
@@ -102,8 +102,20 @@ def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | 
                       rows=rows, same=dict(list(same.items())[:MAX_SAME]), note=note)
 
 
+def _shown(differing: list[str], configs: list[dict[str, Any]]) -> int:
+    """How many differing hyperparameters every row can show within DIFFERS_CHARS (at least one;
+    a grid search's few short ones always fit)."""
+    n, used = 0, 0
+    for key in differing[:MAX_DIFFERING]:
+        used += sum(len(json.dumps({key: _short(c.get(key))}, default=str)) for c in configs)
+        if n and used > DIFFERS_CHARS:
+            break
+        n += 1
+    return n
+
+
 def _short(value: Any) -> Any:
-    return budget.clip(value, 32) if isinstance(value, str) else value
+    return budget.clip(value, 24) if isinstance(value, str) else value
 
 
 def _baseline(baseline: str | None, rows: list[RunRow]) -> tuple[float | None, str | None]:

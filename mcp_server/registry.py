@@ -183,19 +183,10 @@ def experiment_page(project: Path | None = None, limit: int = 50, offset: int = 
     """A page of `list_experiments`, within the answer budget: descriptions and long values cut,
     rows until the budget is spent (`next_offset` says where the next page starts)."""
     project = project or paths.project_root()
-    folders = _experiment_dirs(project)
-    rows: list[ExperimentInfo] = []
-    used = 0
-    for _, folder in folders[offset:offset + limit]:
-        row = _row(_load_or_error(folder, project))
-        size = len(row.model_dump_json(exclude_none=True)) + 1
-        if rows and used + size > budget.LIST_CHARS:
-            break
-        rows.append(row)
-        used += size
-    end = offset + len(rows)
-    return ExperimentPage(experiments=rows, total=len(folders), offset=offset,
-                          next_offset=end if end < len(folders) else None, project_dir=str(project))
+    folders = [folder for _, folder in _experiment_dirs(project)]
+    rows, next_offset = budget.page(folders, offset, limit, lambda folder: _row(_load_or_error(folder, project)))
+    return ExperimentPage(experiments=rows, total=len(folders), offset=offset, next_offset=next_offset,
+                          project_dir=str(project))
 
 
 def _load_or_error(folder: Path, project: Path) -> Experiment | tuple[Path, str]:

@@ -433,18 +433,8 @@ def list_runs(project: Path | None = None, limit: int = 20, offset: int = 0) -> 
     `limit` runs; `next_offset` says where the next one starts)."""
     root = paths.runs_root(project or paths.project_root())
     found = sorted(all_runs(root), key=_created, reverse=True)
-    rows: list[RunInfo] = []
-    used = 0
-    for run in found[offset:offset + limit]:
-        row = _info(run)
-        size = len(row.model_dump_json(exclude_none=True)) + 1
-        if rows and used + size > budget.LIST_CHARS:
-            break
-        rows.append(row)
-        used += size
-    end = offset + len(rows)
-    return RunPage(runs=rows, total=len(found), offset=offset, next_offset=end if end < len(found) else None,
-                   runs_dir=str(root))
+    rows, next_offset = budget.page(found, offset, limit, _info)
+    return RunPage(runs=rows, total=len(found), offset=offset, next_offset=next_offset, runs_dir=str(root))
 
 
 MAX_LATEST = 24  # metrics shown in run_status: the primary first, then the summary's order
@@ -488,26 +478,9 @@ MAX_LISTED_FILES = 20
 def _list_outputs(folder: Path) -> list[str]:
     """Regular files the trainer wrote (relative paths, models/ppo.pth too), breadth first,
     never through a link, temp and hidden files left out, bounded."""
-    found: list[str] = []
-    level = [folder]
-    for _ in range(8):
-        below = []
-        for current in level:
-            try:
-                entries = sorted(os.scandir(current), key=lambda e: e.name)
-            except OSError:
-                continue
-            for entry in entries:
-                if entry.name.startswith(".") or entry.is_symlink():
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    below.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    if len(found) == MAX_LISTED_FILES:
-                        return [*found, "..."]
-                    found.append(budget.clip(str(Path(entry.path).relative_to(folder)), 160))
-        level = below
-    return found
+    found = [budget.clip(str(p.relative_to(folder)), 160) or "" for p in
+             safefiles.walk(folder, max_depth=8, max_files=MAX_LISTED_FILES + 1)]
+    return found if len(found) <= MAX_LISTED_FILES else [*found[:MAX_LISTED_FILES], "..."]
 
 
 def summary(run_id: str, project: Path | None = None, primary_metric: str | None = None

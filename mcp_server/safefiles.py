@@ -15,6 +15,7 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -161,3 +162,27 @@ def disk_full(path: Path) -> str | None:
     if st.f_files and st.f_favail == 0:
         return f"disk full on {path}: no inodes (files) left, {free / 2**20:.0f} MiB free"
     return None
+
+
+def walk(folder: Path, max_depth: int, max_files: int) -> Iterator[Path]:
+    """Regular files under `folder`, breadth first, in name order, at most `max_depth` folders
+    down and `max_files` files in all; never through a link, skipping dot-names."""
+    level, seen = [folder], 0
+    for _ in range(max_depth + 1):
+        below: list[Path] = []
+        for current in level:
+            try:
+                entries = sorted(os.scandir(current), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name.startswith(".") or entry.is_symlink():
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    below.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    seen += 1
+                    if seen > max_files:
+                        return
+                    yield Path(entry.path)
+        level = below

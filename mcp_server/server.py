@@ -56,8 +56,8 @@ def _answer(result: Any) -> Any:
     """A model as the answer the client gets: compact JSON text (no indentation, no nulls: the
     budget is counted in characters) beside the structured content, both within the budget
     (`budget.fit` cuts, and says what it cut, if a tool's own bounds were not enough)."""
-    if not isinstance(result, BaseModel):
-        return result
+    if isinstance(result, CallToolResult) or not isinstance(result, BaseModel):
+        return result  # built by the tool itself (plot_run's image)
     text, cuts = budget.fit(result.model_dump(mode="json", by_alias=True, exclude_none=True),
                             limit=budget.ANSWER_CHARS - 400)  # room for the note of what was cut
     if cuts:

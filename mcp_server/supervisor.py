@@ -82,7 +82,9 @@ def supervise(run: RunDir) -> int:
         state.finished_at = time.time()
         _write_outcome(run, state)
         return 1
-    slot = _take_slot(run, manifest, state)  # held (open) until this process and the trainer exit
+    # Held (open) until this process has recorded the outcome, and by the trainer's copy while it
+    # lives: the kernel releases the lock when the last of the two closes it.
+    slot = _take_slot(run, manifest, state)
     if slot is None:  # cancelled while queued
         state.status, state.finished_at = "stopped", time.time()
         _finish(run, manifest, state)
@@ -104,7 +106,6 @@ def supervise(run: RunDir) -> int:
         state.status, state.failure, state.finished_at = "failed", f"could not start the trainer: {exc}", time.time()
         _finish(run, manifest, state)
         return 127
-    slot.close()  # the trainer's copy keeps the lock; the kernel releases it when the last copy closes
     procs.wait_unleashed(proc.pid)
     state.status = "running"
     state.pid, state.pgid = proc.pid, proc.pid

@@ -774,7 +774,7 @@ def discover(folder: str | os.PathLike[str]) -> list[Reader]:
     found: list[Path] = []
     guessed: list[Path] = []
     hf_states: list[Path] = []
-    for path in _walk(folder):
+    for path in safefiles.walk(folder, MAX_DEPTH, MAX_FILES):
         name = path.name
         if name == "trainer_state.json":
             hf_states.append(path)
@@ -788,29 +788,6 @@ def discover(folder: str | os.PathLike[str]) -> list[Reader]:
         found.append(max(hf_states, key=_newest_state))
     readers = [r for r in [*map(detect, sorted(found)), *map(_sniff, sorted(guessed))] if r is not None]
     return sorted(readers, key=lambda r: KIND_ORDER.index(r.kind) if r.kind in KIND_ORDER else len(KIND_ORDER))
-
-
-def _walk(folder: Path) -> Iterator[Path]:
-    """Regular files under `folder`, breadth first, bounded in depth and count; no links, no dot-names."""
-    level, considered = [folder], 0
-    for _ in range(MAX_DEPTH + 1):
-        below: list[Path] = []
-        for current in level:
-            try:
-                entries = sorted(os.scandir(current), key=lambda e: e.name)
-            except OSError:
-                continue
-            for entry in entries:
-                if entry.name.startswith(".") or entry.is_symlink():
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    below.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    considered += 1
-                    if considered > MAX_FILES:
-                        return
-                    yield Path(entry.path)
-        level = below
 
 
 def _newest_state(path: Path) -> tuple[int, int]:

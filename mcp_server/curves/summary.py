@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from mcp_server.rundir import Manifest
 
 # The summary's share of an answer (budget.ANSWER_CHARS, ~1,500 tokens): the rest is the run's row.
-BUDGET_CHARS = budget.ANSWER_CHARS - 2000
+BUDGET_CHARS = budget.ANSWER_CHARS - 1600
 MAX_OMITTED_NAMES = 12
 
 

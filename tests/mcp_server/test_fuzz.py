@@ -181,3 +181,61 @@ def test_a_run_folder_or_log_that_links_out_is_refused(scripted, tmp_path):
     log.symlink_to(secret)
     text = error("tail_log", {"run_id": run_id})
     assert "symbolic link" in text and "hunter2" not in text
+
+
+# ---------------------------------------------------------------------------- hostile project files
+
+PYTHONS = ["scripts/python", "scripts/evil.sh", "../../usr/bin/python3", "/bin/sh", ".venv/bin/python",
+           "fake/bin/python", "scripts/python\n", "a\x00b"]
+toml_value = st.one_of(st.sampled_from(HOSTILE), st.text(max_size=40)).map(lambda s: s.replace("\\", "\\\\")
+                                                                               .replace('"', '\\"'))
+experiment_toml = st.one_of(
+    st.binary(max_size=200),
+    st.builds(lambda trainer, python, title, junk: (
+        f'trainer = "{trainer}"\ntitle = "{title}"\npython = "{python}"\n{junk}\n[args]\nsteps = 2\n').encode(
+        "utf-8", "surrogatepass"),
+        st.sampled_from(["scripted", "hostile", "nope"]), st.sampled_from(PYTHONS).map(
+            lambda p: p.replace("\n", "\\n").replace("\x00", "\\u0000")), toml_value,
+        st.sampled_from(["", "x = " + "[" * 3000 + "]" * 3000, "\xff", "[args", "description = 1"])),
+)
+spec_toml = st.one_of(st.binary(max_size=200), st.sampled_from([
+    b'name = "hostile"\ndescription = "d"\ncommand = ["{python}", "-c", "pass"]\n[params]\n',
+    b'name = "hostile"\ndescription = "d"\ncommand = ["{python}"]\n[params]\n[memory]\nscript = "/tmp/x.py"\n',
+    b'name = "hostile"\ndescription = "\xff"\n', b"[" * 4000, b""]))
+
+
+def test_hostile_project_files_get_a_listing_row_or_a_tool_error_and_run_nothing(scripted):
+    marker = scripted / "pwned"
+    for name in ("python", "evil.sh"):
+        script = scripted / "scripts" / name
+        script.write_text(f"#!/bin/sh\ntouch {marker}\n")
+        script.chmod(0o755)
+    folder = scripted / "experiments" / "962-hostile"
+    folder.mkdir(parents=True)
+    spec = scripted / "experiments" / "trainers" / "hostile.toml"
+    with session() as call:
+
+        @settings(max_examples=max(10, EXAMPLES // 4), deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+        @given(toml=experiment_toml, hypothesis_md=st.binary(max_size=100), spec_file=spec_toml)
+        def check(toml, hypothesis_md, spec_file):
+            SEEN["inputs"] += 1
+            (folder / "experiment.toml").write_bytes(toml)
+            (folder / "hypothesis.md").write_bytes(hypothesis_md)
+            spec.write_bytes(spec_file)
+            listed, offset = {}, 0
+            while offset is not None:
+                result = call("list_experiments", {"limit": 100, "offset": offset})
+                assert not result.is_error, result.content[0].text
+                listed.update({e["id"]: e for e in result.structured_content["experiments"]})
+                offset = result.structured_content.get("next_offset")
+            assert "901-quick" in listed and listed["901-quick"].get("error") is None  # the good ones stay
+            assert "962-hostile" in listed
+            for tool in ("preflight", "estimate_memory", "prepare_data"):
+                result = call(tool, {"experiment": "962"})
+                text = result.content[0].text
+                assert text.strip() and text.rstrip(".: ") != f"Error executing tool {tool}"
+                assert "failed unexpectedly" not in text, text
+            assert not marker.exists(), "a project file ran as the interpreter"
+
+        check()

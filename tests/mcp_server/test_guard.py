@@ -163,3 +163,23 @@ def test_a_runs_folder_that_links_out_of_the_project_is_a_preflight_warning(scri
 
     check = next(c for c in run_preflight("901")[0].checks if c.name == "output")
     assert check.verdict == "warn" and "symbolic link" in check.detail and str(elsewhere) in check.detail
+
+
+PLAIN = "import time\nprint('up', flush=True)\nwhile True:\n    time.sleep(0.05)\n"
+
+
+def test_a_script_without_a_signal_handler_stops_on_sigterm_at_once(scripted):
+    """The supervisor ignores SIGTERM; its trainer must not inherit that (it once did: a user's
+    plain script then sat out the whole grace and was SIGKILLed)."""
+    (scripted / "scripts" / "plain.py").write_text(PLAIN)
+    spec = (scripted / "experiments/trainers/scripted.toml").read_text()
+    (scripted / "experiments/trainers/plain.toml").write_text(
+        spec.replace('name = "scripted"', 'name = "plain"').replace("scripted_trainer.py", "plain.py"))
+    write_experiment(scripted, "923-plain", "plain", {})
+    result = runs.launch("923")
+    run = open_run(paths.runs_root(), result.run_id)
+    wait_until(lambda: b"up" in run.stdout.read_bytes(), what="the plain script")
+    t0 = time.monotonic()
+    stopped = runs.stop(result.run_id, grace_s=30)
+    assert stopped.how == "terminated" and stopped.status == "stopped" and time.monotonic() - t0 < 10
+    assert runs.status(result.run_id).signal == signal.SIGTERM
