@@ -66,7 +66,8 @@ def _experiment_roots(project: Path) -> list[tuple[Literal["project", "bundled"]
 
 
 def _experiment_dirs(project: Path) -> list[tuple[Literal["project", "bundled"], Path]]:
-    """Every experiment folder, the project's first, shadowing bundled ones of the same number."""
+    """Every experiment folder: the project's first, by number, then the bundled ones it does not
+    shadow (a project's 001 hides the bundled 001)."""
     found: dict[int, tuple[Literal["project", "bundled"], Path]] = {}
     for source, root in _experiment_roots(project):
         if not root.is_dir():
@@ -75,7 +76,7 @@ def _experiment_dirs(project: Path) -> list[tuple[Literal["project", "bundled"],
             m = EXPERIMENT_DIR_RE.fullmatch(child.name)
             if m and child.is_dir() and int(m.group(1)) not in found:
                 found[int(m.group(1))] = (source, child)
-    return [found[n] for n in sorted(found)]
+    return sorted(found.values(), key=lambda sf: (sf[0] != "project", sf[1].name))
 
 
 def find_experiment_dir(ref: str, project: Path) -> tuple[Literal["project", "bundled"], Path]:

@@ -99,7 +99,7 @@ def test_launch_needs_each_fired_rule_acknowledged_and_records_it(ruled):
         runs.launch("901", {"interval": 0.6}, acknowledge=["typo"])
     assert runs.launch("901", {"interval": 0.6}, dry_run=True).dry_run  # a dry run shows it anyway
     result = runs.launch("901", {"interval": 0.6, "steps": 1}, acknowledge=["long-pause"])
-    assert open_run(paths.runs_root(), result.run_id).read_manifest()["acknowledged"] == ["long-pause"]
+    assert open_run(paths.runs_root(), result.run_id).read_manifest().acknowledged == ["long-pause"]
     pad = next((ruled / ".claude/scratchpad/training-runner").glob("*.md")).read_text()
     assert "acknowledged danger rules: long-pause" in pad
 

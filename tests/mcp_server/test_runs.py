@@ -70,13 +70,16 @@ def test_stop_leaves_no_process_of_the_group(scripted):
 
 def test_a_trainer_that_ignores_sigterm_is_killed_after_the_grace(scripted):
     script = scripted / "scripts" / "stubborn.py"
-    script.write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)\n")
+    script.write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\n"
+                      "time.sleep(600)\n")
     spec = (scripted / "experiments/trainers/scripted.toml").read_text()
     (scripted / "experiments/trainers/stubborn.toml").write_text(
         spec.replace('name = "scripted"', 'name = "stubborn"').replace("scripted_trainer.py", "stubborn.py")
     )
     write_experiment(scripted, "904-stubborn", "stubborn", {})
     result = runs.launch("904")
+    run = open_run(paths.runs_root(), result.run_id)
+    wait_until(lambda: b"up" in run.stdout.read_bytes(), what="its SIGTERM handler")  # it ignores SIGTERM from here
     stopped = runs.stop(result.run_id, grace_s=0.5)
     assert stopped.how == "killed" and stopped.processes_left == 0 and stopped.status == "stopped"
     assert runs.status(result.run_id).signal == signal.SIGKILL
@@ -88,10 +91,10 @@ def test_a_dead_supervisor_is_noticed(scripted):
     state = run.read_state()
     os.kill(state.supervisor_pid, signal.SIGKILL)
     wait_until(lambda: not procs.is_alive(state.supervisor_pid, state.supervisor_started), what="supervisor death")
-    assert runs.status(result.run_id).status == "running"  # the trainer itself still runs
-    os.killpg(state.pgid, signal.SIGKILL)
+    # The trainer does not go on unobserved: the leash stops it with its supervisor (test_guard.py has the rest).
     wait_until(lambda: runs.status(result.run_id).status == "lost", what="lost status")
     assert "supervisor ended" in runs.status(result.run_id).failure
+    assert procs.group_members(state.pgid) == []
 
 
 def test_launch_refuses_when_preflight_fails(scripted):

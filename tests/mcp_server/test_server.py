@@ -27,7 +27,8 @@ def test_every_tool_is_listed_with_schema_docstring_and_annotations():
         assert t.output_schema and t.description and len(t.description) > 80, t.name
         assert t.annotations.read_only_hint is not None and t.annotations.destructive_hint is not None
     assert tools["stop_run"].annotations.destructive_hint is True
-    assert tools["preflight"].annotations.read_only_hint is True
+    assert tools["list_runs"].annotations.read_only_hint is True
+    assert tools["preflight"].annotations.read_only_hint is False  # it runs project code (issue 12)
     assert tools["launch_run"].annotations.read_only_hint is False
 
 
