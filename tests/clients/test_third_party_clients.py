@@ -4,14 +4,13 @@ HOME so nothing touches a real configuration."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import CLEAN_PATH, REPO, TLS_ENV, plugin_copy
 
 pytestmark = pytest.mark.clients
 BIN = Path(__file__).resolve().parent / "node_modules" / ".bin"
@@ -57,19 +56,21 @@ def test_claude_connects_to_the_server_from_the_plugin_dir(home, project):
 
 
 def test_claude_installs_the_plugin_from_its_marketplace_and_connects(home, project, tmp_path):
-    # An installed copy: the tracked files only, elsewhere, with no virtualenv beside them.
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
-    copy = tmp_path / "market"
-    for name in files:
-        if not name.startswith("tests/clients/node_modules") and (REPO / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, copy / name)
-    assert run([tool("claude"), "plugin", "marketplace", "add", str(copy)], home, project).returncode == 0
-    installed = run([tool("claude"), "plugin", "install", "trainguard@trainguard"], home, project)
+    """As a new user: the tracked files as the marketplace, a fresh HOME, the machine's python3 (no
+    mcp in it), no TRAINGUARD_SERVER_PYTHON. The first start builds the server's environment in the
+    plugin's data folder (bin/trainguard-bootstrap) within the time Claude Code gives a server."""
+    copy = plugin_copy(tmp_path / "market")
+    fresh = {k: v for k, v in home.items() if k != "TRAINGUARD_SERVER_PYTHON"} | {"PATH": f"{BIN}:{CLEAN_PATH}"}
+    fresh.update({k: v for k, v in os.environ.items() if k in TLS_ENV})
+    assert run([tool("claude"), "plugin", "marketplace", "add", str(copy)], fresh, project).returncode == 0
+    installed = run([tool("claude"), "plugin", "install", "trainguard@trainguard"], fresh, project)
     assert installed.returncode == 0, installed.stdout + installed.stderr
-    out = run([tool("claude"), "mcp", "list"], home, project)
+    out = run([tool("claude"), "mcp", "list"], fresh, project)
     assert "plugin:trainguard:trainguard" in out.stdout and "Connected" in out.stdout, out.stdout + out.stderr
+    envs = list(Path(fresh["HOME"]).rglob("envs/*/.trainguard-ready"))
+    assert len(envs) == 1, "the environment was built once, in the plugin's data folder"
+    again = run([tool("claude"), "mcp", "list"], fresh, project)
+    assert "Connected" in again.stdout and list(Path(fresh["HOME"]).rglob("envs/*/.trainguard-ready")) == envs
 
 
 def inspector(home, project, *args):
