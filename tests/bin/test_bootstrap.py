@@ -80,6 +80,9 @@ def test_the_first_start_builds_the_environment_once_and_the_launcher_serves_fro
             listed = await client.call_tool("list_experiments", {})
             return {t.name for t in tools}, listed
 
+    hook = subprocess.run([str(plugin / "bin" / "trainguard-mcp"), "--setup"], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert hook.returncode == 0 and hook.stdout == ""  # the SessionStart hook: silent when ready
     names, listed = anyio.run(serve)
     assert {"preflight", "launch_run", "list_runs"} <= names and not listed.is_error
     assert listed.structured_content["total"] >= 12  # the bundled experiments travel with the plugin

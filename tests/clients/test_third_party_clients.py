@@ -45,6 +45,8 @@ def test_claude_validates_the_plugin_strictly(home, project):
     provides = report["provides"]
     assert [s["name"] for s in provides["mcpServers"]] == ["trainguard"]
     assert provides["skills"] == ["trainguard:train"] and provides["agents"] == ["trainguard:training-runner"]
+    assert [(h["event"], h["command"]) for h in provides["hooks"]] == [
+        ("SessionStart", '"${CLAUDE_PLUGIN_ROOT}/bin/trainguard-mcp" --setup')]  # builds the server's environment
     manifest = run([tool("claude"), "plugin", "validate", str(REPO / ".claude-plugin" / "plugin.json"), "--strict"],
                    home, project)
     assert manifest.returncode == 0, manifest.stdout + manifest.stderr
