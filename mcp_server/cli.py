@@ -4,10 +4,13 @@
     trainguard preflight 1 [--set ...]                   the checks alone
     trainguard memory 2 [--set batch_size=16] [--gpu-gib 16]  peak memory; the largest batch that fits
     trainguard prepare 2                                 create missing data (e.g. the image folder)
-    trainguard runs | status RUN | stop RUN | summary RUN | plot RUN | gpu | experiments
+    trainguard runs | status RUN | stop RUN | plot RUN | gpu | experiments
+    trainguard summary RUN|PATH | diagnose RUN | compare RUN RUN... | logs RUN | wait RUN | resume RUN
+    trainguard watch [--seconds S] | scratchpad [--append TEXT]
     trainguard serve                                     MCP over stdio (what the plugin starts)
 
 Every command but `serve` takes --json for the same structured result the MCP tool returns.
+Long waits show a live line on a terminal and stay quiet when piped.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server import gpu, paths, prepare, registry, runs, safefiles, textlog
+from mcp_server import compare, gpu, paths, prepare, registry, runs, safefiles, scratchpad, textlog
 from mcp_server.curves.analysis import MetricStats, Point
+from mcp_server.curves.summary import CurveSummary
 from mcp_server.errors import InvalidInput, TrainguardError
 from mcp_server.preflight import PreflightReport, estimate_memory, run_preflight
-from mcp_server.rundir import TERMINAL, open_run
+from mcp_server.rundir import RUN_ID_RE, TERMINAL, open_run
 
 MARK = {"pass": "ok  ", "warn": "WARN", "fail": "FAIL"}
 
@@ -58,15 +62,19 @@ def _print_summary(run_id: str) -> None:
     info, summ = runs.summary(run_id)
     print(f"\nRun {info.run_id}: {info.status}" + (f" ({info.failure})" if info.failure else ""))
     print(f"  {summ.headline}")
+    _print_stats(summ)
+    if info.status in ("failed", "lost"):
+        run = open_run(paths.runs_root(), run_id)
+        print("  stderr (last lines):\n    " + textlog.tail(run.stderr).replace("\n", "\n    "))
+
+
+def _print_stats(summ: CurveSummary) -> None:
     for m in ([summ.primary] if summ.primary else []) + summ.metrics:
         print(f"  {_stats_line(m)}")
     for f in summ.findings:
         print(f"  [{f.severity}] {f.rule} on {f.metric} at step {f.step}: {f.evidence}\n         fix: {f.remedy}")
     if summ.omitted_metrics:
         print(f"  (also logged: {', '.join(summ.omitted_metrics)})")
-    if info.status in ("failed", "lost"):
-        run = open_run(paths.runs_root(), run_id)
-        print("  stderr (last lines):\n    " + textlog.tail(run.stderr).replace("\n", "\n    "))
 
 
 def _follow(run_id: str) -> str:
@@ -168,9 +176,17 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    for exp in registry.list_experiments():
-        if isinstance(exp, tuple):
-            print(f"{exp[0].name:<28} INVALID: {exp[1]}")
+    rows, offset = [], 0
+    while offset is not None:  # every page: a person's terminal has no answer budget
+        page = registry.experiment_page(limit=100, offset=offset)
+        rows += page.experiments
+        offset = page.next_offset
+    if args.json:
+        _emit_json(rows)
+        return 0
+    for exp in rows:
+        if exp.error:
+            print(f"{exp.id:<28} INVALID: {exp.error}")
         else:
             print(f"{exp.id:<28} {exp.trainer:<12} {exp.source:<8} {exp.title}")
     return 0
@@ -226,19 +242,174 @@ def _stats_line(m: MetricStats) -> str:
     return f"{m.name:<16} {m.spark}  {value(m.first)} -> {value(m.last)}{best}{bad} ({m.count:,} points)"
 
 
+class Plotted(BaseModel):
+    run_id: str
+    path: str
+    metrics: list[str]
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     out, drawn = runs.plot(args.run_id, args.metric or None)
-    print(f"{out} ({', '.join(drawn)})")
+    if args.json:
+        _emit_json(Plotted(run_id=args.run_id, path=str(out), metrics=drawn))
+    else:
+        print(f"{out} ({', '.join(drawn)})")
     return 0
+
+
+def _is_run(target: str) -> bool:
+    return bool(RUN_ID_RE.fullmatch(target)) and (paths.runs_root() / target / "manifest.json").exists()
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    if not _is_run(args.target):  # a log folder or file of the user's own
+        summ = runs.summarize_path(args.target, args.metric)
+        if args.json:
+            _emit_json(summ)
+        else:
+            print(f"{args.target}: {summ.headline}")
+            _print_stats(summ)
+        return 0
     if args.json:
-        info, summ = runs.summary(args.run_id)
+        info, summ = runs.summary(args.target, primary_metric=args.metric)
         print('{"run": ' + info.model_dump_json() + ', "summary": ' + summ.model_dump_json(indent=2) + "}")
     else:
-        _print_summary(args.run_id)
+        _print_summary(args.target)
     return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    d = runs.diagnose_run(args.run_id)
+    if args.json:
+        _emit_json(d)
+        return 0
+    print(f"{d.run_id}: {d.status}, {d.failure_class}: {d.summary}")
+    for e in d.evidence:
+        print(f"  [{e.source}] {e.text}")
+    for r in d.remedies:
+        print(f"  fix: {r}")
+    if d.also:
+        print(f"  also seen: {', '.join(d.also)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    c = compare.compare_runs(args.run_ids, args.metric, args.baseline)
+    if args.json:
+        _emit_json(c)
+        return 0
+    print(f"{c.metric} ({c.direction}), best first: {c.note}")
+    for r in c.rows:
+        best = "-" if r.best is None else f"{r.best:.4g}"
+        where = f" at epoch {r.best_epoch:g}" if r.best_epoch is not None else ""
+        vs = f"  ({r.vs_baseline:+.4g} vs baseline)" if r.vs_baseline is not None else ""
+        differs = ", ".join(f"{k}={v}" for k, v in r.differs.items())
+        print(f"  {r.run_id:<44} {r.status:<10} {best}{where}{vs}  {differs}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    out = runs.tail_log(args.run_id, args.stream, args.lines, args.pattern)
+    if args.json:
+        _emit_json(out)
+        return 0
+    for line in out.lines:
+        print(line)
+    if out.truncated:
+        print(f"(earlier lines left out; {out.file_bytes:,} bytes in the {out.stream} log)", file=sys.stderr)
+    return 0
+
+
+class _Live:
+    """One status line rewritten in place on a terminal; silent when stderr is not one."""
+
+    def __init__(self) -> None:
+        self.on = sys.stderr.isatty()
+
+    def show(self, text: str) -> None:
+        if self.on:
+            sys.stderr.write("\r\x1b[K" + text[:150])
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.on:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    live, t0 = _Live(), time.monotonic()
+    st = runs.status(args.run_id)
+    while st.status not in TERMINAL and time.monotonic() - t0 < args.timeout:
+        epoch = f" epoch {st.epoch}/{st.epochs or '?'}" if st.epoch is not None else ""
+        live.show(f"{st.run_id}: {st.status}{epoch}, {time.monotonic() - t0:.0f} s: {st.headline}")
+        time.sleep(1.0)
+        st = runs.status(args.run_id)
+    live.done()
+    if args.json:
+        _emit_json(st)
+    else:
+        print(f"{st.run_id}: {st.status}" + (f" ({st.failure})" if st.failure else "") + f": {st.headline}")
+    return 0 if st.status == "succeeded" else 3 if st.status not in TERMINAL else 1
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    result = runs.resume_run(args.run_id, _parse_sets(args.set), note=args.note, acknowledge=args.acknowledge,
+                             dry_run=args.dry_run)
+    if args.json:
+        _emit_json(result)
+    elif args.dry_run:
+        print("Dry run, nothing started. Would run:\n  " + " ".join(result.argv))
+    else:
+        print(f"Resumed {args.run_id} as {result.run_id} ({result.status}); follow with: trainguard wait "
+              f"{result.run_id}")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    sampler = gpu.shared_sampler(paths.runs_root(paths.project_root()))
+    live, reports, t0 = _Live(), [], time.monotonic()
+    while True:
+        reports.append(sampler.sample())
+        elapsed = time.monotonic() - t0
+        if elapsed + args.interval > args.seconds:
+            break
+        live.show(f"sampling the GPUs: {len(reports)} samples, {elapsed:.0f}/{args.seconds:g} s")
+        time.sleep(args.interval)
+    live.done()
+    watch = gpu.summarize_samples(reports, round(time.monotonic() - t0, 1), args.interval)
+    if args.json:
+        _emit_json(watch)
+    else:
+        print(watch.model_dump_json(indent=2, exclude_none=True))
+    return 0
+
+
+def cmd_scratchpad(args: argparse.Namespace) -> int:
+    project = paths.project_root()
+    if args.append:
+        path = scratchpad.append(project, args.agent, args.append, kind=args.kind)
+        if args.json:
+            _emit_json(Appended(path=str(path), agent=args.agent, kind=args.kind))
+        else:
+            print(f"appended to {path}")
+        return 0
+    view = scratchpad.view(project, args.agent, args.coordinator, args.max_chars)
+    if args.json:
+        _emit_json(view)
+        return 0
+    for title, found in (("coordinator", view.coordinator_latest), ("today", view.own_today),
+                         ("previous day", view.own_previous_day)):
+        if found:
+            print(f"== {title}: {found.path}\n{found.text}")
+    print(view.hint)
+    return 0
+
+
+class Appended(BaseModel):
+    path: str
+    agent: str
+    kind: str
 
 
 def cmd_gpu(args: argparse.Namespace) -> int:
@@ -309,7 +480,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("stop", cmd_stop, "stop a run (checkpoint, then kill its process group)")
     p.add_argument("run_id")
     p.add_argument("--grace", type=float, default=30.0, help="seconds between SIGTERM and SIGKILL")
-    add("summary", cmd_summary, "summarise a run's metrics").add_argument("run_id")
+    p = add("summary", cmd_summary, "summarise a run's metrics, or a log folder or file of your own")
+    p.add_argument("target", metavar="RUN|PATH")
+    p.add_argument("--metric", help="the metric to centre on (default: the run's primary)")
+    add("diagnose", cmd_diagnose, "why a run failed, with the lines that show it and the remedies").add_argument(
+        "run_id")
+    p = add("compare", cmd_compare, "several runs on one metric, best first, with what differs")
+    p.add_argument("run_ids", nargs="+", metavar="RUN")
+    p.add_argument("--metric")
+    p.add_argument("--baseline", help="a run id or a figure, e.g. 20.47")
+    p = add("logs", cmd_logs, "the end of a run's log, optionally filtered (RE2 pattern)")
+    p.add_argument("run_id")
+    p.add_argument("--stream", default="stderr", choices=runs.LOG_STREAMS)
+    p.add_argument("--lines", type=int, default=50)
+    p.add_argument("--pattern")
+    p = add("wait", cmd_wait, "wait for a run to end (exit 0 succeeded, 1 ended otherwise, 3 still going)")
+    p.add_argument("run_id")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
+    p = add("resume", cmd_resume, "continue a run from its last checkpoint as a new run")
+    p.add_argument("run_id")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a parameter")
+    p.add_argument("--note", default="")
+    p.add_argument("--acknowledge", action="append", default=[], metavar="RULE_ID")
+    p.add_argument("--dry-run", action="store_true")
+    p = add("watch", cmd_watch, "sample the GPUs for a while: min / mean / max per GPU and each run's memory")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--interval", type=float, default=1.0)
+    p = add("scratchpad", cmd_scratchpad, "read the scratchpad (seed 002), or append an entry to it")
+    p.add_argument("--append", metavar="TEXT")
+    p.add_argument("--kind", default="note")
+    p.add_argument("--agent", default="training-runner")
+    p.add_argument("--coordinator", default="coordinator")
+    p.add_argument("--max-chars", type=int, default=4000)
     p = add("plot", cmd_plot, "draw a run's curves to <run dir>/plot.png")
     p.add_argument("run_id")
     p.add_argument("--metric", action="append", help="a metric to draw (repeat for more); default: primary and losses")

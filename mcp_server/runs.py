@@ -495,6 +495,20 @@ def summary(run_id: str, project: Path | None = None, primary_metric: str | None
     return RunInfo(**fields), summ
 
 
+def summarize_path(path: str, primary_metric: str | None = None, project: Path | None = None) -> CurveSummary:
+    """The curves of any log folder or file inside the project (a run of the user's own).
+
+    Raises:
+        InvalidInput: for a path outside the project, or one that does not exist.
+    """
+    project = project or paths.project_root()
+    target = paths.confine(project, path, "path")
+    if not target.exists():
+        raise InvalidInput(f"{path} does not exist in the project; give a folder or file that holds training logs.")
+    with curves_load.loaded(target) as found:
+        return summarize(found, primary_metric)
+
+
 def plot(run_id: str, metrics: list[str] | None = None, project: Path | None = None) -> tuple[Path, list[str]]:
     """Draw the run's curves to `<run dir>/plot.png`; returns the file and the metrics drawn."""
     run = open_run(paths.runs_root(project or paths.project_root()), run_id)

@@ -119,3 +119,28 @@ def today(project: Path, agent: str, max_chars: int, now: dt.date | None = None)
     """The agent's file for today, if it has written one."""
     path = agent_dir(project, agent) / f"{(now or dt.date.today()):%Y-%m-%d}.md"
     return _read_tail(agent, path, max_chars) if safefiles.is_regular(path) else None
+
+
+class ScratchpadView(BaseModel):
+    """What an agent reads before it starts (seed 002's protocol)."""
+
+    coordinator_latest: ScratchpadFile | None
+    own_today: ScratchpadFile | None
+    own_previous_day: ScratchpadFile | None
+    hint: str
+
+
+def view(project: Path, agent: str, coordinator: str, max_chars: int, now: dt.date | None = None) -> ScratchpadView:
+    """The coordinator's latest day and the agent's today and previous day, `max_chars` shared
+    between the files found, each trimmed to its end (the newest entries)."""
+    today_ = now or dt.date.today()
+    found = [latest(project, coordinator, None, 10**9), today(project, agent, 10**9, today_),
+             latest(project, agent, today_, 10**9)]
+    share = max_chars // max(1, sum(f is not None for f in found))
+    coordinator_latest, own_today, own_previous_day = (trimmed(f, share) for f in found)
+    return ScratchpadView(
+        coordinator_latest=coordinator_latest, own_today=own_today, own_previous_day=own_previous_day,
+        hint="Nothing written yet: start today's file with scratchpad_append."
+        if not (coordinator_latest or own_today or own_previous_day)
+        else "Check runs your previous day left running with list_runs before launching more.",
+    )

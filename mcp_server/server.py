@@ -8,7 +8,6 @@ Nothing here writes to stdout (the MCP wire) or imports torch (start-up must sta
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import functools
 import inspect
 import logging
@@ -27,8 +26,7 @@ from pydantic import BaseModel, Field
 from mcp_server import __version__, budget, diagnose, gpu, memory, paths, prepare, registry, runs, scratchpad, textlog
 from mcp_server.compare import Comparison
 from mcp_server.compare import compare_runs as _compare_runs
-from mcp_server.curves import load as curves_load
-from mcp_server.curves.summary import CurveSummary, summarize
+from mcp_server.curves.summary import CurveSummary
 from mcp_server.errors import InvalidInput, TrainguardError
 from mcp_server.preflight import PreflightReport, run_preflight
 from mcp_server.preflight import estimate_memory as _estimate_memory
@@ -110,15 +108,6 @@ def tool(annotations: ToolAnnotations) -> Callable[[F], F]:
 class RunSummaryResult(BaseModel):
     run: runs.RunInfo | None  # None when a folder or file was summarised
     summary: CurveSummary
-
-
-class ScratchpadView(BaseModel):
-    """What an agent reads before it starts (seed 002's protocol)."""
-
-    coordinator_latest: scratchpad.ScratchpadFile | None
-    own_today: scratchpad.ScratchpadFile | None
-    own_previous_day: scratchpad.ScratchpadFile | None
-    hint: str
 
 
 class AppendResult(BaseModel):
@@ -238,11 +227,7 @@ def summarize_run(run_id: str | None = None, path: str | None = None, primary_me
     if run_id is not None:
         info, summary = runs.summary(run_id, primary_metric=primary_metric)
         return RunSummaryResult(run=info, summary=summary)
-    target = paths.confine(paths.project_root(), path, "path")
-    if not target.exists():
-        raise InvalidInput(f"{path} does not exist in the project; give a folder or file that holds training logs.")
-    with curves_load.loaded(target) as found:
-        return RunSummaryResult(run=None, summary=summarize(found, primary_metric))
+    return RunSummaryResult(run=None, summary=runs.summarize_path(path, primary_metric))
 
 
 @tool(READ_ONLY)
@@ -384,29 +369,12 @@ async def gpu_watch(ctx: Context, seconds: float = 10.0, interval: float = 1.0) 
 def scratchpad_read(
     agent: str = "training-runner", coordinator: str = "coordinator",
     max_chars: Annotated[int, Field(ge=300, le=5000)] = 4000,
-) -> ScratchpadView:
+) -> scratchpad.ScratchpadView:
     """Read the scratchpad before starting work (seed 002's protocol): the coordinator's latest day
     (what to train), and your own today's and previous day's files (runs you launched earlier).
     Files live in .claude/scratchpad/<agent>/YYYY-MM-DD.md; `max_chars` is shared between the
     files found, each trimmed to its end (the newest entries)."""
-    project = paths.project_root()
-    today = dt.date.today()
-    found = [scratchpad.latest(project, coordinator, None, 10**9), scratchpad.today(project, agent, 10**9, today),
-             scratchpad.latest(project, agent, today, 10**9)]
-    share = max_chars // max(1, sum(f is not None for f in found))
-    coordinator_latest, own_today, own_previous_day = (scratchpad.trimmed(f, share) for f in found)
-    view = ScratchpadView(
-        coordinator_latest=coordinator_latest,
-        own_today=own_today,
-        own_previous_day=own_previous_day,
-        hint="",
-    )
-    view.hint = (
-        "Nothing written yet: start today's file with scratchpad_append."
-        if not (view.coordinator_latest or view.own_today or view.own_previous_day)
-        else "Check runs your previous day left running with list_runs before launching more."
-    )
-    return view
+    return scratchpad.view(paths.project_root(), agent, coordinator, max_chars)
 
 
 @tool(WRITES)

@@ -42,3 +42,54 @@ def test_detach_then_stop(scripted):
     run_id = json.loads(out.stdout)["run_id"]
     stopped = json.loads(trainguard(scripted, "stop", run_id, "--json").stdout)
     assert stopped["status"] == "stopped" and stopped["processes_left"] == 0
+
+
+def test_the_cli_has_every_tool_on_real_runs_and_files(scripted):
+    """summary RUN|PATH, diagnose, compare, logs, wait, resume, watch, scratchpad, and --json on each."""
+    ok_run = json.loads(trainguard(scripted, "train", "901", "--detach", "--json").stdout)["run_id"]
+    bad_run = json.loads(trainguard(scripted, "train", "903", "--detach", "--json").stdout)["run_id"]
+
+    waited = trainguard(scripted, "wait", ok_run, "--timeout", "60")
+    assert waited.returncode == 0 and f"{ok_run}: succeeded" in waited.stdout and waited.stderr == ""  # no tty
+    assert trainguard(scripted, "wait", bad_run, "--timeout", "60").returncode == 1
+
+    summary = json.loads(trainguard(scripted, "summary", ok_run, "--json").stdout)
+    assert summary["run"]["run_id"] == ok_run and summary["summary"]["primary_metric"] == "val/acc"
+    logs = scripted / "mylogs"
+    logs.mkdir()
+    (logs / "train.log").write_text("".join(f"Epoch {i} - Loss: {1 / i:.4f}\n" for i in range(1, 30)))
+    own = trainguard(scripted, "summary", "mylogs/train.log")
+    assert own.returncode == 0 and "mylogs/train.log:" in own.stdout and "loss" in own.stdout
+    assert trainguard(scripted, "summary", "../outside.log").returncode == 2
+
+    diagnosed = trainguard(scripted, "diagnose", bad_run)
+    assert diagnosed.returncode == 0 and "crash" in diagnosed.stdout and "RuntimeError: scripted failure" in (
+        diagnosed.stdout)
+    assert json.loads(trainguard(scripted, "diagnose", bad_run, "--json").stdout)["failure_class"] == "crash"
+
+    compared = json.loads(trainguard(scripted, "compare", ok_run, bad_run, "--baseline", "0.5", "--json").stdout)
+    assert [r["run_id"] for r in compared["rows"]][0] == ok_run and compared["baseline_value"] == 0.5
+    assert ok_run in trainguard(scripted, "compare", ok_run, bad_run).stdout
+
+    tail = trainguard(scripted, "logs", bad_run, "--lines", "1")
+    assert tail.stdout.strip() == "RuntimeError: scripted failure"
+    picked = json.loads(trainguard(scripted, "logs", ok_run, "--stream", "stdout", "--pattern", "step [34] ",
+                                   "--json").stdout)
+    assert [line.split()[1] for line in picked["lines"]] == ["3", "4"]
+    assert "not a valid regular expression" in trainguard(scripted, "logs", ok_run, "--pattern", "(").stderr
+
+    resumed = trainguard(scripted, "resume", ok_run, "--json")
+    assert resumed.returncode == 2 and "names no resume_checkpoint" in resumed.stderr
+
+    watched = json.loads(trainguard(scripted, "watch", "--seconds", "0.3", "--interval", "0.2", "--json").stdout)
+    assert watched["samples"] >= 1
+
+    assert trainguard(scripted, "scratchpad", "--append", "val acc 0.9 at step 5", "--kind", "loss").returncode == 0
+    pad = json.loads(trainguard(scripted, "scratchpad", "--json").stdout)
+    assert "[loss] val acc 0.9 at step 5" in pad["own_today"]["text"] and f"[launch] launched {ok_run}" in (
+        pad["own_today"]["text"])
+
+    exps = json.loads(trainguard(scripted, "experiments", "--json").stdout)
+    assert {"001-trm-fast-dev", "901-quick"} <= {e["id"] for e in exps}
+    plotted = json.loads(trainguard(scripted, "plot", ok_run, "--json").stdout)
+    assert plotted["path"].endswith("plot.png") and plotted["metrics"]
