@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server import compare, gpu, paths, prepare, registry, runs, safefiles, scratchpad, textlog
+from mcp_server import compare, gpu, paths, prepare, registry, runs, safefiles, scratchpad, textlog, trainer_env
 from mcp_server.curves.analysis import MetricStats, Point
 from mcp_server.curves.summary import CurveSummary
 from mcp_server.errors import InvalidInput, TrainguardError
@@ -438,6 +438,17 @@ def cmd_gpu(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install_torch(args: argparse.Namespace) -> int:
+    if not args.json:
+        print(f"Installing torch ({args.torch} build) for the trainers; this takes minutes...", file=sys.stderr)
+    result = trainer_env.install_torch(args.torch, args.target)
+    if args.json:
+        _emit_json(result)
+    else:
+        print(f"torch {result.torch} in {result.python} ({result.target}, {result.seconds:.0f} s). {result.next_step}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from mcp_server.server import serve  # the MCP SDK is only imported to serve
 
@@ -516,6 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--metric", action="append", help="a metric to draw (repeat for more); default: primary and losses")
     add("gpu", cmd_gpu, "GPUs and host status")
+    p = add("install-torch", cmd_install_torch, "install torch for the trainers (minutes; GBs for a GPU build)")
+    p.add_argument("--torch", default="cpu", choices=["cpu", "cuda", "rocm"], help="which build (default cpu)")
+    p.add_argument("--target", default="auto", choices=["auto", "plugin", "project"],
+                   help="auto: trainguard's own environment unless the project has a .venv (then say so)")
     return parser
 
 

@@ -21,6 +21,15 @@ def project_root() -> Path:
     return Path(os.environ.get("CLAUDE_PROJECT_DIR") or os.getcwd()).resolve()
 
 
+def plugin_data() -> Path:
+    """The plugin's persistent data folder: `CLAUDE_PLUGIN_DATA` (Claude Code's, kept across plugin
+    updates), else `$XDG_DATA_HOME/trainguard`, else `~/.local/share/trainguard`. The same rule as
+    bin/trainguard-bootstrap's, which makes the server's environment there."""
+    if os.environ.get("CLAUDE_PLUGIN_DATA"):
+        return Path(os.environ["CLAUDE_PLUGIN_DATA"])
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "trainguard"
+
+
 def runs_root(project: Path | None = None) -> Path:
     """Folder holding one sub-folder per run: `TRAINGUARD_RUNS_DIR`, else `<project>/runs`."""
     override = os.environ.get("TRAINGUARD_RUNS_DIR")

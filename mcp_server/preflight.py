@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server import datacheck, gpu, memory, paths, registry, rules
+from mcp_server import datacheck, gpu, memory, paths, registry, rules, trainer_env
 from mcp_server.checks import Check, Verdict, overall
 from mcp_server.errors import InvalidInput
 from mcp_server.specs import Scalar, TrainerSpec, resolve_config
@@ -68,7 +68,8 @@ class PreflightReport(BaseModel):
 
 
 def trainer_python(exp: registry.Experiment, project: Path) -> str:
-    """The interpreter for the experiment's trainer: its `python`, `TRAINGUARD_PYTHON`, or ours.
+    """The interpreter for the experiment's trainer: its `python`, `TRAINGUARD_PYTHON`, the
+    trainers environment `install_torch` made, or ours.
 
     A venv's interpreter is a symlink out of the project, so the path is checked lexically
     (inside the project), not resolved.
@@ -78,7 +79,7 @@ def trainer_python(exp: registry.Experiment, project: Path) -> str:
         if not candidate.is_relative_to(project):
             raise InvalidInput(f"{exp.id}: python {exp.python!r} is outside the project {project}.")
         return str(candidate)
-    return os.environ.get("TRAINGUARD_PYTHON") or sys.executable
+    return os.environ.get("TRAINGUARD_PYTHON") or trainer_env.python() or sys.executable
 
 
 PYTHON_NAME_RE = re.compile(r"python(\d+(\.\d+)?)?")
@@ -167,9 +168,10 @@ def _interpreter_checks(
             Check(
                 name="torch",
                 verdict="fail",
-                detail=f"torch does not import: {info['torch_error']}",
-                fix=f"Install torch for your accelerator into that interpreter ({python} -m pip install torch), "
-                "or `pip install -e '.[train]'` in the plugin folder.",
+                detail=f"torch does not import with {python}: {info['torch_error']}",
+                fix="Ask the user, then install it (minutes; GBs for a GPU build): install_torch(build='cpu', "
+                "'cuda' or 'rocm') (CLI: trainguard install-torch --torch cpu) makes trainguard's own trainers "
+                f"environment; or install torch into that interpreter yourself ({python} -m pip install torch).",
             )
         )
         return checks

@@ -13,7 +13,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -23,7 +23,20 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from mcp_server import __version__, budget, diagnose, gpu, memory, paths, prepare, registry, runs, scratchpad, textlog
+from mcp_server import (
+    __version__,
+    budget,
+    diagnose,
+    gpu,
+    memory,
+    paths,
+    prepare,
+    registry,
+    runs,
+    scratchpad,
+    textlog,
+    trainer_env,
+)
 from mcp_server.compare import Comparison
 from mcp_server.compare import compare_runs as _compare_runs
 from mcp_server.curves.summary import CurveSummary
@@ -164,6 +177,18 @@ async def prepare_data(experiment: str | int, overrides: dict[str, Scalar] | Non
     stops it, and a second call for the same path while one runs is refused. Never touches data
     that exists. Can take minutes."""
     return await prepare.prepare_data_async(str(experiment), overrides)
+
+
+@tool(WRITES)
+def install_torch(build: Literal["cpu", "cuda", "rocm"] = "cpu",
+                  target: Literal["auto", "plugin", "project"] = "auto") -> trainer_env.TorchInstall:
+    """Install torch for the trainers when pre-flight's torch check fails because nothing has it (a
+    fresh install). ASK THE USER FIRST: it takes minutes and, for a GPU build, gigabytes. `build`:
+    cpu (default), cuda (NVIDIA) or rocm (AMD). `target`: auto makes trainguard's own trainers
+    environment in the plugin's data folder, and refuses when the project has its own .venv
+    (never changed unasked); project installs into that .venv; plugin forces the own one. The
+    trainers then run with it; run preflight again."""
+    return trainer_env.install_torch(build, target)
 
 
 @tool(WRITES)

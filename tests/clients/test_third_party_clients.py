@@ -85,7 +85,7 @@ def test_inspector_lists_the_tools(home, project):
     out = inspector(home, project, "--method", "tools/list")
     assert out.returncode == 0, out.stderr
     tools = {t["name"]: t for t in json.loads(out.stdout)["tools"]}
-    assert len(tools) == 19 and tools["stop_run"]["annotations"]["destructiveHint"] is True
+    assert len(tools) == 20 and tools["stop_run"]["annotations"]["destructiveHint"] is True
     assert "outputSchema" in tools["preflight"]
 
 

@@ -61,6 +61,8 @@ TOOLS = {
                   "interval": st.one_of(st.floats(allow_nan=True), text, st.none())},
     "scratchpad_read": {"agent": text, "coordinator": text, "max_chars": scalar},
     "scratchpad_append": {"text": text, "agent": text, "kind": text},
+    # A valid build would really install torch (minutes): fuzzing keeps to the refusals.
+    "install_torch": {"build": text.filter(lambda s: s not in ("cpu", "cuda", "rocm")), "target": text},
 }
 
 
@@ -72,7 +74,7 @@ def session():
 
 
 # Keys every example carries: gpu_watch's default is a 10 s wait, too long to fuzz a hundred times.
-REQUIRED = {"gpu_watch": ("seconds",)}
+REQUIRED = {"gpu_watch": ("seconds",), "install_torch": ("build",)}
 
 
 def arguments(tool: str):

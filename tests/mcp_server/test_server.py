@@ -10,7 +10,7 @@ from mcp_server.server import mcp
 TOOLS = {
     "list_experiments", "preflight", "launch_run", "list_runs", "run_status", "stop_run",
     "summarize_run", "gpu_status", "scratchpad_read", "scratchpad_append", "prepare_data", "estimate_memory",
-    "diagnose_run", "tail_log", "wait_run", "resume_run", "gpu_watch", "compare_runs", "plot_run",
+    "diagnose_run", "tail_log", "wait_run", "resume_run", "gpu_watch", "compare_runs", "plot_run", "install_torch",
 }
 
 
