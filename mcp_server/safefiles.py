@@ -46,6 +46,24 @@ def _refuse(path: Path, what: str) -> NotRegular:
                       "Remove or replace it.")
 
 
+def _open(path: Path, flags: int, writing: bool, mode: int = 0o644) -> int:
+    """os.open with O_NONBLOCK (a FIFO never blocks the call), then only a regular file is kept
+    (and, to write, one with no other name); the fd is made blocking again for the caller."""
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK | _CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refuse(path, "a symbolic link") from None
+        if exc.errno == errno.EISDIR:
+            raise _refuse(path, "a folder") from None
+        if exc.errno == errno.ENXIO:  # a FIFO with no reader, opened to write; a socket
+            raise _refuse(path, "a FIFO or a socket") from None
+        raise
+    fd = _checked(fd, path, writing)
+    os.set_blocking(fd, True)
+    return fd
+
+
 def _checked(fd: int, path: Path, writing: bool) -> int:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
@@ -65,18 +83,7 @@ def open_read(path: str | os.PathLike[str], *, follow_links: bool = True) -> Bin
         NotRegular: for a FIFO, device, socket or folder, and for a link when `follow_links` is False.
     """
     path = Path(path)
-    flags = os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC | (0 if follow_links else _NOFOLLOW)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _refuse(path, "a symbolic link") from None
-        if exc.errno in (errno.ENXIO, errno.EISDIR):
-            raise _refuse(path, "a folder" if exc.errno == errno.EISDIR else "a socket") from None
-        raise
-    fd = _checked(fd, path, writing=False)
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+    return os.fdopen(_open(path, os.O_RDONLY | (0 if follow_links else _NOFOLLOW), writing=False), "rb")
 
 
 def read_bytes(path: str | os.PathLike[str], *, follow_links: bool = True, limit: int | None = None) -> bytes:
@@ -106,18 +113,7 @@ def open_append(path: str | os.PathLike[str], mode: int = 0o644) -> BinaryIO:
         NotRegular: if the name is a symbolic link, a hard link, a FIFO, a device or a folder.
     """
     path = Path(path)
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | _CLOEXEC | _NOFOLLOW
-    try:
-        fd = os.open(path, flags, mode)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _refuse(path, "a symbolic link") from None
-        if exc.errno in (errno.ENXIO, errno.EISDIR):
-            raise _refuse(path, "a folder" if exc.errno == errno.EISDIR else "a FIFO") from None
-        raise
-    fd = _checked(fd, path, writing=True)
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "ab")
+    return os.fdopen(_open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, writing=True, mode=mode), "ab")
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
