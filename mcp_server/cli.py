@@ -7,7 +7,7 @@
     trainguard runs | status RUN | stop RUN | plot RUN | gpu | experiments
     trainguard summary RUN|PATH | diagnose RUN | compare RUN RUN... | logs RUN | wait RUN | resume RUN
     trainguard watch [--seconds S] | scratchpad [--append TEXT]
-    trainguard serve                                     MCP over stdio (what the plugin starts)
+    trainguard serve [--project DIR]                     MCP over stdio (what the plugin starts)
 
 Every command but `serve` takes --json for the same structured result the MCP tool returns.
 Long waits show a live line on a terminal and stay quiet when piped.
@@ -16,8 +16,10 @@ Long waits show a live line on a terminal and stay quiet when piped.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -450,6 +452,12 @@ def cmd_install_torch(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.project is not None:
+        if not args.project.is_dir():
+            print(f"trainguard serve: --project {args.project} is not a folder; pass your project's folder.",
+                  file=sys.stderr)
+            return 2
+        os.environ["TRAINGUARD_PROJECT_DIR"] = str(args.project.resolve())
     from mcp_server.server import serve  # the MCP SDK is only imported to serve
 
     serve()
@@ -467,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print the structured result as JSON")
         return p
 
-    add("serve", cmd_serve, "serve MCP over stdio (what the Claude Code plugin starts)")
+    add("serve", cmd_serve, "serve MCP over stdio (what the Claude Code plugin starts)").add_argument(
+        "--project", type=Path, help="the project folder (default: $CLAUDE_PROJECT_DIR, else the working directory)")
     for name, fn, help_ in (("train", cmd_train, "pre-flight, launch and follow an experiment"),
                             ("preflight", cmd_preflight, "run the pre-flight checks only"),
                             ("memory", cmd_memory, "estimate peak memory and the largest batch that fits"),

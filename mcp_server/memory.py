@@ -37,7 +37,7 @@ ALLOCATOR_MARGIN = 0.10
 WARN_FRACTION = 0.90  # a need above this share of the free memory is too close to call
 PROBE_TIMEOUT_S = 180
 PROBE_TTL_S = 600
-MEMPROBE = paths.PLUGIN_ROOT / "trainers" / "memprobe.py"
+MEMPROBE = paths.BUNDLED_TRAINERS / "memprobe.py"
 _cache: dict[tuple, tuple[float, dict[str, Any]]] = {}
 
 

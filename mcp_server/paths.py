@@ -1,7 +1,8 @@
 """Where things live: the plugin's own files, the user's project, its runs and scratchpad.
 
 The plugin may be installed anywhere (Claude Code copies it into its cache and ignores
-`cwd`), so the user's project comes from `CLAUDE_PROJECT_DIR`, else the working directory.
+`cwd`), so the user's project comes from `TRAINGUARD_PROJECT_DIR` (`trainguard serve --project`,
+for other MCP clients), else `CLAUDE_PROJECT_DIR`, else the working directory.
 """
 
 from __future__ import annotations
@@ -11,14 +12,19 @@ from pathlib import Path
 
 from mcp_server.errors import InvalidInput
 
-PLUGIN_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_EXPERIMENTS = PLUGIN_ROOT / "experiments"
+_PACKAGE = Path(__file__).resolve().parent
+PLUGIN_ROOT = _PACKAGE.parent
+"""The folder holding the packages: the checkout (the plugin), or site-packages for a wheel."""
+SOURCE_TREE = (PLUGIN_ROOT / "pyproject.toml").is_file() and (PLUGIN_ROOT / "experiments").is_dir()
+"""True when running from a checkout, whose packages a child interpreter finds only on PYTHONPATH."""
+BUNDLED_EXPERIMENTS = PLUGIN_ROOT / "experiments" if SOURCE_TREE else _PACKAGE / "bundled_experiments"
 BUNDLED_TRAINERS = PLUGIN_ROOT / "trainers"
 
 
 def project_root() -> Path:
-    """The user's project: `CLAUDE_PROJECT_DIR` if set, else the working directory."""
-    return Path(os.environ.get("CLAUDE_PROJECT_DIR") or os.getcwd()).resolve()
+    """The user's project: `TRAINGUARD_PROJECT_DIR`, else `CLAUDE_PROJECT_DIR`, else the working directory."""
+    chosen = os.environ.get("TRAINGUARD_PROJECT_DIR") or os.environ.get("CLAUDE_PROJECT_DIR") or os.getcwd()
+    return Path(chosen).resolve()
 
 
 def plugin_data() -> Path:

@@ -285,7 +285,8 @@ def _check_acknowledged(spec: TrainerSpec, report: PreflightReport, acknowledge:
 
 def _start_supervisor(run: RunDir) -> subprocess.Popen:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.PLUGIN_ROOT), env.get("PYTHONPATH")]))
+    if paths.SOURCE_TREE:  # an installed wheel is on the interpreter's path already
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.PLUGIN_ROOT), env.get("PYTHONPATH")]))
     with safefiles.open_append(run.supervisor_log) as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mcp_server.supervisor", str(run.path)],

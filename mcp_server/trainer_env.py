@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import importlib.metadata
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,10 +70,21 @@ def _project_venv(project: Path) -> Path | None:
     return venv if (venv / "pyvenv.cfg").is_file() and (venv / "bin" / "python").exists() else None
 
 
+_TRAIN_MARKER = re.compile(r"""extra\s*==\s*["']train["']""")
+
+
 def _train_extra() -> list[str]:
-    """The bundled trainers' packages (pyproject's `train` extra), torch itself left out."""
-    with (paths.PLUGIN_ROOT / "pyproject.toml").open("rb") as fh:
-        extra = tomllib.load(fh)["project"]["optional-dependencies"]["train"]
+    """The bundled trainers' packages (pyproject's `train` extra), torch itself left out: from
+    pyproject.toml in a checkout, from the installed distribution's metadata for a wheel."""
+    if paths.SOURCE_TREE:
+        with (paths.PLUGIN_ROOT / "pyproject.toml").open("rb") as fh:
+            extra = tomllib.load(fh)["project"]["optional-dependencies"]["train"]
+    else:
+        extra = []
+        for req in importlib.metadata.requires("trainguard") or []:
+            spec, _, marker = req.partition(";")
+            if _TRAIN_MARKER.fullmatch(marker.strip()):
+                extra.append(spec.strip())
     return [req for req in extra if not req.replace(" ", "").startswith("torch")]
 
 
