@@ -8,6 +8,7 @@ test venv), real uv and pip, a throw-away HOME and data folder."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -72,7 +73,7 @@ def test_the_first_start_builds_the_environment_once_and_the_launcher_serves_fro
     print(f"\nfirst start built the environment in {first_s:.1f} s; a second start took "
           f"{time.monotonic() - t0:.2f} s")
 
-    async def serve():
+    async def serve(env):
         params = StdioServerParameters(command=str(plugin / "bin" / "trainguard-mcp"), args=[],
                                        env=env | {"CLAUDE_PROJECT_DIR": str(tmp_path)}, cwd="/")
         async with Client(params) as client:
@@ -83,9 +84,17 @@ def test_the_first_start_builds_the_environment_once_and_the_launcher_serves_fro
     hook = subprocess.run([str(plugin / "bin" / "trainguard-mcp"), "--setup"], env=env, capture_output=True,
                           text=True, timeout=60, check=False)
     assert hook.returncode == 0 and hook.stdout == ""  # the SessionStart hook: silent when ready
-    names, listed = anyio.run(serve)
+    names, listed = anyio.run(serve, env)
     assert {"preflight", "launch_run", "list_runs"} <= names and not listed.is_error
     assert listed.structured_content["total"] >= 12  # the bundled experiments travel with the plugin
+    # Once built, the launcher starts the server by the bootstrap's shortcut, without running
+    # the bootstrap: it serves with no Python on PATH at all.
+    shell_only = tmp_path / "shell-only"
+    shell_only.mkdir()
+    for name in ("sh", "sha256sum", "cut", "cat", "dirname"):
+        (shell_only / name).symlink_to(shutil.which(name))
+    names, listed = anyio.run(serve, env | {"PATH": str(shell_only)})
+    assert "preflight" in names and not listed.is_error
 
 
 def test_a_changed_dependency_list_builds_a_new_environment_and_keeps_the_last(plugin, tmp_path, uv_cache):
@@ -99,6 +108,8 @@ def test_a_changed_dependency_list_builds_a_new_environment_and_keeps_the_last(p
     new = bootstrap(plugin, env)
     assert new.returncode == 0, new.stderr
     assert new.stdout != old.stdout and len(builds(data)) == 2
+    digest = hashlib.sha256(pyproject.read_bytes()).hexdigest()[:16]  # the launcher's shortcut follows
+    assert (data / "envs" / f".launch-{digest}").read_text().strip() == Path(new.stdout.strip()).parent.parent.name
     assert Path(old.stdout.strip()).exists()  # a server started before the update may still run from it
     check = subprocess.run([new.stdout.strip(), "-c", "import six"], capture_output=True, check=False)
     assert check.returncode == 0
