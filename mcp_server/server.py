@@ -180,7 +180,7 @@ async def prepare_data(experiment: str | int, overrides: dict[str, Scalar] | Non
 
 
 @tool(WRITES)
-def install_torch(build: Literal["cpu", "cuda", "rocm"] = "cpu",
+async def install_torch(build: Literal["cpu", "cuda", "rocm"] = "cpu",
                   target: Literal["auto", "plugin", "project"] = "auto") -> trainer_env.TorchInstall:
     """Install torch for the trainers when pre-flight's torch check fails because nothing has it (a
     fresh install). ASK THE USER FIRST: it takes minutes and, for a GPU build, gigabytes. `build`:
@@ -188,7 +188,7 @@ def install_torch(build: Literal["cpu", "cuda", "rocm"] = "cpu",
     environment in the plugin's data folder, and refuses when the project has its own .venv
     (never changed unasked); project installs into that .venv; plugin forces the own one. The
     trainers then run with it; run preflight again."""
-    return trainer_env.install_torch(build, target)
+    return await trainer_env.install_torch_async(build, target)
 
 
 @tool(WRITES)

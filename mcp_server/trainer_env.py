@@ -19,11 +19,13 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import anyio
 from pydantic import BaseModel
 
 from mcp_server import paths, procs, safefiles
@@ -41,6 +43,7 @@ INDEXES: dict[str, str | None] = {
     "rocm": "https://download.pytorch.org/whl/rocm6.4",
 }
 STEP_TIMEOUT_S = 3600
+POLL_S = 0.25  # how often a step checks for a cancel
 
 
 class TorchInstall(BaseModel):
@@ -88,8 +91,10 @@ def _train_extra() -> list[str]:
     return [req for req in extra if not req.replace(" ", "").startswith("torch")]
 
 
-def install_torch(build: Build = "cpu", target: Target = "auto", project: Path | None = None) -> TorchInstall:
-    """Install torch (of `build`) and the trainers' packages for the trainers to use.
+def install_torch(build: Build = "cpu", target: Target = "auto", project: Path | None = None,
+                  cancel: threading.Event | None = None) -> TorchInstall:
+    """Install torch (of `build`) and the trainers' packages for the trainers to use. Setting
+    `cancel` stops the step under way (its process group is killed) and raises.
 
     Raises:
         Conflict: `target="auto"` and the project has a venv (it is not modified unasked), or
@@ -120,13 +125,13 @@ def install_torch(build: Build = "cpu", target: Target = "auto", project: Path |
             (where / ".torch-ready").unlink(missing_ok=True)
             if not (where / "bin" / "python").exists():
                 base = getattr(sys, "_base_executable", sys.executable)  # a venv of the server's own Python
-                _step([base, "-m", "venv", str(where)], log, "making the trainers' venv")
+                _step([base, "-m", "venv", str(where)], log, "making the trainers' venv", cancel)
         py = str(where / "bin" / "python")
         index = os.environ.get("TRAINGUARD_TORCH_INDEX", INDEXES[build] or "")
         spec = os.environ.get("TRAINGUARD_TORCH_SPEC", "torch")
         pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
-        _step([*pip, *(["--index-url", index] if index else []), spec], log, f"installing torch ({build})")
-        _step([*pip, *_train_extra()], log, "installing the trainers' packages")
+        _step([*pip, *(["--index-url", index] if index else []), spec], log, f"installing torch ({build})", cancel)
+        _step([*pip, *_train_extra()], log, "installing the trainers' packages", cancel)
         from mcp_server.preflight import probe_torch  # preflight imports this module
 
         info = probe_torch(py)
@@ -144,18 +149,64 @@ def install_torch(build: Build = "cpu", target: Target = "auto", project: Path |
     )
 
 
-def _step(argv: list[str], log: Path, what: str) -> None:
-    """One install step, leashed to this thread (it ends if the server does), output to the log."""
+def _wait(proc: subprocess.Popen, seconds: float) -> int | None:
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+async def install_torch_async(build: Build = "cpu", target: Target = "auto", project: Path | None = None
+                              ) -> TorchInstall:
+    """`install_torch` for an event loop (the MCP tool): it runs on a thread of its own, and a
+    cancelled call stops its step and waits until nothing of it is left.
+
+    Raises:
+        as `install_torch`.
+    """
+    cancel, finished = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = install_torch(build, target, project, cancel)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task, which raises it
+            outcome["error"] = exc
+        finally:
+            finished.set()
+
+    # Its own thread, alive for the whole install: the steps' death signal is tied to it.
+    threading.Thread(target=work, name="install-torch", daemon=True).start()
+    try:
+        while not finished.is_set():
+            await anyio.sleep(POLL_S)
+    except anyio.get_cancelled_exc_class():
+        cancel.set()
+        with anyio.CancelScope(shield=True):
+            while not finished.is_set():
+                await anyio.sleep(POLL_S)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _step(argv: list[str], log: Path, what: str, cancel: threading.Event | None = None) -> None:
+    """One install step, leashed to this thread (it ends if the server does), output to the log;
+    stopped when it outlasts STEP_TIMEOUT_S or `cancel` is set."""
     with safefiles.open_append(log) as fh:
         fh.write(f"$ {' '.join(argv)}\n".encode())
         fh.flush()
         proc = subprocess.Popen(procs.leashed(argv), stdin=subprocess.DEVNULL, stdout=fh, stderr=fh,
                                 start_new_session=True, close_fds=True)
-        try:
-            code = proc.wait(timeout=STEP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # our own child, not yet reaped: its group is its own
-            proc.wait()
-            raise TrainguardError(f"{what} took over {STEP_TIMEOUT_S} s and was stopped; see {log}.") from None
+        deadline = time.monotonic() + STEP_TIMEOUT_S
+        while (code := _wait(proc, POLL_S)) is None:
+            stop = (f"{what} was cancelled" if cancel is not None and cancel.is_set()
+                    else f"{what} took over {STEP_TIMEOUT_S} s and was stopped" if time.monotonic() > deadline
+                    else None)
+            if stop:
+                os.killpg(proc.pid, signal.SIGKILL)  # our own child, not yet reaped: its group is its own
+                proc.wait()
+                raise TrainguardError(f"{stop}; nothing is marked ready, run install_torch again. Log: {log}.")
     if code != 0:
         raise TrainguardError(f"{what} failed (exit code {code}); end of {log}:\n{tail(log, lines=6, max_chars=800)}")

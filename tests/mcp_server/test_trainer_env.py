@@ -9,11 +9,19 @@ come from the package index."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import socket
 import subprocess
 import sys
+import threading
 
-from conftest import REPO, TINY_TRM, error, make_venv, ok
+import psutil
+import pytest
+from anyio.from_thread import start_blocking_portal
+from mcp import Client
+
+from conftest import REPO, TINY_TRM, error, make_venv, ok, wait_until
 
 
 def test_install_torch_makes_the_trainers_environment_and_a_bundled_experiment_trains_with_it(
@@ -56,3 +64,55 @@ def test_a_project_venv_is_never_changed_unasked(project, tmp_path, monkeypatch)
     assert "does not change it unasked" in text and "target='project'" in text
     assert sorted(p.name for p in (project / ".venv").rglob("*")) == before
     assert not (tmp_path / "plugin-data" / "trainers").exists()
+
+
+@pytest.fixture
+def silent_index():
+    """A package index that accepts connections and never answers: pip waits on it."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/simple"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_a_cancelled_install_stops_its_pip_and_releases_the_install(project, tmp_path, monkeypatch, silent_index):
+    from mcp_server.server import mcp
+
+    data = tmp_path / "plugin-data"
+    monkeypatch.setenv("CLAUDE_PLUGIN_DATA", str(data))
+    monkeypatch.setenv("TRAINGUARD_TORCH_INDEX", silent_index)
+    monkeypatch.setenv("PIP_FIND_LINKS", "")  # only the silent index: nothing answers pip
+    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "600")
+
+    def pip_pids() -> list[int]:
+        return [p.pid for p in psutil.Process().children(recursive=True)
+                if "pip" in " ".join(p.cmdline()) and silent_index in " ".join(p.cmdline())]
+
+    with start_blocking_portal() as portal, portal.wrap_async_context_manager(Client(mcp)) as client:
+        call = portal.start_task_soon(client.call_tool, "install_torch", {"build": "cpu"})
+        wait_until(pip_pids, 60, "pip to wait on the index")
+        [pid] = pip_pids()
+        busy = portal.call(client.call_tool, "install_torch", {"build": "cpu"})
+        assert busy.is_error and "being installed by another call" in busy.content[0].text
+        call.cancel()
+        wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                   15, "the cancelled install's pip to end")
+    assert not (data / "trainers" / ".torch-ready").exists()
+    with open(data / "install-torch.lock", "a") as lock:  # released: the next call may install
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
