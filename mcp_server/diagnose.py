@@ -11,6 +11,7 @@ remedies; the first rule that matches is the class, later matches are listed as 
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 from collections.abc import Callable
@@ -19,13 +20,16 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from mcp_server import safefiles
 from mcp_server.curves.summary import CurveSummary, summarize_run_dir
+from mcp_server.errors import TrainguardError
 from mcp_server.rundir import Manifest, RunDir, RunState
 from mcp_server.textlog import read_tail, sanitize
 
 TAIL_BYTES = 256 * 1024  # enough for a long traceback; the evidence quoted is a few lines of it
 MAX_EVIDENCE = 6
 MAX_LINE = 300
+MAX_ERROR_FILE = 256 * 1024
 
 
 class Evidence(BaseModel):
@@ -43,6 +47,16 @@ class Diagnosis(BaseModel):
     evidence: list[Evidence]
     remedies: list[str]
     also: list[str]
+    rank: int | None = None  # under torchrun: the rank that failed first
+
+
+class RankFailure(BaseModel):
+    """The first rank to fail in a torchrun job, from its error file."""
+
+    rank: int
+    message: str
+    traceback_tail: list[str]
+    error_file: str
 
 
 @dataclass
@@ -53,6 +67,33 @@ class _Facts:
     stderr: list[str]
     stdout: list[str]
     summary: CurveSummary
+    rank_failure: RankFailure | None = None
+
+
+def first_rank_failure(folder: Path) -> RankFailure | None:
+    """The earliest error file torchrun's ranks left under `folder` (`<job>/attempt_<n>/<local
+    rank>/error.json`, written by trainkit's `record`): which rank failed first, and with what.
+    On one node (`--standalone`) the local rank is the rank."""
+    found = []
+    for path in safefiles.walk(folder, max_depth=4, max_files=512):
+        if path.name != "error.json" or not path.parent.name.isdigit():
+            continue
+        try:
+            info = path.lstat()
+            if info.st_size > MAX_ERROR_FILE:
+                continue
+            body = json.loads(safefiles.read_text(path, follow_links=False))["message"]
+            # The file's own time orders failures within the second its timestamp names: the
+            # rank that failed first, not the ones a broken collective took down after it.
+            found.append((info.st_mtime_ns, int(path.parent.name), body, path))
+        except (OSError, TrainguardError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    if not found:
+        return None
+    _, rank, body, path = min(found, key=lambda item: (item[0], item[1]))
+    trace = [sanitize(line)[:MAX_LINE] for line in str(body.get("extraInfo", {}).get("py_callstack", "")).splitlines()]
+    return RankFailure(rank=rank, message=sanitize(str(body.get("message", "")))[:MAX_LINE],
+                       traceback_tail=[line for line in trace if line.strip()][-4:], error_file=str(path))
 
 
 @dataclass
@@ -198,9 +239,11 @@ def _read_lines(path: Path) -> list[str]:
 def diagnose(run: RunDir, state: RunState) -> Diagnosis:
     """Classify how the run ended (or why it is unhealthy while it runs)."""
     manifest = run.read_manifest()
+    ranks = run.path / "torchrun"
     facts = _Facts(run=run, manifest=manifest, state=state, stderr=_read_lines(run.stderr),
                    stdout=_read_lines(run.stdout),
-                   summary=summarize_run_dir(run.path, manifest))
+                   summary=summarize_run_dir(run.path, manifest),
+                   rank_failure=first_rank_failure(ranks) if state.status == "failed" and ranks.is_dir() else None)
     matched: list[tuple[_Rule, list[Evidence]]] = []
     for rule in RULES:
         evidence = (rule.check(facts) if rule.check else []) + (_grep(facts, rule.patterns) if rule.patterns else [])
@@ -211,10 +254,26 @@ def diagnose(run: RunDir, state: RunState) -> Diagnosis:
                          summary=f"Finished normally. {facts.summary.headline}", evidence=[], remedies=[],
                          also=[r.name for r, _ in matched])
     if not matched:
-        return _unclassified(run, state, facts)
+        return _by_rank(_unclassified(run, state, facts), facts.rank_failure)
     rule, evidence = matched[0]
-    return Diagnosis(run_id=run.run_id, status=state.status, failure_class=rule.name, summary=rule.summary,
-                     evidence=evidence, remedies=rule.remedies, also=[r.name for r, _ in matched[1:]])
+    return _by_rank(Diagnosis(run_id=run.run_id, status=state.status, failure_class=rule.name, summary=rule.summary,
+                              evidence=evidence, remedies=rule.remedies, also=[r.name for r, _ in matched[1:]]),
+                    facts.rank_failure)
+
+
+def _by_rank(diagnosis: Diagnosis, failure: RankFailure | None) -> Diagnosis:
+    """The diagnosis of a torchrun job, with the rank that failed first and its error in front."""
+    if failure is None:
+        return diagnosis
+    lead = [Evidence(source=f"rank {failure.rank}", text=failure.message),
+            *(Evidence(source=f"rank {failure.rank}", text=line) for line in failure.traceback_tail[-2:])]
+    return diagnosis.model_copy(update={
+        "rank": failure.rank,
+        "summary": f"Rank {failure.rank} failed first ({failure.message}); torchrun then ended the other ranks. "
+                   + diagnosis.summary,
+        "evidence": (lead + diagnosis.evidence)[:MAX_EVIDENCE],
+        "remedies": diagnosis.remedies + [f"Its traceback in full: {failure.error_file}."],
+    })
 
 
 def _unclassified(run: RunDir, state: RunState, facts: _Facts) -> Diagnosis:

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, ValidationError
 
-from mcp_server import datacheck, gpu, memory, paths, registry, rules, trainer_env
+from mcp_server import backends, datacheck, gpu, memory, paths, registry, rules, trainer_env
+from mcp_server.backends.model import Placement, Resources
 from mcp_server.checks import Check, Verdict, overall
 from mcp_server.errors import InvalidInput
 from mcp_server.specs import Scalar, TrainerSpec, resolve_config
@@ -65,6 +66,8 @@ class PreflightReport(BaseModel):
     checks: list[Check]
     danger_fired: list[str]
     summary: str
+    backend: str = "local"
+    resources: Resources = Field(default_factory=Resources)
 
 
 def trainer_python(exp: registry.Experiment, project: Path) -> str:
@@ -385,16 +388,22 @@ def estimate_memory(experiment: str, overrides: dict[str, Any] | None = None, pr
 
 
 def run_preflight(
-    experiment: str, overrides: dict[str, Any] | None = None, project: Path | None = None
+    experiment: str, overrides: dict[str, Any] | None = None, project: Path | None = None,
+    backend: str | None = None, resources: dict[str, Any] | None = None,
 ) -> tuple[PreflightReport, registry.Experiment, TrainerSpec]:
-    """Resolve the experiment with its overrides and run every check.
+    """Resolve the experiment with its overrides and run every check, where it runs: the
+    experiment's `[run]` table, with `backend` and `resources` (merged over its resources)
+    taking precedence.
 
     Raises:
-        NotFound / InvalidInput: for an unknown experiment or a bad override (before any check).
+        NotFound / InvalidInput: for an unknown experiment, a bad override, backend or resource
+            (before any check).
     """
     project = project or paths.project_root()
     overrides = dict(overrides or {})
     exp, spec, config, python = resolve(experiment, overrides, project)
+    placement = placed(exp.placement, backend, resources)
+    nproc = placement.resources.nproc
 
     changed = [f"{k}={config[k]!r}" for k in overrides]
     checks = [
@@ -416,8 +425,10 @@ def run_preflight(
     amd = _amd_check(gpu.amd_gfx_targets(), spec.env)
     if amd is not None:
         checks.append(amd)
+    checks += backends.get(placement.backend).check(placement.resources, spec, config,
+                                                    len(torch_info.get("devices") or []))
     if "torch" in torch_info:
-        checks.append(_memory_check(exp.id, spec, config, python, project, torch_info, gpus))
+        checks.append(_memory_check(exp.id, spec, _per_rank(spec, config, nproc), python, project, torch_info, gpus))
     checks += datacheck.data_checks(exp.id, spec, config, project, python if "torch" in torch_info else None)
     checks.append(_output_check(paths.runs_root(project), project))
     checks.append(_gpu_check(gpus))
@@ -432,6 +443,34 @@ def run_preflight(
     report = PreflightReport(
         experiment=exp.id, title=exp.title, source=exp.source, trainer=spec.name, python=python,
         config=config, overrides={k: config[k] for k in overrides}, verdict=verdict, checks=checks,
-        danger_fired=[rule.id for rule in fired], summary=summary,
+        danger_fired=[rule.id for rule in fired], summary=summary, backend=placement.backend,
+        resources=placement.resources,
     )
     return report, exp, spec
+
+
+def placed(base: Placement, backend: str | None, resources: dict[str, Any] | None) -> Placement:
+    """`base` with a backend and resources given by the caller.
+
+    Raises:
+        InvalidInput: naming the bad field and what it takes.
+    """
+    merged = base.model_dump() | ({"backend": backend} if backend is not None else {})
+    merged["resources"] = merged["resources"] | dict(resources or {})
+    try:
+        return Placement.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise InvalidInput(f"{where}: {first['msg']} (got {first.get('input')!r}). backend is local or torchrun; "
+                           f"resources takes {sorted(Resources.model_fields)}.") from None
+
+
+def _per_rank(spec: TrainerSpec, config: dict[str, Any], nproc: int) -> dict[str, Any]:
+    """The config one rank of `nproc` trains with: its share of the global batch (the memory
+    estimate is per rank, each on its own GPU)."""
+    key = spec.memory.batch_param if spec.memory else "batch_size"
+    batch = config.get(key)
+    if nproc > 1 and isinstance(batch, int) and not isinstance(batch, bool) and batch % nproc == 0:
+        return config | {key: batch // nproc}
+    return config

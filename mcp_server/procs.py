@@ -11,6 +11,7 @@ only to the members verified one by one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -85,8 +86,8 @@ def group_members(pgid: int) -> list[int]:
 
 @dataclass(frozen=True)
 class RunProcesses:
-    """A run's processes: its trainer `pid`, which leads a process group of its own, and the
-    members of that group. Each is verified before any signal: the trainer by its start time and
+    """A run's processes: its trainer `pid`, which leads a process group of its own, and every
+    process started from it. Each is verified before any signal: the trainer by its start time and
     the run's id in the environment it was started with, the others by that id. A recorded pid
     (or a whole state file) naming another process therefore never gets it signalled."""
 
@@ -110,29 +111,39 @@ class RunProcesses:
             return False
 
     def members(self) -> list[int]:
-        """Pids of the run's live processes in the trainer's group, each verified."""
-        if self.pid is None:
-            return []
+        """Pids of the run's live processes, each verified: every process of ours whose
+        environment carries the run's id (the trainer, its group, and children that left it,
+        such as torchrun's ranks, each in a session of its own), the recorded trainer only while
+        it is the process that was started."""
         out = []
-        for pid in group_members(self.pid):
+        for proc in psutil.process_iter(["status", "uids"]):
             try:
-                proc = psutil.Process(pid)
-                if (pid != self.pid or is_alive(self.pid, self.pid_started)) and self._carries_id(proc):
-                    out.append(pid)
+                if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.info["uids"].real != os.getuid():
+                    continue
+                if proc.pid == self.pid and not is_alive(self.pid, self.pid_started):
+                    continue
+                if self._carries_id(proc):
+                    out.append(proc.pid)
             except psutil.Error:
                 continue
         return out
 
     def signal(self, sig: signal.Signals) -> bool:
-        """Send `sig` to the run's processes (the whole group while the trainer leads it, else
-        each verified member); False if there was none."""
+        """Send `sig` to the run's processes; False if there was none. While the trainer leads
+        its group, a polite signal goes to that group alone (a launcher such as torchrun forwards
+        it to its ranks, and a second copy would mean "now" to them); SIGKILL also reaches every
+        verified process outside it. Without the trainer, each verified process gets it."""
         if self.leader_alive():
             assert self.pid is not None
             try:
                 os.killpg(self.pid, sig)
-                return True
             except ProcessLookupError:
                 return False
+            if sig == signal.SIGKILL:
+                for pid in self.members():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+            return True
         sent = False
         for pid in self.members():
             try:

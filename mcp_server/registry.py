@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcp_server import budget, paths, safefiles
+from mcp_server.backends.model import Placement
 from mcp_server.errors import InvalidInput, NotFound, TrainguardError
 from mcp_server.specs import Scalar, TrainerSpec, resolve_config
 from mcp_server.watchdog import WatchdogConfig
@@ -40,6 +41,7 @@ class ExperimentFile(BaseModel):
     )
     args: dict[str, Scalar] = Field(default_factory=dict)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    run: Placement = Field(default_factory=Placement, description="where it runs: backend and resources")
 
 
 class Experiment(BaseModel):
@@ -56,6 +58,7 @@ class Experiment(BaseModel):
     args: dict[str, Scalar]
     hypothesis: str
     watchdog: WatchdogConfig
+    placement: Placement = Field(default_factory=Placement)
 
 
 def _experiment_roots(project: Path) -> list[tuple[Literal["project", "bundled"], Path]]:
@@ -141,6 +144,7 @@ def load_experiment(ref: str, project: Path | None = None) -> Experiment:
         args=spec_file.args,
         hypothesis=hypothesis,
         watchdog=spec_file.watchdog,
+        placement=spec_file.run,
     )
 
 

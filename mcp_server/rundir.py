@@ -7,6 +7,7 @@
         stdout.log, stderr.log, supervisor.log
         metrics.jsonl    the trainer's metrics stream
         checkpoints/
+        torchrun/        torchrun's per-rank error files (a torchrun run)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcp_server import procs, safefiles
+from mcp_server.backends.model import BackendName, Resources
 from mcp_server.errors import InvalidInput, NotFound
 from mcp_server.watchdog import WatchdogConfig
 
@@ -50,6 +52,7 @@ class RunState(BaseModel):
     failure: str | None = None
     events: list[dict[str, Any]] = []  # watchdog firings: {t, kind, action, detail}
     resource: str | None = None  # gpu or cpu: the slot it needs (slots.py)
+    slots: list[int] = []  # the slots it holds: the GPUs' indices for a GPU run
     queued_at: float | None = None  # when it started waiting for a slot, if it had to
     orphaned_at: float | None = None  # when a status check found the supervisor dead and the trainer alive
 
@@ -80,6 +83,8 @@ class Manifest(BaseModel):
     acknowledged: list[str] = Field(default_factory=list)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     resource: Literal["gpu", "cpu"] = "cpu"
+    backend: BackendName = "local"
+    resources: Resources = Field(default_factory=Resources)
     chance: dict[str, float] | None = None  # chance level of an accuracy metric, by name
     git_commit: str | None = None
     versions: dict[str, Any] = Field(default_factory=dict)

@@ -14,18 +14,29 @@ import logging
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server import __version__, budget, diagnose, paths, procs, registry, safefiles, scratchpad, slots, textlog
+from mcp_server import (
+    __version__,
+    backends,
+    budget,
+    diagnose,
+    paths,
+    procs,
+    registry,
+    safefiles,
+    scratchpad,
+    slots,
+    textlog,
+)
+from mcp_server.backends import local as local_backend
+from mcp_server.backends.local import START_TIMEOUT_S
 from mcp_server.curves import load as curves_load
 from mcp_server.curves import plot as curves_plot
 from mcp_server.curves.summary import CurveSummary, find_metric, resolve_metric, summarize, summarize_run_dir
@@ -46,7 +57,6 @@ from mcp_server.specs import Scalar, TrainerSpec, build_argv
 
 log = logging.getLogger("trainguard.runs")
 
-START_TIMEOUT_S = 20.0
 FINALIZE_TIMEOUT_S = 15.0
 
 
@@ -82,6 +92,8 @@ class RunInfo(BaseModel):
     headline: str
     queue_position: int | None = None  # 1 = next to start, when queued
     error: str | None = None  # a damaged run folder: what is wrong and what to do
+    backend: str = "local"
+    nproc: int = 1  # processes (torchrun's ranks)
 
 
 class RunStatus(RunInfo):
@@ -123,8 +135,10 @@ def _now() -> dt.datetime:
 
 def _command(spec: TrainerSpec, report: PreflightReport, project: Path, run: RunDir
              ) -> tuple[list[str], dict[str, str]]:
-    """The trainer's argv and environment: everything that names a folder names `run`'s own."""
+    """The trainer's argv (as its backend starts it) and environment: everything that names a
+    folder names `run`'s own."""
     argv = build_argv(spec, report.config, python=report.python, project=project, output_dir=run.checkpoints)
+    argv = backends.get(report.backend).trainer_argv(argv, report.resources, run)
     env = procs.child_env(spec.env) | {
         procs.RUN_ID_VAR: run.run_id,
         "TRAINGUARD_RUN_DIR": str(run.path),
@@ -142,8 +156,11 @@ def launch(
     acknowledge: list[str] | None = None,
     dry_run: bool = False,
     project: Path | None = None,
+    backend: str | None = None,
+    resources: dict[str, Any] | None = None,
 ) -> LaunchResult:
-    """Re-run pre-flight, then start the experiment's trainer under a supervisor.
+    """Re-run pre-flight, then start the experiment's trainer under a supervisor, on the
+    experiment's backend (its `[run]` table) or `backend` with `resources`.
 
     All or nothing: the run folder is made first, everything the run is told (argv, env) names
     that folder, and a launch that fails part-way removes what it made.
@@ -156,7 +173,7 @@ def launch(
     project = project or paths.project_root()
     scratchpad.agent_dir(project, agent)  # validate before anything is created
     note = scratchpad.clean_text(note, limit=1000) if note else ""
-    report, exp, spec = run_preflight(experiment, overrides, project)
+    report, exp, spec = run_preflight(experiment, overrides, project, backend, resources)
     if report.verdict == "fail":
         fixes = [f"{c.name}: {c.detail} Fix: {c.fix}" for c in report.checks if c.verdict == "fail"]
         raise Conflict(f"pre-flight failed for {exp.id}, nothing launched. " + " | ".join(fixes))
@@ -205,6 +222,8 @@ def launch(
             watchdog=exp.watchdog,
             resource="gpu" if torch_info.get("devices") and report.config.get("device") not in ("cpu", "mps")
             else "cpu",
+            backend=report.backend,
+            resources=report.resources,
             git_commit=_git_commit(project),
             versions={
                 "trainguard": __version__,
@@ -221,7 +240,7 @@ def launch(
         # The state first: a folder with a manifest is a run, and every run has a state.
         run.write_state(RunState(status="starting", updated_at=time.time()))
         write_json_atomic(run.manifest, manifest.model_dump(mode="json"))
-        state = _wait_started(run, _start_supervisor(run))
+        state = backends.get(report.backend).start(run)
     except BaseException as exc:
         _discard(run)
         if isinstance(exc, OSError):
@@ -283,102 +302,21 @@ def _check_acknowledged(spec: TrainerSpec, report: PreflightReport, acknowledge:
     return list(report.danger_fired)
 
 
-def _start_supervisor(run: RunDir) -> subprocess.Popen:
-    env = dict(os.environ)
-    if paths.SOURCE_TREE:  # an installed wheel is on the interpreter's path already
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.PLUGIN_ROOT), env.get("PYTHONPATH")]))
-    with safefiles.open_append(run.supervisor_log) as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mcp_server.supervisor", str(run.path)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=str(paths.PLUGIN_ROOT),
-            start_new_session=True, close_fds=True,
-        )
-    # Reap it when it exits so no zombie lingers while this server lives.
-    threading.Thread(target=proc.wait, name=f"reap-{run.run_id}", daemon=True).start()
-    return proc
-
-
-def _wait_started(run: RunDir, proc: subprocess.Popen) -> RunState:
-    """The state once the supervisor has queued or started the trainer.
-
-    Raises:
-        TrainguardError: if the supervisor ended first or did not get that far in time (its
-            process is then killed; the caller removes the folder).
-        OSError: ENOSPC when the supervisor found the disk full before the trainer started.
-    """
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        state = run.read_state()
-        if state.status == "failed" and state.pid is None and (state.failure or "").startswith("disk full"):
-            raise OSError(errno.ENOSPC, state.failure)
-        if state.status != "starting":
-            return state
-        if proc.poll() is not None:
-            state = run.read_state()
-            if state.status != "starting":
-                continue
-            full = disk_full(run.path)
-            if full:
-                raise OSError(errno.ENOSPC, full)
-            raise TrainguardError(f"the run's supervisor exited before starting the trainer: "
-                                  f"{textlog.tail(run.supervisor_log, lines=3, max_chars=500) or 'no output'}")
-        if time.monotonic() >= deadline:
-            proc.kill()  # our own child: nothing else can hold its pid while it is unreaped
-            raise TrainguardError(f"the run's supervisor did not start the trainer within {START_TIMEOUT_S:.0f} s "
-                                  "(the machine may be overloaded); nothing launched. Try again.")
-        time.sleep(0.05)
+def _backend(run: RunDir) -> backends.Backend:
+    return backends.get(run.read_manifest().backend)
 
 
 def _processes(run: RunDir, state: RunState) -> procs.RunProcesses:
-    return procs.RunProcesses(run.run_id, state.pid, state.pid_started)
+    return local_backend.processes(run, state)
 
 
 def refresh(run: RunDir) -> RunState:
-    """The run's state, corrected if its supervisor died without recording an outcome.
-
-    A run whose supervisor is gone is never forgotten: while any of its processes lives it has
-    SIGTERM (from the leash on Linux, else from here: it checkpoints; its slot stays taken until
-    it exits), then SIGKILL after the stop grace; once none is left it is `lost`, with a finish
-    entry in the scratchpad.
-    """
+    """The run's state, corrected by its backend when the backend knows better (the local
+    backends: a supervisor that died without recording an outcome)."""
     state = run.read_state()
-    if state.status in TERMINAL or procs.is_alive(state.supervisor_pid, state.supervisor_started):
+    if state.status in TERMINAL:
         return state
-    if state.status == "starting" and state.supervisor_pid is None and time.time() - state.updated_at < START_TIMEOUT_S:
-        return state  # the supervisor is still coming up
-    with run.lock():
-        state = run.read_state()  # it may have finished, or another caller recorded it, meanwhile
-        if state.status in TERMINAL or procs.is_alive(state.supervisor_pid, state.supervisor_started):
-            return state
-        orphans = _processes(run, state)
-        if orphans.members():
-            now = time.time()
-            if state.orphaned_at is None:
-                state.orphaned_at = now
-                if not procs.LEASH_ARMED:  # on Linux the leash sent it already: a second one means "now"
-                    orphans.signal(signal.SIGTERM)
-                run.write_state(state)
-            elif now - state.orphaned_at > run.read_manifest().watchdog.stop_grace_s:
-                orphans.signal(signal.SIGKILL)
-            return state
-        state.status = "lost"
-        state.failure = "the supervisor ended without recording how the trainer ended" + (
-            "; its trainer was stopped with it (SIGTERM: it saves a checkpoint)" if state.pid is not None
-            else "; its trainer had not started")
-        state.finished_at = time.time()
-        run.write_state(state)
-        _scratchpad_lost(run, state)
-    return state
-
-
-def _scratchpad_lost(run: RunDir, state: RunState) -> None:
-    try:
-        manifest = run.read_manifest()
-        scratchpad.append(Path(manifest.project_dir), manifest.agent,
-                          f"run {run.run_id} lost ({state.failure}); resume_run continues it from its last checkpoint",
-                          kind="finish")
-    except (OSError, TrainguardError) as exc:
-        log.warning("scratchpad not written for %s: %s", run.run_id, exc)
+    return _backend(run).refresh(run, state)
 
 
 def _info_fields(run: RunDir, manifest: Manifest, state: RunState) -> tuple[dict[str, Any], CurveSummary]:
@@ -387,6 +325,8 @@ def _info_fields(run: RunDir, manifest: Manifest, state: RunState) -> tuple[dict
     return {
         "run_id": run.run_id,
         "experiment": manifest.experiment,
+        "backend": manifest.backend,
+        "nproc": manifest.resources.nproc,
         "status": state.status,
         "created_at": manifest.created_at,
         "elapsed_s": round(end - state.started_at, 1) if state.started_at else None,
@@ -550,7 +490,7 @@ def stop(run_id: str, grace_s: float = 30.0, project: Path | None = None) -> Sto
         state = refresh(run)
     how = "none"
     if state.pgid is not None and state.status not in TERMINAL:
-        how = _processes(run, state).stop(grace_s)
+        how = _backend(run).stop(run, state, grace_s)
     deadline = time.monotonic() + FINALIZE_TIMEOUT_S
     while state.status not in TERMINAL and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -635,4 +575,4 @@ def resume_run(
     acks = sorted(set(manifest.acknowledged) | set(acknowledge or []))
     why = f"resume of {run_id} from {checkpoint.name}" + (f"; {note}" if note else "")
     return launch(manifest.experiment, merged, note=why, agent=agent, acknowledge=acks, dry_run=dry_run,
-                  project=project)
+                  project=project, backend=manifest.backend, resources=manifest.resources.model_dump())

@@ -37,6 +37,7 @@ from mcp_server import (
     textlog,
     trainer_env,
 )
+from mcp_server.backends.model import BackendName
 from mcp_server.compare import Comparison
 from mcp_server.compare import compare_runs as _compare_runs
 from mcp_server.curves.summary import CurveSummary
@@ -140,15 +141,17 @@ def list_experiments(limit: Annotated[int, Field(ge=1, le=100)] = 50,
 
 
 @tool(RUNS_CODE)
-def preflight(experiment: str | int, overrides: dict[str, Scalar] | None = None) -> PreflightReport:
+def preflight(experiment: str | int, overrides: dict[str, Scalar] | None = None,
+              backend: BackendName | None = None, resources: dict[str, int] | None = None) -> PreflightReport:
     """Check an experiment before launching it, changing no file. `experiment` is N, NNN or
     NNN-slug; `overrides` maps parameter names to values (e.g. {"lr": 0.0005}). Returns each check
     (experiment, parameters, interpreter, torch, device, data, output, gpu) as pass/warn/fail with
     a fix, the resolved config and a one-line summary. Runs project code: the experiment's
     interpreter (only a venv's bin/python) imports torch, decodes a data sample and traces the
     trainer's memory step, in subprocesses. Takes a few seconds. A bad experiment or parameter
-    raises an error that says what to pass instead."""
-    report, _, _ = run_preflight(str(experiment), overrides)
+    raises an error that says what to pass instead. `backend` and `resources` check it where it
+    would run (default: the experiment's [run] table), e.g. backend="torchrun", resources={"nproc": 2}."""
+    report, _, _ = run_preflight(str(experiment), overrides, backend=backend, resources=resources)
     return report
 
 
@@ -199,6 +202,8 @@ def launch_run(
     agent: str = "training-runner",
     acknowledge: list[str] | None = None,
     dry_run: bool = False,
+    backend: BackendName | None = None,
+    resources: dict[str, int] | None = None,
 ) -> runs.LaunchResult:
     """Start a training run of an experiment in the background and return its `run_id` at once.
     Re-runs pre-flight first and refuses if any check fails. The trainer runs as a supervised
@@ -206,8 +211,12 @@ def launch_run(
     this session. `note` says why you launch it; `agent` names the scratchpad that gets the launch
     and finish entries. If pre-flight reports danger rules (`danger_fired`), the launch is refused
     unless `acknowledge` lists each rule id: tell the user first. `dry_run=True` returns the exact
-    argv, env and run folder without starting anything. Then poll run_status; never tail logs."""
-    return runs.launch(str(experiment), overrides, note=note, agent=agent, acknowledge=acknowledge, dry_run=dry_run)
+    argv, env and run folder without starting anything. `backend`: local (one process) or torchrun
+    (several on this node, DDP); `resources`: {"nproc": N} processes, each on its own GPU (or
+    CPU slot); `batch_size` stays the global batch. Default: the experiment's [run] table. Then
+    poll run_status; never tail logs."""
+    return runs.launch(str(experiment), overrides, note=note, agent=agent, acknowledge=acknowledge, dry_run=dry_run,
+                       backend=backend, resources=resources)
 
 
 @tool(READ_ONLY)
@@ -292,6 +301,8 @@ def resume_run(
     agent: str = "training-runner",
     acknowledge: list[str] | None = None,
     dry_run: bool = False,
+    backend: BackendName | None = None,
+    resources: dict[str, int] | None = None,
 ) -> runs.LaunchResult:
     """Continue a stopped, failed or lost run from its last checkpoint: a new run of the same
     experiment with the same overrides (plus `overrides`, e.g. {"epochs": 100}) and the

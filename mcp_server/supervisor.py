@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from mcp_server import gpu, procs, safefiles, scratchpad, slots
 from mcp_server.errors import TrainguardError
@@ -84,11 +85,13 @@ def supervise(run: RunDir) -> int:
         return 1
     # Held (open) until this process has recorded the outcome, and by the trainer's copy while it
     # lives: the kernel releases the lock when the last of the two closes it.
-    slot = _take_slot(run, manifest, state)
-    if slot is None:  # cancelled while queued
+    held = _take_slots(run, manifest, state)
+    if held is None:  # cancelled while queued
         state.status, state.finished_at = "stopped", time.time()
         _finish(run, manifest, state)
         return 0
+    state.slots = [i for i, _ in held]
+    env = manifest.env | (slots.device_env(state.slots, manifest.env) if manifest.resource == "gpu" else {})
     try:
         with safefiles.open_append(run.stdout) as out, safefiles.open_append(run.stderr) as err:
             proc = subprocess.Popen(
@@ -97,10 +100,10 @@ def supervise(run: RunDir) -> int:
                 stdout=out,
                 stderr=err,
                 cwd=manifest.cwd,
-                env=manifest.env,
+                env=env,
                 start_new_session=True,
                 close_fds=True,
-                pass_fds=(slot.fileno(),),  # the trainer holds the slot too: it is never free while it runs
+                pass_fds=tuple(fh.fileno() for _, fh in held),  # the trainer holds its slots too
             )
     except (OSError, TrainguardError) as exc:
         state.status, state.failure, state.finished_at = "failed", f"could not start the trainer: {exc}", time.time()
@@ -127,16 +130,18 @@ def supervise(run: RunDir) -> int:
     return returncode
 
 
-def _take_slot(run: RunDir, manifest: Manifest, state: RunState):
-    """Wait, queued in FIFO order, for a slot of the run's resource; None if cancelled meanwhile."""
+def _take_slots(run: RunDir, manifest: Manifest, state: RunState) -> list[tuple[int, IO[bytes]]] | None:
+    """Wait, queued in FIFO order, for the run's slots (one per process, all at once); None if
+    cancelled meanwhile."""
     root = run.path.parent
-    resource = manifest.resource
+    resource, needed = manifest.resource, manifest.resources.nproc
     count = slots.slot_count(resource, len(manifest.gpus))
     state.resource = resource
     now = time.time()
-    slot = None if slots.queued_before(root, run.run_id, resource, now) else slots.try_acquire(root, resource, count)
-    if slot is not None:
-        return slot
+    held = (None if slots.queued_before(root, run.run_id, resource, now)
+            else slots.try_acquire(root, resource, count, needed))
+    if held is not None:
+        return held
     state.status, state.queued_at = "queued", now
     run.write_state(state)
     while True:
@@ -144,9 +149,9 @@ def _take_slot(run: RunDir, manifest: Manifest, state: RunState):
             return None
         time.sleep(QUEUE_POLL_S)
         if not slots.queued_before(root, run.run_id, resource, now):
-            slot = slots.try_acquire(root, resource, count)
-            if slot is not None:
-                return slot
+            held = slots.try_acquire(root, resource, count, needed)
+            if held is not None:
+                return held
 
 
 def _watch(run: RunDir, manifest: Manifest, state: RunState, proc: subprocess.Popen

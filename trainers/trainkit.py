@@ -1,4 +1,5 @@
-"""The trainer side of the trainguard contract: metrics stream, stop signals, safe checkpoints.
+"""The trainer side of the trainguard contract: metrics stream, stop signals, safe checkpoints,
+and a rank's place in a torchrun job (only rank 0 reports; every rank stops together).
 
 Standard library only at import time (torch and numpy are imported where needed), so a user's
 training script can copy this file beside itself. Non-finite floats are written as the strings
@@ -53,6 +54,8 @@ class MetricsStream:
 
     def __init__(self, path: str | os.PathLike | None = None):
         path = path or os.environ.get("TRAINGUARD_METRICS")
+        if Distributed().rank != 0:  # under torchrun, rank 0 alone reports
+            path = None
         self.path = Path(path) if path else None
         self._file = None
         self._memory_at = -math.inf
@@ -215,18 +218,101 @@ def seed_everything(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)  # already implied by manual_seed; explicit for older builds
 
 
+class Distributed:
+    """This process's place in a torchrun job (RANK, LOCAL_RANK and WORLD_SIZE in the
+    environment), or a job of one. Rank 0 alone writes metrics and checkpoints; every rank
+    checks for a stop together (`should_stop`), so they leave the loop at the same step and
+    none waits forever in a collective for a rank that left."""
+
+    def __init__(self) -> None:
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.enabled = self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, device: str) -> str:
+        """This rank's device: its own GPU (cuda:LOCAL_RANK; torchrun's slots show each job only
+        its GPUs), else `device` unchanged."""
+        return f"cuda:{self.local_rank}" if self.enabled and device.startswith("cuda") else device
+
+    def init(self, device: str) -> None:
+        """Joins the job's process group: NCCL on GPUs, gloo on the CPU. A no-op alone."""
+        if not self.enabled:
+            return
+        import torch
+        import torch.distributed as dist
+
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+    def wrap(self, model: Any, device: str) -> Any:
+        """`model` under DistributedDataParallel in a job, else `model`."""
+        if not self.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
+
+    def should_stop(self, stop: StopFlag, device: str) -> bool:
+        """True on every rank as soon as any rank was asked to stop."""
+        if not self.enabled:
+            return stop.requested
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1 if stop.requested else 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def sum(self, *values: Any) -> list[float]:
+        """The job-wide sums of 0-d tensors (or numbers) each rank holds."""
+        import torch
+
+        if not self.enabled:
+            return [float(v) for v in values]
+        import torch.distributed as dist
+
+        device = next((v.device for v in values if isinstance(v, torch.Tensor)), "cpu")
+        packed = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
+        dist.all_reduce(packed)
+        return packed.tolist()
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
 def run_trainer(train: Any, args: Any) -> int:
     """Runs ``train(args, metrics, stop)`` with the contract's plumbing around it.
 
     Opens the metrics stream and installs the stop flag; a crash is written as an ``error``
-    event and re-raised (non-zero exit); the stream is closed and the signal handlers put back
-    whatever happens.
+    event and re-raised (non-zero exit), and under torchrun into the rank's error file
+    (torch.distributed.elastic's ``record``); the stream is closed and the signal handlers put
+    back whatever happens.
 
     Returns:
         What ``train`` returns: the process's exit code.
     """
     stop = StopFlag()
     metrics = MetricsStream()
+    if Distributed().enabled:  # under torchrun: a failing rank leaves its traceback in its error file
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        train = record(train)
     try:
         return train(args, metrics, stop)
     except Exception as exc:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 if str(Path(__file__).resolve().parent) not in sys.path:  # lets tests import this file by path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trainkit import (  # noqa: E402
+    Distributed,
     MetricsStream,
     StopFlag,
     atomic_torch_save,
@@ -108,7 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cosine: linear warm-up over the first epoch, then cosine decay to 10%% of --lr by --epochs",
     )
     arg("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    arg("--batch-size", type=int, default=64, help="samples per optimizer step")
+    arg("--batch-size", type=int, default=64,
+        help="samples per optimizer step: the global batch, split over torchrun's ranks")
     arg("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (0 disables)")
     arg(
         "--aux-weight",
@@ -268,8 +270,11 @@ class NavMixer(nn.Module):
             x = block(x)  # (B, T, C)
         return self.head(self.norm(x))  # (B, T, 5)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # tokens: (B, T) int
-        return at_agent(self.cell_logits(tokens), tokens)  # (B, 5)
+    def forward(self, tokens: torch.Tensor, cells: bool = False) -> torch.Tensor:  # tokens: (B, T) int
+        """The logits at the agent (B, 5), or with `cells` every cell's (B, T, 5): training goes
+        through forward either way, as DistributedDataParallel needs."""
+        cell_logits = self.cell_logits(tokens)
+        return cell_logits if cells else at_agent(cell_logits, tokens)
 
 
 def at_agent(cell_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -296,7 +301,7 @@ def train_step(
         and the logits at the agent (B, 5), detached.
     """
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
-        cells = model.cell_logits(xb).float()  # (B, T, 5)
+        cells = model(xb, cells=True).float()  # (B, T, 5)
     logits = at_agent(cells, xb)  # (B, 5)
     loss = total = F.cross_entropy(logits, yb)
     aux = None
@@ -377,8 +382,15 @@ def load_resume(path: Path) -> dict:
 
 def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> int:
     """Runs the whole training; returns the process exit code (0, or 128+signal when stopped)."""
-    # 1. Resolve everything the run depends on, and announce it before the slow parts.
-    device = pick_device(args.device)
+    # 1. Resolve everything the run depends on, and announce it before the slow parts. Under
+    #    torchrun each rank trains on its share of every batch (DDP), rank 0 alone reports.
+    dist = Distributed()
+    device = dist.device(pick_device(args.device))
+    dist.init(device)
+    if args.batch_size % dist.world_size:
+        raise ValueError(f"--batch-size {args.batch_size} (the global batch) does not split over "
+                         f"{dist.world_size} ranks; pass a multiple of {dist.world_size}")
+    rank_batch = args.batch_size // dist.world_size
     seed_everything(args.seed)
     resume = load_resume(args.resume) if args.resume else None
     ckpt_dir = Path(args.checkpoint_dir)
@@ -390,6 +402,9 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
             "checkpoint_dir": str(ckpt_dir),
             "resolved_device": device,
             "resume_epoch": resume["epoch"] if resume else None,
+            "world_size": dist.world_size,
+            "global_batch_size": args.batch_size,
+            "batch_size_per_rank": rank_batch,
         },
     )
 
@@ -405,7 +420,8 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     x_test, y_test = val_split["tokens"].to(device), val_split["labels"].to(device)  # (M, T), (M,)
     counts = torch.bincount(y_views[0], minlength=len(ACTIONS)).tolist()
     source = f"from {args.train_path} and {args.val_path}" if args.train_path else "generated"
-    print(
+    say = print if dist.is_main else (lambda *a, **k: None)
+    say(
         f"Data: {n_train} train states x {num_views} views / {len(y_test)} test, {source}, {grid_size}x{grid_size} "
         f"grids, in {time.time() - t0:.1f}s; label counts {dict(zip(ACTIONS, counts, strict=True))}; device {device}",
         flush=True,
@@ -413,7 +429,8 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
 
     # 3. Model and optimizer.
     model_config = {"grid_size": grid_size, "dim": args.dim, "depth": args.depth, "dropout": args.dropout}
-    model = create_model(**model_config).to(device)
+    net = create_model(**model_config).to(device)  # identical on every rank: the same seed
+    model = dist.wrap(net, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(n_train / args.batch_size)
     total_steps, warmup = args.epochs * steps_per_epoch, steps_per_epoch
@@ -427,7 +444,7 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return args.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
-    print(f"Model: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
+    say(f"Model: {sum(p.numel() for p in net.parameters()):,} parameters", flush=True)
 
     # 4. Start fresh, or pick up where a checkpoint left off (weights, Adam moments, the lr
     #    schedule's step, early-stopping state, history, and the RNG so batches continue as they would have).
@@ -440,7 +457,7 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
                 f"--resume {args.resume} holds a model with {resume['config']}, these flags build {model_config}; "
                 "pass the same --dim, --depth, --dropout and data"
             )
-        model.load_state_dict(resume["model_state_dict"])
+        net.load_state_dict(resume["model_state_dict"])
         optimizer.load_state_dict(resume["optimizer_state_dict"])
         step, epochs_done = resume["step"], resume["epoch"]
         best_acc, best_epoch = resume["best_val_acc"], resume["best_epoch"]
@@ -449,15 +466,19 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
         torch.set_rng_state(resume["rng"]["torch"])
         if use_autocast and resume["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(resume["rng"]["cuda"])
-        print(f"Resumed from {args.resume}: epoch {epochs_done}, step {step}, best val acc {best_acc:.4f}", flush=True)
+        say(f"Resumed from {args.resume}: epoch {epochs_done}, step {step}, best val acc {best_acc:.4f}", flush=True)
+    if dist.enabled:  # each rank draws its own views and dropout masks, reproducibly from this point
+        torch.manual_seed(args.seed + 1 + dist.rank + dist.world_size * epochs_done)
     reason = "completed"
 
     def save(kind: str, epoch: int) -> None:
+        if not dist.is_main:  # one copy of the weights: every rank holds the same
+            return
         path = ckpt_dir / f"{kind}.pt"
         atomic_torch_save(
             {
                 "epoch": epoch,
-                "model_state_dict": model.state_dict(),
+                "model_state_dict": net.state_dict(),
                 "optimizer_state_dict": optimizer.state_dict(),
                 "val_acc": val_acc,
                 "val_loss": val_loss,
@@ -480,17 +501,18 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
         rows = torch.arange(n_train, device=device)
         view = torch.randint(0, num_views, (n_train,), device=device)
         x_train, y_train, p_train = x_views[view, rows], y_views[view, rows], p_views[view, rows]  # (N, T) (N,) (N, T)
-        order = torch.randperm(n_train, device=device)
+        order = _epoch_order(n_train, epoch, args.seed, dist, device)  # this rank's share, shuffled
         loss_sum, aux_sum = torch.zeros((), device=device), torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
-        for i in range(0, n_train, args.batch_size):
-            if stop.requested:
+        stopping = False
+        for i in range(0, len(order), rank_batch):
+            if (stopping := dist.should_stop(stop, device)):
                 break
             lr = lr_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            idx = order[i : i + args.batch_size]
+            idx = order[i : i + rank_batch]
             xb, yb, pb = x_train[idx].long(), y_train[idx], p_train[idx].long()  # (B, T), (B,), (B, T)
             loss, aux, logits = train_step(model, optimizer, xb, yb, pb, args, use_autocast)
             if aux is not None:
@@ -500,21 +522,22 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
             loss_sum += loss * len(idx)
             correct += (logits.argmax(-1) == yb).sum()
             seen += len(idx)
-        if stop.requested:
+        if stopping:
             break
-        train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
-        aux_loss = {"aux_loss": aux_sum.item() / seen} if args.aux_weight else {}  # loss: the agent's cell only
-        samples_per_s = seen / (time.time() - t_epoch)  # .item() above already waited for the device
+        loss_total, aux_total, correct_total, seen = dist.sum(loss_sum, aux_sum, correct, seen)  # over the ranks
+        train_loss, train_acc = loss_total / seen, correct_total / seen
+        aux_loss = {"aux_loss": aux_total / seen} if args.aux_weight else {}  # loss: the agent's cell only
+        samples_per_s = seen / (time.time() - t_epoch)  # the sum above already waited for the device
 
         # 5b. Validate, report, checkpoint.
-        val_loss, val_acc = evaluate(model, x_test, y_test)
+        val_loss, val_acc = evaluate(net, x_test, y_test)  # every rank: the same weights, the same answer
         epochs_done = epoch
         improved = val_acc > best_acc
         if improved:
             best_acc, best_epoch = val_acc, epoch
         for key, value in zip(HISTORY_KEYS, (train_loss, train_acc, val_loss, val_acc, lr), strict=True):
             history[key].append(value)
-        print(
+        say(
             f"Epoch {epoch}/{args.epochs} - Train Loss: {train_loss:.4f}, Train Acc: {train_acc:.4f} "
             f"Val Loss: {val_loss:.4f}, Val Acc: {val_acc:.4f}" + (" *" if improved else ""),
             flush=True,
@@ -524,17 +547,19 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
         if improved:
             save("best", epoch)
         save("last", epoch)
-        atomic_write_json(history, ckpt_dir / "history.json")
+        if dist.is_main:
+            atomic_write_json(history, ckpt_dir / "history.json")
         if args.patience and epoch - best_epoch >= args.patience:
             reason = "early_stopping"
-            print(f"Early stopping: no better val acc for {args.patience} epochs", flush=True)
+            say(f"Early stopping: no better val acc for {args.patience} epochs", flush=True)
             break
 
     # 6. A stop request lands here mid-epoch: keep the weights, then say why we are exiting.
-    if stop.requested:
+    stopped = stop.requested or (dist.enabled and stopping)
+    if stopped:
         reason = "stopped"
         save("last", epochs_done)  # "epoch" stays the last completed one, so a resume starts at +1
-        print(f"Stopped by signal {stop.signum}; wrote {ckpt_dir / 'last.pt'}", flush=True)
+        say(f"Stopped by signal {stop.signum}; wrote {ckpt_dir / 'last.pt'}", flush=True)
     metrics.event(
         "done",
         reason=reason,
@@ -544,8 +569,22 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
         steps=step,
     )
     if best_epoch:
-        print(f"Best val acc {best_acc:.4f} at epoch {best_epoch}", flush=True)
-    return stop.exit_code if stop.requested else 0
+        say(f"Best val acc {best_acc:.4f} at epoch {best_epoch}", flush=True)
+    dist.barrier()  # no rank leaves before rank 0 has written the last checkpoint
+    dist.close()
+    return (stop.exit_code or 143) if stopped else 0
+
+
+def _epoch_order(n: int, epoch: int, seed: int, dist: Distributed, device: str) -> torch.Tensor:
+    """The sample indices this rank trains on in `epoch`, shuffled: all of them alone, else its
+    share from DistributedSampler (padded so every rank takes the same number of steps)."""
+    if not dist.enabled:
+        return torch.randperm(n, device=device)
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler), device=device)
 
 
 def main(argv: list[str] | None = None) -> int:
