@@ -47,6 +47,7 @@ import torch.nn.functional as F
 if str(Path(__file__).resolve().parent) not in sys.path:  # lets tests import this file by path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trainkit import (  # noqa: E402
+    Distributed,
     MetricsStream,
     StopFlag,
     atomic_torch_save,
@@ -126,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help=f"passes over the training images (default {FULL_EPOCHS}, or {QUICK_SEARCH_EPOCHS} with --quick-search)",
     )
-    arg("--batch-size", type=int, default=16, help="images per optimizer step")
+    arg("--batch-size", type=int, default=16, help="images per optimizer step: the global batch, split over ranks")
     # run
     arg("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps; auto prefers cuda, then mps")
     arg(
@@ -466,7 +467,15 @@ def evaluate(model: nn.Module, images: torch.Tensor, batch_size: int, amp=nullco
 def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> int:
     """Runs the whole training; returns the process exit code (0, or 128+signal when stopped)."""
     # 1. Resolve the device and the seed; read the resume checkpoint first so a mismatch fails fast.
-    device = pick_device(args.device)
+    # Under torchrun each rank trains on its share of every batch (DDP); rank 0 alone reports.
+    dist = Distributed()
+    device = dist.device(pick_device(args.device))
+    dist.init(device)
+    if args.batch_size % dist.world_size:
+        raise ValueError(f"--batch-size {args.batch_size} (the global batch) does not split over "
+                         f"{dist.world_size} ranks; pass a multiple of {dist.world_size}")
+    rank_batch = args.batch_size // dist.world_size
+    say = print if dist.is_main else (lambda *a, **k: None)
     seed_everything(args.seed)
     ckpt_dir = Path(args.checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -486,29 +495,31 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     train_images = load_split(args.data_dir, "train", args.image_size, args.data_fraction, args.seed).to(device)
     val_images = load_split(args.data_dir, "val", args.image_size).to(device)  # (M, 3, S, S), always whole
     n_train = len(train_images)
-    print(
+    say(
         f"Data: {n_train} train ({args.data_fraction:.0%}) / {len(val_images)} val images of "
         f"{args.image_size}x{args.image_size} from {args.data_dir} in {time.time() - t0:.1f}s, device {device}",
         flush=True,
     )
 
     # 3. Model, optimizer and schedule; the warm-up is counted in steps so it is smooth within epochs.
-    model = create_model(**model_config).to(device)
-    optimizer = make_optimizer(model, args.optimizer, args.lr, args.weight_decay)
+    net = create_model(**model_config).to(device)  # identical on every rank: the same seed
+    model = dist.wrap(net, device)
+    optimizer = make_optimizer(net, args.optimizer, args.lr, args.weight_decay)
     steps_per_epoch = math.ceil(n_train / args.batch_size)
     warmup_steps = args.warmup_epochs * steps_per_epoch
-    num_params = sum(p.numel() for p in model.parameters())
+    num_params = sum(p.numel() for p in net.parameters())
     latent = latent_report(args.latent_channels, args.image_size)
     start_epoch, best_psnr, best_epoch = 1, -math.inf, 0
     if resume is not None:
-        model.load_state_dict(resume["model_state_dict"])
+        net.load_state_dict(resume["model_state_dict"])
         optimizer.load_state_dict(resume["optimizer_state_dict"])
         start_epoch = resume["epoch"] + 1
         best_psnr, best_epoch = resume["best_val_psnr_db"], resume["best_epoch"]
     step = (start_epoch - 1) * steps_per_epoch
     metrics.event(
         "start",
-        config={**vars(args), "checkpoint_dir": str(ckpt_dir), "resolved_device": device},
+        config={**vars(args), "checkpoint_dir": str(ckpt_dir), "resolved_device": device,
+                "world_size": dist.world_size, "global_batch_size": args.batch_size, "batch_size_per_rank": rank_batch},
         num_params=num_params,
         num_train=n_train,
         num_val=len(val_images),
@@ -516,7 +527,9 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
         resumed_from_epoch=start_epoch - 1 if resume is not None else None,
         **latent,
     )
-    print(
+    if dist.enabled:  # each rank its own dropout and noise, reproducibly from this point
+        torch.manual_seed(args.seed + 1 + dist.rank + dist.world_size * (start_epoch - 1))
+    say(
         f"Model: {args.arch}, {num_params:,} parameters, latent {tuple(latent['latent_shape'])} = "
         f"{latent['latent_values']} values per image ({latent['compression_ratio']:.1f}x fewer than pixels)",
         flush=True,
@@ -527,11 +540,13 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     epochs_done = start_epoch - 1
 
     def save(kind: str, epoch: int) -> None:
+        if not dist.is_main:  # one copy of the weights: every rank holds the same
+            return
         path = ckpt_dir / f"{kind}.pt"
         atomic_torch_save(
             {
                 "epoch": epoch,
-                "model_state_dict": model.state_dict(),
+                "model_state_dict": net.state_dict(),
                 "optimizer_state_dict": optimizer.state_dict(),
                 "val_psnr_db": val_psnr,
                 "val_loss": val_loss,
@@ -547,18 +562,18 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     for epoch in range(start_epoch, args.epochs + 1):
         # 4a. One pass in an order fixed by (seed, epoch), so a resumed run sees the batches it would have.
         t_epoch = time.time()
-        gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
-        order = torch.randperm(n_train, generator=gen).to(device)
+        order = _epoch_order(n_train, epoch, args.seed, dist, device)
         loss_sum, norm_sum = torch.zeros((), device=device), torch.zeros((), device=device)
         seen = batches = 0
+        stopping = False
         lr = lr_at(step, args.lr, warmup_steps)
-        for i in range(0, n_train, args.batch_size):
-            if stop.requested:
+        for i in range(0, len(order), rank_batch):
+            if (stopping := dist.should_stop(stop, device)):
                 break
             lr = lr_at(step, args.lr, warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images = train_images[order[i : i + args.batch_size]].float() / 255.0  # (B, 3, S, S)
+            images = train_images[order[i : i + rank_batch]].float() / 255.0  # (B, 3, S, S)
             loss, grad_norm = train_step(model, optimizer, images, args.max_grad_norm, amp)
             step += 1
             # Accumulated on the device: .item() here would be a CPU-GPU sync point every batch.
@@ -566,18 +581,19 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
             norm_sum += grad_norm
             seen += len(images)
             batches += 1
-        if stop.requested:
+        if stopping:
             break
-        train_loss, mean_grad_norm = loss_sum.item() / seen, norm_sum.item() / batches
-        images_per_s = seen / (time.time() - t_epoch)  # .item() above already waited for the device
+        loss_total, norm_total, seen, batches = dist.sum(loss_sum, norm_sum, seen, batches)  # over the ranks
+        train_loss, mean_grad_norm = loss_total / seen, norm_total / batches
+        images_per_s = seen / (time.time() - t_epoch)  # the sum above already waited for the device
 
         # 4b. Validate, report, checkpoint.
-        val_loss, val_psnr = evaluate(model, val_images, max(args.batch_size, 32), amp)
+        val_loss, val_psnr = evaluate(net, val_images, max(args.batch_size, 32), amp)  # the same on every rank
         epochs_done = epoch
         improved = val_psnr > best_psnr
         if improved:
             best_psnr, best_epoch = val_psnr, epoch
-        print(
+        say(
             f"Epoch {epoch}/{args.epochs} - Train Loss: {train_loss:.5f}, Val Loss: {val_loss:.5f}, "
             f"Val PSNR: {val_psnr:.2f} dB, lr {lr:.2e}, grad norm {mean_grad_norm:.3f}" + (" *" if improved else ""),
             flush=True,
@@ -597,21 +613,38 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
         save("last", epoch)
 
     # 5. A stop request lands here mid-epoch: keep the weights, then say why we are exiting.
-    if stop.requested:
+    stopped = stop.requested or (dist.enabled and stopping)
+    if stopped:
         save("last", epochs_done)  # "epoch" stays the last completed one, so a resume redoes the cut one
-        print(f"Stopped by signal {stop.signum}; wrote {ckpt_dir / 'last.pt'}", flush=True)
+        say(f"Stopped by signal {stop.signum}; wrote {ckpt_dir / 'last.pt'}", flush=True)
     found = best_epoch > 0
     metrics.event(
         "done",
-        reason="stopped" if stop.requested else "completed",
+        reason="stopped" if stopped else "completed",
         best_val_psnr_db=best_psnr if found else None,
         best_epoch=best_epoch if found else None,
         epochs=epochs_done,
         steps=step,
     )
     if found:
-        print(f"Best val PSNR {best_psnr:.2f} dB at epoch {best_epoch}", flush=True)
-    return stop.exit_code if stop.requested else 0
+        say(f"Best val PSNR {best_psnr:.2f} dB at epoch {best_epoch}", flush=True)
+    dist.barrier()  # no rank leaves before rank 0 has written the last checkpoint
+    dist.close()
+    return (stop.exit_code or 143) if stopped else 0
+
+
+def _epoch_order(n: int, epoch: int, seed: int, dist: Distributed, device: str) -> torch.Tensor:
+    """The image indices this rank trains on in `epoch`, in an order fixed by (seed, epoch) so a
+    resumed run sees the batches it would have: all of them alone, else this rank's share from
+    DistributedSampler (padded so every rank takes the same number of steps)."""
+    if not dist.enabled:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).to(device)
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+                                 seed=seed * 100_003)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler), device=device)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -311,3 +311,32 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, data_dir, monkey
                 str(foreign),
             ]
         )
+
+
+def test_two_ddp_ranks_train_rank_zero_reports_and_a_ddp_checkpoint_resumes(tmp_path, data_dir):
+    """Under torchrun (2 gloo ranks on the CPU): the global batch of 4 splits 2 per rank, one
+    metrics stream and one checkpoint (plain weights, no DDP prefix), and resuming from it
+    under torchrun continues at the next epoch."""
+
+    def torchrun(out: Path, *args: str) -> tuple[Path, Path]:
+        metrics, ckpt = out / "metrics.jsonl", out / "ckpt"
+        env = {**os.environ, "TRAINGUARD_METRICS": str(metrics), "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(TRAINER),
+             *TINY, "--data-dir", str(data_dir), "--checkpoint-dir", str(ckpt), *args],
+            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return metrics, ckpt
+
+    metrics, ckpt = torchrun(tmp_path / "first", "--epochs", "2")
+    records = _records(metrics)
+    [start] = [r for r in records if r.get("event") == "start"]
+    assert start["config"]["world_size"] == 2 and start["config"]["batch_size_per_rank"] == 2
+    assert [r["epoch"] for r in records if r.get("split") == "val"] == [1, 2]
+    last = _load(ckpt / "last.pt")
+    assert last["epoch"] == 2 and not any(k.startswith("module.") for k in last["model_state_dict"])
+
+    metrics, _ = torchrun(tmp_path / "resumed", "--epochs", "3", "--resume", str(ckpt / "last.pt"))
+    records = _records(metrics)
+    assert [r for r in records if r.get("event") == "start"][0]["resumed_from_epoch"] == 2
+    assert [r["epoch"] for r in records if r.get("split") == "val"] == [3]
