@@ -228,7 +228,7 @@ class Distributed:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.enabled = self.world_size > 1
+        self.enabled = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # started by torchrun, even alone
 
     @property
     def is_main(self) -> bool:

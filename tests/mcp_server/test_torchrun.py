@@ -19,6 +19,7 @@ from mcp import Client, StdioServerParameters
 from conftest import REPO, server_env, write_experiment
 from mcp_server import procs
 
+ENDING = ("starting", "queued", "running")
 TORCHRUN = {"backend": "torchrun", "resources": {"nproc": 2}}
 DDP_TRM = {"num_train": 1000, "num_test": 100, "dim": 16, "depth": 1, "batch_size": 64, "device": "cpu"}
 
@@ -75,7 +76,8 @@ def test_a_ddp_run_trains_stops_without_a_rank_left_and_resumes(project):
             assert final["status"] == "succeeded" and final["backend"] == "torchrun" and final["nproc"] == 2, final
             config = metrics_config(Path(final["run_dir"]))
             assert config["world_size"] == 2 and config["batch_size_per_rank"] == 32
-            starts = [ln for ln in (Path(final["run_dir"]) / "metrics.jsonl").read_text().splitlines() if '"start"' in ln]
+            lines = (Path(final["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+            starts = [ln for ln in lines if '"start"' in ln]
             assert len(starts) == 1  # one reporter
             summary = (await ok(client, "summarize_run", {"run_id": run_id}))["summary"]
             assert summary["primary"]["name"] == "val/acc" and summary["primary"]["best"]["epoch"] in (1, 2)
@@ -92,7 +94,7 @@ def test_a_ddp_run_trains_stops_without_a_rank_left_and_resumes(project):
 
             # 3. Resume continues it, under torchrun again, from the checkpoint's epoch.
             resumed = await ok(client, "resume_run", {"run_id": long_id, "overrides": {"epochs": done + 1}})
-            again = await poll(client, resumed["run_id"], lambda s: s["status"] not in ("starting", "queued", "running"))
+            again = await poll(client, resumed["run_id"], lambda s: s["status"] not in ENDING)
             assert again["status"] == "succeeded" and again["backend"] == "torchrun", again
             assert again["epoch"] == done + 1 and metrics_config(Path(again["run_dir"]))["resume_epoch"] == done
 
@@ -169,3 +171,26 @@ def test_the_experiment_says_where_it_runs_and_preflight_checks_it(project):
             assert bad.is_error and "resources takes ['nproc']" in bad.content[0].text
 
     anyio.run(scenario)
+
+
+@pytest.mark.gpu
+def test_a_one_gpu_nccl_job_trains_on_the_gpu_of_its_slot(project):
+    """On a machine with a GPU: torchrun with one rank joins an NCCL group, trains with DDP on the
+    GPU its slot names (CUDA_VISIBLE_DEVICES), and reports from rank 0."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA/ROCm device")
+    write_experiment(project, "925-trm-nccl", "trm_nav", DDP_TRM | {"epochs": 2, "patience": 2, "device": "cuda"})
+
+    async def scenario():
+        async with Client(params(project)) as client:
+            run_id = (await ok(client, "launch_run", {"experiment": "925", "backend": "torchrun",
+                                                      "resources": {"nproc": 1}}))["run_id"]
+            return await poll(client, run_id, lambda s: s["status"] not in ("starting", "queued", "running"))
+
+    final = anyio.run(scenario)
+    assert final["status"] == "succeeded", final
+    run_dir = Path(final["run_dir"])
+    config = metrics_config(run_dir)
+    assert config["resolved_device"] == "cuda:0" and config["world_size"] == 1
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["slots"] == [0]
