@@ -158,3 +158,31 @@ def test_resume_run_refuses_without_a_checkpoint(scripted):
     wait_until(lambda: runs.status(first.run_id).status in TERMINAL, 30, "the run")
     with pytest.raises(InvalidInput, match="names no resume_checkpoint"):
         runs.resume_run(first.run_id)
+
+
+def test_a_run_of_two_takes_both_slots_at_once_or_none(tmp_path):
+    """Two 2-GPU runs on a 3-GPU machine: the first takes two slots, the second takes none
+    (it never holds one while waiting for another), so the third slot stays free for a 1-GPU run."""
+    from mcp_server import slots
+
+    first = slots.try_acquire(tmp_path, "gpu", 3, needed=2)
+    assert first is not None and [i for i, _ in first] == [0, 1]
+    assert slots.try_acquire(tmp_path, "gpu", 3, needed=2) is None
+    single = slots.try_acquire(tmp_path, "gpu", 3, needed=1)
+    assert single is not None and [i for i, _ in single] == [2]
+    for _, fh in first:
+        fh.close()
+    second = slots.try_acquire(tmp_path, "gpu", 3, needed=2)
+    assert second is not None and [i for i, _ in second] == [0, 1]
+    for _, fh in second + single:
+        fh.close()
+
+
+def test_a_gpu_run_sees_only_the_gpus_of_its_slots():
+    from mcp_server import slots
+
+    assert slots.device_env([1, 2], {}) == {"CUDA_VISIBLE_DEVICES": "1,2", "HIP_VISIBLE_DEVICES": "1,2",
+                                            "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    # The server was shown GPUs 4-7: slot i is the i-th of them, by index or UUID.
+    env = slots.device_env([0, 2], {"CUDA_VISIBLE_DEVICES": "4,5,GPU-6a,7"})
+    assert env["CUDA_VISIBLE_DEVICES"] == "4,GPU-6a" and env["HIP_VISIBLE_DEVICES"] == "0,2"
