@@ -166,6 +166,17 @@ def _missing_override(f: _Facts) -> list[Evidence]:
     return []
 
 
+def _slurm(*states: str, failure_prefix: str | None = None) -> Callable[[_Facts], list[Evidence]]:
+    """A Slurm ending: the job's state as Slurm reported it, or the supervisor's time-limit record."""
+    def check(f: _Facts) -> list[Evidence]:
+        if f.state.slurm_state in states:
+            return [Evidence(source="slurm", text=f"job {f.state.job_id}: {f.state.slurm_state}; {f.state.failure}")]
+        if failure_prefix and (f.state.failure or "").startswith(failure_prefix):
+            return [Evidence(source="state", text=(f.state.failure or "")[:MAX_LINE])]
+        return []
+    return check
+
+
 OOM_REMEDIES = [
     "Lower the batch size: estimate_memory(experiment, overrides) gives the largest that fits.",
     "Mixed precision (torch.autocast with bfloat16) roughly halves activation memory.",
@@ -184,6 +195,23 @@ RULES: list[_Rule] = [
           ["Look at the end of stdout/stderr (tail_log) for a deadlock or a data loader that hangs.",
            "A DataLoader with num_workers > 0 can hang on a worker crash; try num_workers=0 to see the error."],
           _watchdog_stop("stall")),
+    _Rule("slurm_time_limit", "The Slurm job reached its time limit.", [],
+          ["Ask for more time (resources.time, within the partition's limit).",
+           "Pass requeue=true: at the limit it saves its checkpoint, goes back to the queue and resumes by itself.",
+           "resume_run continues it from its last checkpoint now."],
+          _slurm("TIMEOUT", failure_prefix="the Slurm time limit came")),
+    _Rule("slurm_memory_limit", "The Slurm job exceeded its memory limit (its cgroup's OOM killer ended it).", [],
+          ["Ask for more memory (resources.mem), or lower batch_size / the data kept in RAM.",
+           "estimate_memory gives the GPU side; host RAM grows with data held in memory and DataLoader workers."],
+          _slurm("OUT_OF_MEMORY")),
+    _Rule("slurm_node_failure", "The Slurm job's node failed.", [],
+          ["resume_run continues it from its last checkpoint (Slurm picks a healthy node).",
+           "If it recurs on one node, exclude it: resources.extra = {exclude = 'node12'}."],
+          _slurm("NODE_FAIL", "BOOT_FAIL")),
+    _Rule("slurm_preempted", "A higher-priority job preempted the Slurm job.", [],
+          ["Pass requeue=true so a preempted job goes back to the queue and resumes by itself.",
+           "Use a qos or partition that is not preemptible, if your cluster has one."],
+          _slurm("PREEMPTED")),
     _Rule("gpu_out_of_memory", "The GPU ran out of memory.",
           [r"CUDA out of memory", r"OutOfMemoryError", r"HIP out of memory", r"hipErrorOutOfMemory",
            r"CUBLAS_STATUS_ALLOC_FAILED", r"out of memory on device"], OOM_REMEDIES),

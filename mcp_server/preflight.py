@@ -433,6 +433,8 @@ def run_preflight(
     checks.append(_output_check(paths.runs_root(project), project))
     checks.append(_gpu_check(gpus))
 
+    if placement.backend == "slurm":
+        checks = [_on_compute_node(c) for c in checks]
     verdict = overall(checks)
     problems = [f"{c.name}: {c.detail}" for c in checks if c.verdict != "pass"]
     summary = {
@@ -449,6 +451,17 @@ def run_preflight(
     return report, exp, spec
 
 
+LOCAL_ONLY_CHECKS = frozenset({"device", "gpu", "memory"})
+
+
+def _on_compute_node(check: Check) -> Check:
+    """For a Slurm run, what this machine's devices say is no verdict on the compute node's."""
+    if check.name not in LOCAL_ONLY_CHECKS or check.verdict == "pass":
+        return check
+    return check.model_copy(update={"verdict": "warn",
+                                    "detail": f"on this machine, not the compute node: {check.detail}"})
+
+
 def placed(base: Placement, backend: str | None, resources: dict[str, Any] | None) -> Placement:
     """`base` with a backend and resources given by the caller.
 
@@ -462,8 +475,8 @@ def placed(base: Placement, backend: str | None, resources: dict[str, Any] | Non
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise InvalidInput(f"{where}: {first['msg']} (got {first.get('input')!r}). backend is local or torchrun; "
-                           f"resources takes {sorted(Resources.model_fields)}.") from None
+        raise InvalidInput(f"{where}: {first['msg']} (got {first.get('input')!r}). backend is local, torchrun or "
+                           f"slurm; resources takes {sorted(Resources.model_fields)}.") from None
 
 
 def _per_rank(spec: TrainerSpec, config: dict[str, Any], nproc: int) -> dict[str, Any]:

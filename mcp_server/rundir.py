@@ -55,6 +55,10 @@ class RunState(BaseModel):
     slots: list[int] = []  # the slots it holds: the GPUs' indices for a GPU run
     queued_at: float | None = None  # when it started waiting for a slot, if it had to
     orphaned_at: float | None = None  # when a status check found the supervisor dead and the trainer alive
+    job_id: str | None = None  # Slurm's job id (backend slurm)
+    slurm_state: str | None = None  # Slurm's state of the job when last seen (PENDING, RUNNING, TIMEOUT...)
+    slurm_reason: str | None = None  # Slurm's reason a pending job waits (Priority, Resources, BeginTime...)
+    requeues: int = 0  # times the job went back to Slurm's queue (time limit, preemption) and resumed
 
 
 class Manifest(BaseModel):
@@ -85,6 +89,9 @@ class Manifest(BaseModel):
     resource: Literal["gpu", "cpu"] = "cpu"
     backend: BackendName = "local"
     resources: Resources = Field(default_factory=Resources)
+    job_id: str | None = None  # Slurm's, once submitted
+    resume_flag: str | None = None  # the trainer's resume flag: a requeued Slurm job resumes with it
+    resume_checkpoint: str | None = None  # glob, in the checkpoints folder, of what it resumes from
     chance: dict[str, float] | None = None  # chance level of an accuracy metric, by name
     git_commit: str | None = None
     versions: dict[str, Any] = Field(default_factory=dict)

@@ -35,8 +35,6 @@ from mcp_server import (
     slots,
     textlog,
 )
-from mcp_server.backends import local as local_backend
-from mcp_server.backends.local import START_TIMEOUT_S
 from mcp_server.curves import load as curves_load
 from mcp_server.curves import plot as curves_plot
 from mcp_server.curves.summary import CurveSummary, find_metric, resolve_metric, summarize, summarize_run_dir
@@ -94,6 +92,10 @@ class RunInfo(BaseModel):
     error: str | None = None  # a damaged run folder: what is wrong and what to do
     backend: str = "local"
     nproc: int = 1  # processes (torchrun's ranks)
+    job_id: str | None = None  # Slurm's
+    slurm_state: str | None = None
+    queue_reason: str | None = None  # why Slurm keeps it pending
+    requeues: int = 0
 
 
 class RunStatus(RunInfo):
@@ -224,6 +226,8 @@ def launch(
             else "cpu",
             backend=report.backend,
             resources=report.resources,
+            resume_flag=spec.params["resume"].flag if "resume" in spec.params and spec.resume_checkpoint else None,
+            resume_checkpoint=spec.resume_checkpoint,
             git_commit=_git_commit(project),
             versions={
                 "trainguard": __version__,
@@ -306,10 +310,6 @@ def _backend(run: RunDir) -> backends.Backend:
     return backends.get(run.read_manifest().backend)
 
 
-def _processes(run: RunDir, state: RunState) -> procs.RunProcesses:
-    return local_backend.processes(run, state)
-
-
 def refresh(run: RunDir) -> RunState:
     """The run's state, corrected by its backend when the backend knows better (the local
     backends: a supervisor that died without recording an outcome)."""
@@ -326,7 +326,11 @@ def _info_fields(run: RunDir, manifest: Manifest, state: RunState) -> tuple[dict
         "run_id": run.run_id,
         "experiment": manifest.experiment,
         "backend": manifest.backend,
-        "nproc": manifest.resources.nproc,
+        "nproc": manifest.resources.nproc * manifest.resources.nodes,
+        "job_id": state.job_id,
+        "slurm_state": state.slurm_state,
+        "queue_reason": state.slurm_reason if state.status == "queued" else None,
+        "requeues": state.requeues,
         "status": state.status,
         "created_at": manifest.created_at,
         "elapsed_s": round(end - state.started_at, 1) if state.started_at else None,
@@ -337,7 +341,7 @@ def _info_fields(run: RunDir, manifest: Manifest, state: RunState) -> tuple[dict
         "headline": budget.clip(summary.headline, 240),
         "queue_position": (len(slots.queued_before(run.path.parent, run.run_id, state.resource or "cpu",
                                                     state.queued_at or time.time())) + 1
-                           if state.status == "queued" else None),
+                           if state.status == "queued" and manifest.backend != "slurm" else None),
     }, summary
 
 
@@ -484,20 +488,16 @@ def stop(run_id: str, grace_s: float = 30.0, project: Path | None = None) -> Sto
             message=f"run already ended ({state.status}); nothing to stop.",
         )
     write_json_atomic(run.stop_marker, {"requested_at": time.time()})
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while state.pgid is None and state.status not in TERMINAL and time.monotonic() < deadline:
-        time.sleep(0.05)
-        state = refresh(run)
-    how = "none"
-    if state.pgid is not None and state.status not in TERMINAL:
-        how = _backend(run).stop(run, state, grace_s)
+    backend = _backend(run)
+    how = backend.stop(run, state, grace_s)
+    state = refresh(run)
     deadline = time.monotonic() + FINALIZE_TIMEOUT_S
     while state.status not in TERMINAL and time.monotonic() < deadline:
         time.sleep(0.05)
         state = refresh(run)
     if how == "none" and state.status == "stopped" and state.pid is None:
         how = "cancelled while queued"
-    left = len(_processes(run, state).members())
+    left = backend.processes_left(run, state)
     return StopResult(
         run_id=run_id, status=state.status, how=how, processes_left=left,
         message=f"run {state.status}; " + ("no process of it is left." if not left else f"{left} processes remain!"),

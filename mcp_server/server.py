@@ -142,7 +142,7 @@ def list_experiments(limit: Annotated[int, Field(ge=1, le=100)] = 50,
 
 @tool(RUNS_CODE)
 def preflight(experiment: str | int, overrides: dict[str, Scalar] | None = None,
-              backend: BackendName | None = None, resources: dict[str, int] | None = None) -> PreflightReport:
+              backend: BackendName | None = None, resources: dict[str, Any] | None = None) -> PreflightReport:
     """Check an experiment before launching it, changing no file. `experiment` is N, NNN or
     NNN-slug; `overrides` maps parameter names to values (e.g. {"lr": 0.0005}). Returns each check
     (experiment, parameters, interpreter, torch, device, data, output, gpu) as pass/warn/fail with
@@ -203,7 +203,7 @@ def launch_run(
     acknowledge: list[str] | None = None,
     dry_run: bool = False,
     backend: BackendName | None = None,
-    resources: dict[str, int] | None = None,
+    resources: dict[str, Any] | None = None,
 ) -> runs.LaunchResult:
     """Start a training run of an experiment in the background and return its `run_id` at once.
     Re-runs pre-flight first and refuses if any check fails. The trainer runs as a supervised
@@ -211,9 +211,11 @@ def launch_run(
     this session. `note` says why you launch it; `agent` names the scratchpad that gets the launch
     and finish entries. If pre-flight reports danger rules (`danger_fired`), the launch is refused
     unless `acknowledge` lists each rule id: tell the user first. `dry_run=True` returns the exact
-    argv, env and run folder without starting anything. `backend`: local (one process) or torchrun
-    (several on this node, DDP); `resources`: {"nproc": N} processes, each on its own GPU (or
-    CPU slot); `batch_size` stays the global batch. Default: the experiment's [run] table. Then
+    argv, env and run folder without starting anything. `backend`: local (one process), torchrun
+    (several on this node, DDP) or slurm (sbatch to the cluster this machine is a client of);
+    `resources`: {"nproc": N} processes per node, each on its own GPU (or CPU slot), and for
+    Slurm partition, account, qos, time, gpus, cpus_per_task, mem, constraint, nodes, requeue,
+    extra; `batch_size` stays the global batch. Default: the experiment's [run] table. Then
     poll run_status; never tail logs."""
     return runs.launch(str(experiment), overrides, note=note, agent=agent, acknowledge=acknowledge, dry_run=dry_run,
                        backend=backend, resources=resources)
@@ -302,7 +304,7 @@ def resume_run(
     acknowledge: list[str] | None = None,
     dry_run: bool = False,
     backend: BackendName | None = None,
-    resources: dict[str, int] | None = None,
+    resources: dict[str, Any] | None = None,
 ) -> runs.LaunchResult:
     """Continue a stopped, failed or lost run from its last checkpoint: a new run of the same
     experiment with the same overrides (plus `overrides`, e.g. {"epochs": 100}) and the

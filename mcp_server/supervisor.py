@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from mcp_server import gpu, procs, safefiles, scratchpad, slots
+from mcp_server.backends import slurm
 from mcp_server.errors import TrainguardError
 from mcp_server.rundir import Manifest, RunDir, RunState
 from mcp_server.watchdog import Watchdog
@@ -85,17 +86,26 @@ def supervise(run: RunDir) -> int:
         return 1
     # Held (open) until this process has recorded the outcome, and by the trainer's copy while it
     # lives: the kernel releases the lock when the last of the two closes it.
-    held = _take_slots(run, manifest, state)
+    in_slurm = manifest.backend == "slurm"
+    if in_slurm:  # Slurm allocated the resources: no local slot, and the trainer gets the allocation's view
+        held: list[tuple[int, IO[bytes]]] | None = []
+        env = manifest.env | {k: v for k, v in os.environ.items() if k.startswith(SLURM_ENV_PREFIXES)}
+        argv = slurm.resolve_rendezvous(_restart_argv(run, manifest), env)
+        signal.signal(signal.SIGUSR1, _time_limit_ahead)  # #SBATCH --signal=B:USR1@N
+    else:
+        held = _take_slots(run, manifest, state)
+        argv = manifest.argv
     if held is None:  # cancelled while queued
         state.status, state.finished_at = "stopped", time.time()
         _finish(run, manifest, state)
         return 0
-    state.slots = [i for i, _ in held]
-    env = manifest.env | (slots.device_env(state.slots, manifest.env) if manifest.resource == "gpu" else {})
+    if not in_slurm:
+        state.slots = [i for i, _ in held]
+        env = manifest.env | (slots.device_env(state.slots, manifest.env) if manifest.resource == "gpu" else {})
     try:
         with safefiles.open_append(run.stdout) as out, safefiles.open_append(run.stderr) as err:
             proc = subprocess.Popen(
-                procs.leashed(manifest.argv),
+                procs.leashed(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -110,6 +120,7 @@ def supervise(run: RunDir) -> int:
         _finish(run, manifest, state)
         return 127
     procs.wait_unleashed(proc.pid)
+    _TRAINER.update(run_id=run.run_id, pid=proc.pid)
     state.status = "running"
     state.pid, state.pgid = proc.pid, proc.pid
     state.pid_started = procs.start_time(proc.pid)
@@ -121,13 +132,65 @@ def supervise(run: RunDir) -> int:
     # Grandchildren (data-loader workers...) may outlive the trainer; none may stay behind.
     procs.RunProcesses(run.run_id, proc.pid, state.pid_started).stop(grace_s=2.0)
     state.status, state.exit_code, state.signal, state.failure = classify(returncode, run.stop_marker.exists())
-    if stopped_by and state.status != "succeeded":
+    if _TRAINER.get("time_limit") and state.status != "succeeded" and not run.stop_marker.exists():
+        if manifest.resources.requeue and _requeue(run, state):
+            return returncode  # Slurm starts the job again; the next supervisor resumes it
+        state.status, state.failure = "failed", (
+            f"the Slurm time limit came ({manifest.resources.time or 'the partition default'}): the trainer had "
+            "SIGTERM and saved its checkpoint; resume_run continues it, or ask for more time / requeue=true")
+    elif stopped_by and state.status != "succeeded":
         state.status, state.failure = "failed", f"stopped by the watchdog: {stopped_by['detail']}"
     elif state.status == "failed" and (full or safefiles.disk_full(run.path)):
         state.failure = f"{full or safefiles.disk_full(run.path)} ({state.failure})"
     state.finished_at = time.time()
     _finish(run, manifest, state)
     return returncode
+
+
+SLURM_ENV_PREFIXES = ("SLURM_", "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
+                      "GPU_DEVICE_ORDINAL")
+_TRAINER: dict = {}  # the trainer this supervisor started, for the time-limit signal's handler
+
+
+def _time_limit_ahead(signum: int, frame: object) -> None:
+    """Slurm's warning that the time limit is near: the trainer gets SIGTERM (it saves its
+    checkpoint); the outcome then says why, or the job is requeued."""
+    _TRAINER["time_limit"] = True
+    if _TRAINER.get("pid"):
+        procs.RunProcesses(_TRAINER["run_id"], _TRAINER["pid"], procs.start_time(_TRAINER["pid"])).signal(
+            signal.SIGTERM)
+
+
+def _restart_argv(run: RunDir, manifest: Manifest) -> list[str]:
+    """A requeued job (SLURM_RESTART_COUNT > 0) resumes from its latest checkpoint."""
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) == 0 or not manifest.resume_checkpoint:
+        return manifest.argv
+    found = sorted((p for p in run.checkpoints.glob(manifest.resume_checkpoint) if safefiles.is_regular(p)),
+                   key=lambda p: os.lstat(p).st_mtime)
+    return slurm.restart_argv(manifest.argv, manifest.resume_flag, found[-1] if found else None)
+
+
+def _requeue(run: RunDir, state: RunState) -> bool:
+    """Put the job back in Slurm's queue (it resumes from the checkpoint), at once rather than
+    after Slurm's requeue delay. False if Slurm refused."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    requeued = slurm.COMMANDS.run(["scontrol", "requeue", job])
+    if requeued.returncode != 0:
+        log.warning("scontrol requeue %s refused: %s", job, requeued.stderr.strip())
+        return False
+    state.status, state.failure, state.exit_code, state.signal = "queued", None, None, None
+    state.requeues += 1
+    state.pid = state.pgid = state.pid_started = None
+    state.queued_at = time.time()
+    run.write_state(state)
+    slurm.COMMANDS.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])  # best effort
+    scratchpad_line = f"run {run.run_id} reached its Slurm time limit: requeued ({state.requeues}), it resumes"
+    try:
+        manifest = run.read_manifest()
+        scratchpad.append(Path(manifest.project_dir), manifest.agent, scratchpad_line, kind="watchdog")
+    except (OSError, TrainguardError) as exc:
+        log.warning("scratchpad not written: %s", exc)
+    return True
 
 
 def _take_slots(run: RunDir, manifest: Manifest, state: RunState) -> list[tuple[int, IO[bytes]]] | None:

@@ -3,7 +3,8 @@
 Every backend keeps the same run folder, run id, metrics stream and manifest; what differs is
 how the run is started, how its state is learnt, how it is stopped and where its extra logs
 are. `local` starts a supervisor beside the server; `torchrun` is local with the trainer under
-`python -m torch.distributed.run` on N slots.
+`python -m torch.distributed.run` on N slots; `slurm` submits the same supervisor with `sbatch`
+and reads Slurm's own states.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class Backend(Protocol):
         """Logs beyond stdout, stderr, metrics and the supervisor's, by name."""
         ...
 
+    def processes_left(self, run: RunDir, state: RunState) -> int:
+        """How many of the run's processes still live (after a stop)."""
+        ...
+
 
 def get(name: str) -> Backend:
     """The backend called `name`.
@@ -62,9 +67,9 @@ def get(name: str) -> Backend:
     Raises:
         InvalidInput: for an unknown name.
     """
-    from mcp_server.backends import local, torchrun
+    from mcp_server.backends import local, slurm, torchrun
 
-    known: dict[str, Backend] = {"local": local.LOCAL, "torchrun": torchrun.TORCHRUN}
+    known: dict[str, Backend] = {"local": local.LOCAL, "torchrun": torchrun.TORCHRUN, "slurm": slurm.SLURM}
     if name not in known:
         raise InvalidInput(f"backend {name!r} is not one of {sorted(known)}.")
     return known[name]

@@ -84,7 +84,16 @@ class LocalBackend:
         return state
 
     def stop(self, run: RunDir, state: RunState, grace_s: float) -> str:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while state.pgid is None and state.status not in TERMINAL and time.monotonic() < deadline:
+            time.sleep(0.05)  # still starting, or queued: the supervisor sees the stop marker
+            state = self.refresh(run, run.read_state())
+        if state.pgid is None or state.status in TERMINAL:
+            return "none"
         return processes(run, state).stop(grace_s)
+
+    def processes_left(self, run: RunDir, state: RunState) -> int:
+        return len(processes(run, state).members())
 
 
 def processes(run: RunDir, state: RunState) -> procs.RunProcesses:

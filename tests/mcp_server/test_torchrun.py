@@ -163,12 +163,14 @@ def test_the_experiment_says_where_it_runs_and_preflight_checks_it(project):
     async def scenario():
         async with Client(params(project)) as client:
             report = await ok(client, "preflight", {"experiment": "924"})
-            assert report["backend"] == "torchrun" and report["resources"] == {"nproc": 3}
+            assert report["backend"] == "torchrun" and report["resources"]["nproc"] == 3
             backend = next(c for c in report["checks"] if c["name"] == "backend")
             assert backend["verdict"] == "fail" and "does not split over 3 ranks" in backend["detail"]
             assert "multiple of 3" in backend["fix"]
-            bad = await client.call_tool("launch_run", {"experiment": "924", "resources": {"nodes": 2}})
-            assert bad.is_error and "resources takes ['nproc']" in bad.content[0].text
+            bad = await client.call_tool("launch_run", {"experiment": "924", "resources": {"gpu_count": 2}})
+            text = bad.content[0].text
+            assert bad.is_error and "resources.gpu_count: Extra inputs are not permitted" in text, text
+            assert "resources takes [" in text and "'nproc'" in text
 
     anyio.run(scenario)
 
