@@ -157,8 +157,25 @@ def _time_limit_ahead(signum: int, frame: object) -> None:
     checkpoint); the outcome then says why, or the job is requeued."""
     _TRAINER["time_limit"] = True
     if _TRAINER.get("pid"):
-        procs.RunProcesses(_TRAINER["run_id"], _TRAINER["pid"], procs.start_time(_TRAINER["pid"])).signal(
-            signal.SIGTERM)
+        _term_steps()
+
+
+def _term_steps() -> None:
+    """SIGTERM to the job's steps, the trainer's tasks, straight from Slurm: srun itself would
+    take a SIGTERM as "kill the step now" and SIGKILL the tasks before they can checkpoint."""
+    slurm.COMMANDS.run(["scancel", "--signal=TERM", os.environ.get("SLURM_JOB_ID", "")])
+
+
+def _stop_trainer(run: RunDir, manifest: Manifest, state: RunState, proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM the trainer (it checkpoints), SIGKILL what is left after `grace_s`."""
+    if manifest.backend != "slurm":
+        procs.RunProcesses(run.run_id, proc.pid, state.pid_started).stop(grace_s)
+        return
+    _term_steps()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        procs.RunProcesses(run.run_id, proc.pid, state.pid_started).signal(signal.SIGKILL)  # srun: the step ends
 
 
 def _restart_argv(run: RunDir, manifest: Manifest) -> list[str]:
@@ -183,7 +200,6 @@ def _requeue(run: RunDir, state: RunState) -> bool:
     state.pid = state.pgid = state.pid_started = None
     state.queued_at = time.time()
     run.write_state(state)
-    slurm.COMMANDS.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])  # best effort
     scratchpad_line = f"run {run.run_id} reached its Slurm time limit: requeued ({state.requeues}), it resumes"
     try:
         manifest = run.read_manifest()
@@ -239,7 +255,7 @@ def _watch(run: RunDir, manifest: Manifest, state: RunState, proc: subprocess.Po
             _write_outcome(run, state)
             _scratchpad_event(run, manifest, event)
             if event["action"] == "stop" and proc.poll() is None:
-                procs.RunProcesses(run.run_id, proc.pid, state.pid_started).stop(manifest.watchdog.stop_grace_s)
+                _stop_trainer(run, manifest, state, proc, manifest.watchdog.stop_grace_s)
                 return event, full
     return None, full
 

@@ -175,6 +175,7 @@ class SlurmBackend:
     def __init__(self, commands: SlurmCommands = COMMANDS, jobs: JobTable = JOBS):
         self.commands = commands
         self.jobs = jobs
+        self._nudged: set[tuple[str, int]] = set()
 
     # -- pre-flight --------------------------------------------------------------------------
 
@@ -339,7 +340,17 @@ class SlurmBackend:
                 return latest.model_copy(update={"slurm_state": info.state})
             status, failure, _ = ENDED[info.state]
             return self._record_end(run, status, failure, info.state)
+        if info.state == "PENDING" and info.reason == "BeginTime" and state.requeues:
+            self._start_now(state)
         return self._merged(state, info)
+
+    def _start_now(self, state: RunState) -> None:
+        """A requeued job waits out Slurm's requeue delay (BeginTime, about 2 minutes) unless
+        told to start now: once per requeue, best effort (a cluster may refuse it)."""
+        key = (state.job_id or "", state.requeues)
+        if key not in self._nudged:
+            self._nudged.add(key)
+            self.commands.run(["scontrol", "update", f"JobId={state.job_id}", "StartTime=now"])
 
     @staticmethod
     def _merged(state: RunState, info: JobInfo | None) -> RunState:
