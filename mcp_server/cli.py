@@ -1,6 +1,7 @@
 """`trainguard`: the MCP server (`serve`) and the same operations for people at a terminal.
 
     trainguard train 1 [--set lr=5e-4 ...] [--detach]   pre-flight, launch, follow, summarise
+        [--backend torchrun --resource nproc=2]          (or slurm: --resource partition=gpu ...)
     trainguard preflight 1 [--set ...]                   the checks alone
     trainguard memory 2 [--set batch_size=16] [--gpu-gib 16]  peak memory; the largest batch that fits
     trainguard prepare 2                                 create missing data (e.g. the image folder)
@@ -25,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from mcp_server import compare, gpu, paths, prepare, registry, runs, safefiles, scratchpad, textlog, trainer_env
+from mcp_server.backends.model import Resources
 from mcp_server.curves.analysis import MetricStats, Point
 from mcp_server.curves.summary import CurveSummary
 from mcp_server.errors import InvalidInput, TrainguardError
@@ -106,13 +108,14 @@ def _follow(run_id: str) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = _parse_sets(args.set)
+    resources = _resources(args.resource)
     if not args.json:
-        report, _, _ = run_preflight(args.experiment, overrides)
+        report, _, _ = run_preflight(args.experiment, overrides, backend=args.backend, resources=resources)
         _print_preflight(report)
         if report.verdict == "fail":
             return 1
     result = runs.launch(args.experiment, overrides, note=args.note, acknowledge=args.acknowledge,
-                         dry_run=args.dry_run)
+                         dry_run=args.dry_run, backend=args.backend, resources=resources)
     if args.json:
         _emit_json(result)
         if args.detach or args.dry_run:
@@ -142,8 +145,21 @@ def _wait(run_id: str) -> str:
     return state.status
 
 
+def _resources(pairs: list[str]) -> dict[str, Any] | None:
+    """--resource NAME=VALUE pairs: numbers and true/false as such, the rest as text."""
+    if not pairs:
+        return None
+    out: dict[str, Any] = {}
+    for name, value in _parse_sets(pairs).items():
+        kind = Resources.model_fields[name].annotation if name in Resources.model_fields else str
+        out[name] = (value.lower() in ("true", "1", "yes") if kind is bool
+                     else int(value) if value.isdigit() and "int" in str(kind) else value)
+    return out
+
+
 def cmd_preflight(args: argparse.Namespace) -> int:
-    report, _, _ = run_preflight(args.experiment, _parse_sets(args.set))
+    report, _, _ = run_preflight(args.experiment, _parse_sets(args.set), backend=args.backend,
+                                 resources=_resources(args.resource))
     _emit_json(report) if args.json else _print_preflight(report)
     return 1 if report.verdict == "fail" else 0
 
@@ -484,6 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, fn, help_)
         p.add_argument("experiment", help="N, NNN or NNN-slug")
         p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a parameter")
+        if name in ("train", "preflight"):
+            p.add_argument("--backend", choices=("local", "torchrun", "slurm"),
+                           help="where it runs (default: the experiment's [run] table)")
+            p.add_argument("--resource", action="append", default=[], metavar="NAME=VALUE",
+                           help="a resource: nproc=2, partition=gpu, time=4:00:00, gpus=4, requeue=true ...")
         if name == "memory":
             p.add_argument("--gpu-gib", type=float, help="plan for a GPU with this much free memory (e.g. 16)")
         if name == "train":

@@ -228,6 +228,7 @@ def launch(
             resources=report.resources,
             resume_flag=spec.params["resume"].flag if "resume" in spec.params and spec.resume_checkpoint else None,
             resume_checkpoint=spec.resume_checkpoint,
+            chance=spec.chance or None,
             git_commit=_git_commit(project),
             versions={
                 "trainguard": __version__,

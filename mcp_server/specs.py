@@ -105,6 +105,10 @@ class TrainerSpec(BaseModel):
         default=None,
         description="glob, in a run's output folder, of the checkpoint resume_run passes to the `resume` parameter",
     )
+    chance: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict,
+        description="chance level of an accuracy metric, by name (e.g. {'val/acc' = 0.2}); else inferred as 1/k",
+    )
     source: Path | None = None
 
     @field_validator("params")

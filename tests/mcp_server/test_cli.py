@@ -93,3 +93,12 @@ def test_the_cli_has_every_tool_on_real_runs_and_files(scripted):
     assert {"001-trm-fast-dev", "901-quick"} <= {e["id"] for e in exps}
     plotted = json.loads(trainguard(scripted, "plot", ok_run, "--json").stdout)
     assert plotted["path"].endswith("plot.png") and plotted["metrics"]
+
+
+def test_train_takes_the_backend_and_its_resources(tiny_trm):
+    out = trainguard(tiny_trm, "train", "911", "--backend", "torchrun", "--resource", "nproc=2", "--dry-run", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    argv = json.loads(out.stdout)["argv"]
+    assert argv[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    bad = trainguard(tiny_trm, "preflight", "911", "--backend", "torchrun", "--resource", "nproc=lots")
+    assert bad.returncode == 2 and "resources.nproc" in bad.stderr, bad.stdout + bad.stderr
