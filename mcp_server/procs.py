@@ -33,6 +33,7 @@ ENV_ALLOW = frozenset({
 ENV_ALLOW_PREFIXES = ("LC_", "CUDA_", "HIP_", "ROCR_", "HSA_", "ROCM_", "PYTORCH_", "TORCH_", "NCCL_", "OMP_", "MKL_")
 ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 RUN_ID_VAR = "TRAINGUARD_RUN_ID"
+RUN_DIR_VAR = "TRAINGUARD_RUN_DIR"
 LEASH = Path(__file__).resolve().parent / "leash.py"
 LEASH_ARMED = sys.platform.startswith("linux")  # the leash's death signal exists (prctl); elsewhere it only execs
 
@@ -94,12 +95,14 @@ class RunProcesses:
     run_id: str
     pid: int | None
     pid_started: float | None
+    run_dir: str | None = None  # when given, a process must carry it too (run ids repeat across projects)
 
     def _carries_id(self, proc: psutil.Process) -> bool:
         try:
-            return proc.environ().get(RUN_ID_VAR) == self.run_id
+            env = proc.environ()
         except psutil.Error:  # another user's process, or gone: not verifiably ours
             return False
+        return env.get(RUN_ID_VAR) == self.run_id and (self.run_dir is None or env.get(RUN_DIR_VAR) == self.run_dir)
 
     def leader_alive(self) -> bool:
         """The trainer itself runs, is the process recorded, and still leads its group."""

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mcp_server import procs, safefiles
 from mcp_server.backends.model import BackendName, Resources
@@ -60,6 +60,17 @@ class RunState(BaseModel):
     slurm_reason: str | None = None  # Slurm's reason a pending job waits (Priority, Resources, BeginTime...)
     requeues: int = 0  # times the job went back to Slurm's queue (time limit, preemption) and resumed
 
+    @field_validator("job_id")
+    @classmethod
+    def _valid_job_id(cls, value: str | None) -> str | None:
+        return _job_id(value)
+
+
+def _job_id(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"\d{1,12}(_\d{1,8})?", value):
+        raise ValueError(f"{value!r} is not a Slurm job id")
+    return value
+
 
 class Manifest(BaseModel):
     """Contents of `manifest.json`: what was launched, written once before the trainer starts."""
@@ -92,6 +103,11 @@ class Manifest(BaseModel):
     job_id: str | None = None  # Slurm's, once submitted
     resume_flag: str | None = None  # the trainer's resume flag: a requeued Slurm job resumes with it
     resume_checkpoint: str | None = None  # glob, in the checkpoints folder, of what it resumes from
+
+    @field_validator("job_id")
+    @classmethod
+    def _valid_job_id(cls, value: str | None) -> str | None:
+        return _job_id(value)
     chance: dict[str, float] | None = None  # chance level of an accuracy metric, by name
     git_commit: str | None = None
     versions: dict[str, Any] = Field(default_factory=dict)
@@ -230,7 +246,7 @@ def run_pids(runs_root: Path) -> tuple[dict[int, str], dict[int, str]]:
         if state.pgid is None:
             continue
         into = finished if state.status in TERMINAL else active
-        for pid in procs.RunProcesses(run.run_id, state.pid, state.pid_started).members():
+        for pid in procs.RunProcesses(run.run_id, state.pid, state.pid_started, str(run.path)).members():
             into.setdefault(pid, run.run_id)
     return active, finished
 

@@ -66,16 +66,21 @@ def _reserve(run: RunDir) -> Path:
 def supervise(run: RunDir) -> int:
     """Start the run's trainer, wait for it and record the outcome. Returns the trainer's code."""
     manifest = run.read_manifest()
-    state = run.read_state()
-    state.supervisor_pid = os.getpid()
-    state.supervisor_started = procs.start_time(os.getpid())
+    in_slurm = manifest.backend == "slurm"
+    with run.lock():  # under Slurm the server may be recording the job id at this moment
+        state = run.read_state()
+        if in_slurm:
+            state.job_id = os.environ.get("SLURM_JOB_ID") or state.job_id
+        state.supervisor_pid = os.getpid()
+        state.supervisor_started = procs.start_time(os.getpid())
     # A stop for this run signals the trainer's group; the supervisor must outlive it to
     # record the outcome, so it ignores the polite signals and only SIGKILL ends it early.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _reserve(run)
-        run.write_state(state)  # the supervisor's own identity, before anything else can go wrong
+        with run.lock():
+            run.write_state(state)  # the supervisor's own identity, before anything else can go wrong
     except OSError as exc:
         if exc.errno not in DISK_ERRNOS:
             raise
@@ -86,14 +91,18 @@ def supervise(run: RunDir) -> int:
         return 1
     # Held (open) until this process has recorded the outcome, and by the trainer's copy while it
     # lives: the kernel releases the lock when the last of the two closes it.
-    in_slurm = manifest.backend == "slurm"
     if in_slurm:  # Slurm allocated the resources: no local slot, and the trainer gets the allocation's view
-        held: list[tuple[int, IO[bytes]]] | None = []
+        held: list[tuple[int, IO[bytes]]] | None = None if run.stop_marker.exists() else []
         env = manifest.env | {k: v for k, v in os.environ.items() if k.startswith(SLURM_ENV_PREFIXES)}
         argv = slurm.resolve_rendezvous(_restart_argv(run, manifest), env)
         signal.signal(signal.SIGUSR1, _time_limit_ahead)  # #SBATCH --signal=B:USR1@N
     else:
-        held = _take_slots(run, manifest, state)
+        try:
+            held = _take_slots(run, manifest, state)
+        except TrainguardError as exc:
+            state.status, state.failure, state.finished_at = "failed", str(exc), time.time()
+            _finish(run, manifest, state)
+            return 1
         argv = manifest.argv
     if held is None:  # cancelled while queued
         state.status, state.finished_at = "stopped", time.time()
@@ -101,7 +110,7 @@ def supervise(run: RunDir) -> int:
         return 0
     if not in_slurm:
         state.slots = [i for i, _ in held]
-        env = manifest.env | (slots.device_env(state.slots, manifest.env) if manifest.resource == "gpu" else {})
+        env = manifest.env | _device_env(manifest, state.slots)
     try:
         with safefiles.open_append(run.stdout) as out, safefiles.open_append(run.stderr) as err:
             proc = subprocess.Popen(
@@ -130,8 +139,16 @@ def supervise(run: RunDir) -> int:
     stopped_by, full = _watch(run, manifest, state, proc)
     returncode = proc.wait()
     # Grandchildren (data-loader workers...) may outlive the trainer; none may stay behind.
-    procs.RunProcesses(run.run_id, proc.pid, state.pid_started).stop(grace_s=2.0)
+    procs.RunProcesses(run.run_id, proc.pid, state.pid_started, str(run.path)).stop(grace_s=2.0)
     state.status, state.exit_code, state.signal, state.failure = classify(returncode, run.stop_marker.exists())
+    signalled = returncode in (-signal.SIGTERM, 128 + signal.SIGTERM)
+    if (in_slurm and manifest.resources.requeue and signalled and not _TRAINER.get("time_limit")
+            and not stopped_by and not run.stop_marker.exists()):
+        # A SIGTERM nobody here sent: Slurm preempting the job, which it requeues (PreemptMode
+        # REQUEUE); the next supervisor resumes it. If Slurm ends the job instead, its state
+        # (PREEMPTED, CANCELLED) is what refresh records.
+        _requeued(run, state, "preempted by Slurm: it requeues the job, which resumes from its checkpoint")
+        return returncode
     if _TRAINER.get("time_limit") and state.status != "succeeded" and not run.stop_marker.exists():
         if manifest.resources.requeue and _requeue(run, state):
             return returncode  # Slurm starts the job again; the next supervisor resumes it
@@ -152,12 +169,20 @@ SLURM_ENV_PREFIXES = ("SLURM_", "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", 
 _TRAINER: dict = {}  # the trainer this supervisor started, for the time-limit signal's handler
 
 
+def _device_env(manifest: Manifest, held: list[int]) -> dict[str, str]:
+    """A GPU run sees the GPUs of its slots, unless its config names a device itself (cuda:1).
+    More slots than GPUs (TRAINGUARD_GPU_SLOTS) share them: slot i is GPU i modulo their count."""
+    device = str(manifest.config.get("device") or "")
+    if manifest.resource != "gpu" or device.startswith("cuda:"):
+        return {}
+    return slots.device_env(sorted({i % max(1, len(manifest.gpus)) for i in held}), manifest.env)
+
+
 def _time_limit_ahead(signum: int, frame: object) -> None:
-    """Slurm's warning that the time limit is near: the trainer gets SIGTERM (it saves its
-    checkpoint); the outcome then says why, or the job is requeued."""
-    _TRAINER["time_limit"] = True
-    if _TRAINER.get("pid"):
-        _term_steps()
+    """Slurm's warning that the time limit is near (#SBATCH --signal=B:USR1): noted here; the
+    supervisor's loop gives the trainer its SIGTERM (it saves its checkpoint), and the outcome
+    then says why, or the job is requeued."""
+    _TRAINER["time_limit"] = _TRAINER["term_pending"] = True
 
 
 def _term_steps() -> None:
@@ -169,13 +194,14 @@ def _term_steps() -> None:
 def _stop_trainer(run: RunDir, manifest: Manifest, state: RunState, proc: subprocess.Popen, grace_s: float) -> None:
     """SIGTERM the trainer (it checkpoints), SIGKILL what is left after `grace_s`."""
     if manifest.backend != "slurm":
-        procs.RunProcesses(run.run_id, proc.pid, state.pid_started).stop(grace_s)
+        procs.RunProcesses(run.run_id, proc.pid, state.pid_started, str(run.path)).stop(grace_s)
         return
     _term_steps()
     try:
         proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
-        procs.RunProcesses(run.run_id, proc.pid, state.pid_started).signal(signal.SIGKILL)  # srun: the step ends
+        # SIGKILL to srun: the step ends with it
+        procs.RunProcesses(run.run_id, proc.pid, state.pid_started, str(run.path)).signal(signal.SIGKILL)
 
 
 def _restart_argv(run: RunDir, manifest: Manifest) -> list[str]:
@@ -188,33 +214,51 @@ def _restart_argv(run: RunDir, manifest: Manifest) -> list[str]:
 
 
 def _requeue(run: RunDir, state: RunState) -> bool:
-    """Put the job back in Slurm's queue (it resumes from the checkpoint), at once rather than
-    after Slurm's requeue delay. False if Slurm refused."""
+    """Put the job back in Slurm's queue at its time limit (it resumes from the checkpoint; the
+    server asks Slurm to start it at once rather than after its requeue delay). False if Slurm
+    refused."""
     job = os.environ.get("SLURM_JOB_ID", "")
-    requeued = slurm.COMMANDS.run(["scontrol", "requeue", job])
+    try:
+        requeued = slurm.COMMANDS.run(["scontrol", "requeue", job])
+    except TrainguardError as exc:
+        log.warning("scontrol requeue %s: %s", job, exc)
+        return False
     if requeued.returncode != 0:
         log.warning("scontrol requeue %s refused: %s", job, requeued.stderr.strip())
         return False
+    _requeued(run, state, "reached its Slurm time limit")
+    return True
+
+
+def _requeued(run: RunDir, state: RunState, why: str) -> None:
+    """Record a job that goes back to Slurm's queue: queued, not ended."""
     state.status, state.failure, state.exit_code, state.signal = "queued", None, None, None
     state.requeues += 1
     state.pid = state.pgid = state.pid_started = None
     state.queued_at = time.time()
-    run.write_state(state)
-    scratchpad_line = f"run {run.run_id} reached its Slurm time limit: requeued ({state.requeues}), it resumes"
+    with run.lock():
+        run.write_state(state)
     try:
         manifest = run.read_manifest()
-        scratchpad.append(Path(manifest.project_dir), manifest.agent, scratchpad_line, kind="watchdog")
+        scratchpad.append(Path(manifest.project_dir), manifest.agent,
+                          f"run {run.run_id} {why}: requeued ({state.requeues}), it resumes", kind="watchdog")
     except (OSError, TrainguardError) as exc:
         log.warning("scratchpad not written: %s", exc)
-    return True
 
 
 def _take_slots(run: RunDir, manifest: Manifest, state: RunState) -> list[tuple[int, IO[bytes]]] | None:
     """Wait, queued in FIFO order, for the run's slots (one per process, all at once); None if
-    cancelled meanwhile."""
+    cancelled meanwhile.
+
+    Raises:
+        TrainguardError: the run needs more slots than there are (it would wait forever).
+    """
     root = run.path.parent
     resource, needed = manifest.resource, manifest.resources.nproc
     count = slots.slot_count(resource, len(manifest.gpus))
+    if needed > count:
+        raise TrainguardError(f"the run needs {needed} {resource} slots and there are {count}; launch it with "
+                              f"resources={{'nproc': {count}}} or fewer")
     state.resource = resource
     now = time.time()
     held = (None if slots.queued_before(root, run.run_id, resource, now)
@@ -244,6 +288,11 @@ def _watch(run: RunDir, manifest: Manifest, state: RunState, proc: subprocess.Po
     full = None
     while proc.poll() is None:
         time.sleep(POLL_S)
+        if _TRAINER.pop("term_pending", False):  # Slurm's time-limit warning came
+            try:
+                _term_steps()
+            except TrainguardError as exc:
+                log.warning("could not signal the trainer at the time limit: %s", exc)
         full = full or safefiles.disk_full(run.path)
         events = dog.poll()
         if sample_gpu and time.monotonic() >= next_gpu:

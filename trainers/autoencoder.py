@@ -581,6 +581,7 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
             norm_sum += grad_norm
             seen += len(images)
             batches += 1
+        stopping = stopping or (not dist.enabled and stop.requested)  # alone: a signal after the last batch
         if stopping:
             break
         loss_total, norm_total, seen, batches = dist.sum(loss_sum, norm_sum, seen, batches)  # over the ranks

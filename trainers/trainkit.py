@@ -260,14 +260,18 @@ class Distributed:
 
     def should_stop(self, stop: StopFlag, device: str) -> bool:
         """True on every rank as soon as any rank was asked to stop."""
+        return self.any(stop.requested, device)
+
+    def any(self, flag: bool, device: str) -> bool:
+        """True on every rank when `flag` is true on any: one decision for the whole job."""
         if not self.enabled:
-            return stop.requested
+            return flag
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([1 if stop.requested else 0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        packed = torch.tensor([1 if flag else 0], device=device)
+        dist.all_reduce(packed, op=dist.ReduceOp.MAX)
+        return bool(packed.item())
 
     def sum(self, *values: Any) -> list[float]:
         """The job-wide sums of 0-d tensors (or numbers) each rank holds."""

@@ -522,6 +522,7 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
             loss_sum += loss * len(idx)
             correct += (logits.argmax(-1) == yb).sum()
             seen += len(idx)
+        stopping = stopping or (not dist.enabled and stop.requested)  # alone: a signal after the last batch
         if stopping:
             break
         loss_total, aux_total, correct_total, seen = dist.sum(loss_sum, aux_sum, correct, seen)  # over the ranks
@@ -549,7 +550,9 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
         save("last", epoch)
         if dist.is_main:
             atomic_write_json(history, ckpt_dir / "history.json")
-        if args.patience and epoch - best_epoch >= args.patience:
+        # Decided together: a rank that left for the barrier while the others wait in the next
+        # step's collective would hang the job.
+        if dist.any(bool(args.patience and epoch - best_epoch >= args.patience), device):
             reason = "early_stopping"
             say(f"Early stopping: no better val acc for {args.patience} epochs", flush=True)
             break

@@ -98,7 +98,7 @@ class LocalBackend:
 
 def processes(run: RunDir, state: RunState) -> procs.RunProcesses:
     """The run's processes, each verified as the run's before it is signalled."""
-    return procs.RunProcesses(run.run_id, state.pid, state.pid_started)
+    return procs.RunProcesses(run.run_id, state.pid, state.pid_started, str(run.path))
 
 
 def _start_supervisor(run: RunDir) -> subprocess.Popen:

@@ -22,6 +22,7 @@ to a login node) can be added.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import re
@@ -48,6 +49,7 @@ POLL_MIN_S, POLL_MAX_S = 2.0, 30.0  # the batched poll's back-off: doubled while
 SHARED_FILESYSTEMS = frozenset({"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cephfs", "ceph", "glusterfs",
                                 "fuse.glusterfs", "fuse.sshfs", "panfs", "wekafs", "fuse.weka", "smbfs", "cifs"})
 RDZV_PORT = 29500
+JOB_ID_RE = re.compile(r"\d{1,12}(_\d{1,8})?")
 
 # Slurm's job states, as trainguard reports them: status, what happened, what to do.
 PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED",
@@ -103,6 +105,16 @@ class JobInfo:
     job_id: str
     state: str
     reason: str | None
+    name: str | None = None  # tg-<run_id> for ours
+    user: str | None = None
+
+
+def job_name(run_id: str) -> str:
+    return f"tg-{run_id}"
+
+
+class SlurmUnavailable(TrainguardError):
+    """squeue did not answer: Slurm's view of the jobs is unknown for now (not "gone")."""
 
 
 @dataclass
@@ -110,6 +122,10 @@ class _Table:
     jobs: dict[str, JobInfo] = field(default_factory=dict)
     fetched_at: float = -1e9
     interval: float = POLL_MIN_S
+    misses: dict[str, int] = field(default_factory=dict)  # answered queries in a row without the job
+
+
+MISSES_FOR_GONE = 3  # a job is gone only when this many answered queries in a row lack it
 
 
 class JobTable:
@@ -122,17 +138,39 @@ class JobTable:
         self._lock = threading.Lock()
 
     def get(self, runs_root: Path, job_id: str, fresh: bool = False) -> JobInfo | None:
+        """Slurm's view of `job_id`, or None once Slurm has answered MISSES_FOR_GONE times in a
+        row without it.
+
+        Raises:
+            SlurmUnavailable: Slurm does not answer and nothing is known of the job yet.
+        """
         with self._lock:
             table = self._tables.setdefault(runs_root, _Table())
             now = time.monotonic()
             if fresh or job_id not in table.jobs or now - table.fetched_at >= table.interval:
                 ids = self._live_ids(runs_root) | {job_id}
-                jobs = self._query(sorted(ids))
+                try:
+                    jobs = self._query(sorted(ids))
+                except SlurmUnavailable:
+                    if job_id in table.jobs:
+                        return table.jobs[job_id]  # the last answer stands until Slurm answers again
+                    raise
                 changed = {k: (v.state, v.reason) for k, v in jobs.items()} != {
                     k: (v.state, v.reason) for k, v in table.jobs.items() if k in jobs}
                 table.interval = POLL_MIN_S if changed else min(POLL_MAX_S, table.interval * 2)
-                table.jobs, table.fetched_at = jobs, now
-            return table.jobs.get(job_id)
+                table.misses = {i: 0 if i in jobs else table.misses.get(i, 0) + 1 for i in ids}
+                table.jobs = {i: jobs.get(i) or table.jobs[i] for i in ids if i in jobs or i in table.jobs}
+                table.fetched_at = now
+            if table.misses.get(job_id, 0) >= MISSES_FOR_GONE:
+                return None
+            info = table.jobs.get(job_id)
+            if info is None:  # not seen yet (just submitted): ask again next time
+                table.fetched_at = -1e9
+            return info
+
+    def gone(self, runs_root: Path, job_id: str) -> bool:
+        """Slurm answered MISSES_FOR_GONE times in a row without the job."""
+        return self._tables.get(runs_root, _Table()).misses.get(job_id, 0) >= MISSES_FOR_GONE
 
     @staticmethod
     def _live_ids(runs_root: Path) -> set[str]:
@@ -148,21 +186,24 @@ class JobTable:
 
     def _query(self, ids: list[str]) -> dict[str, JobInfo]:
         out = self.commands.run(["squeue", "--noheader", "--states=all", f"--jobs={','.join(ids)}",
-                                 "--format=%i|%T|%r"])
+                                 "--format=%i|%T|%r|%j|%u"])
+        if out.returncode != 0 and "Invalid job id" not in out.stderr:  # that one: none of them is known
+            raise SlurmUnavailable(f"squeue failed: {out.stderr.strip()[:300] or out.returncode}")
         jobs = {}
         for line in out.stdout.splitlines():
             parts = line.strip().split("|")
-            if len(parts) == 3 and parts[0] in ids:
-                jobs[parts[0]] = JobInfo(parts[0], parts[1], None if parts[2] in ("None", "") else parts[2])
+            if len(parts) == 5 and parts[0] in ids:
+                jobs[parts[0]] = JobInfo(parts[0], parts[1], None if parts[2] in ("None", "") else parts[2],
+                                         parts[3], parts[4])
         missing = [i for i in ids if i not in jobs]
         if missing:  # ended longer ago than MinJobAge: accounting may still know them
             acct = self.commands.run(["sacct", "--noheader", "--parsable2", "--allocations",
-                                      f"--jobs={','.join(missing)}", "--format=JobID,State,Reason"])
+                                      f"--jobs={','.join(missing)}", "--format=JobID,State,Reason,JobName,User"])
             for line in acct.stdout.splitlines() if acct.returncode == 0 else []:
                 parts = line.strip().split("|")
-                if len(parts) >= 2 and parts[0] in missing:
+                if len(parts) >= 5 and parts[0] in missing:
                     state = parts[1].split()[0]  # "CANCELLED by 1000"
-                    jobs[parts[0]] = JobInfo(parts[0], state, parts[2] if len(parts) > 2 and parts[2] else None)
+                    jobs[parts[0]] = JobInfo(parts[0], state, parts[2] or None, parts[3], parts[4])
         return jobs
 
 
@@ -283,7 +324,7 @@ class SlurmBackend:
     def script(self, run: RunDir, resources: Resources) -> str:
         """The batch script: validated #SBATCH lines, then the supervisor."""
         r = resources
-        options = [f"--job-name=tg-{run.run_id}"[:120], f"--output={run.supervisor_log}", "--open-mode=append",
+        options = [f"--job-name={job_name(run.run_id)}", f"--output={run.supervisor_log}", "--open-mode=append",
                    f"--nodes={r.nodes}", "--ntasks-per-node=1", f"--signal=B:USR1@{r.signal_s}",
                    "--requeue" if r.requeue else "--no-requeue"]
         for flag, value in (("partition", r.partition), ("account", r.account), ("qos", r.qos), ("time", r.time),
@@ -314,24 +355,39 @@ class SlurmBackend:
                                   "set TRAINGUARD_RUNS_DIR to a plain path.")
         script = run.path / "job.sbatch"
         script.write_text(self.script(run, manifest.resources))
-        out = self.commands.run(["sbatch", "--parsable", str(script)], cwd=run.path)
+        try:
+            out = self.commands.run(["sbatch", "--parsable", str(script)], cwd=run.path)
+        except TrainguardError:  # it may have been accepted: no job may outlive the folder it needs
+            self.commands.run(["scancel", f"--name={job_name(run.run_id)}"])
+            raise
         job_id = out.stdout.strip().split(";")[0]
-        if out.returncode != 0 or not re.fullmatch(r"\d+", job_id):
+        if out.returncode != 0 or not JOB_ID_RE.fullmatch(job_id):
             raise Conflict(f"sbatch refused the job: {out.stderr.strip()[:500] or out.stdout.strip()[:500]}. "
                            "Nothing was launched. Fix the resources it names (pre-flight lists the partitions).")
-        with run.lock():
-            state = run.read_state()
-            state.job_id, state.status, state.queued_at = job_id, "queued", time.time()
-            run.write_state(state)
-        write_json_atomic(run.manifest, manifest.model_copy(update={"job_id": job_id}).model_dump(mode="json"))
-        info = self.jobs.get(run.path.parent, job_id, fresh=True)
-        return self._merged(state, info)
+        try:  # submitted: from here on the run exists, whatever else fails
+            with run.lock():
+                state = run.read_state()
+                state.job_id = job_id
+                if state.status == "starting":  # the supervisor may be up already (it records the id too)
+                    state.status, state.queued_at = "queued", time.time()
+                run.write_state(state)
+            write_json_atomic(run.manifest, manifest.model_copy(update={"job_id": job_id}).model_dump(mode="json"))
+            return self._merged(state, self.jobs.get(run.path.parent, job_id, fresh=True))
+        except (OSError, TrainguardError) as exc:
+            log.warning("job %s submitted; recording it failed: %s", job_id, exc)
+            return run.read_state().model_copy(update={"job_id": job_id, "status": "queued"})
 
     def refresh(self, run: RunDir, state: RunState) -> RunState:
         if state.status in TERMINAL or not state.job_id:
             return state
-        info = self.jobs.get(run.path.parent, state.job_id)
+        try:
+            info = self.jobs.get(run.path.parent, state.job_id)
+        except SlurmUnavailable as exc:
+            log.warning("run %s: %s", run.run_id, exc)
+            return state  # unknown for now, not ended
         if info is None:
+            if not self.jobs.gone(run.path.parent, state.job_id):
+                return state
             return self._record_end(run, "lost", f"Slurm no longer knows job {state.job_id} (ended longer ago than "
                                     "MinJobAge, and no accounting answers) and its supervisor recorded no outcome")
         if info.state in ENDED:
@@ -381,8 +437,13 @@ class SlurmBackend:
         info = self.jobs.get(run.path.parent, state.job_id, fresh=True)
         if info is None or info.state in ENDED:
             return "gone"
+        if info.name != job_name(run.run_id) or info.user != getpass.getuser():
+            raise Conflict(f"job {state.job_id} is {info.name!r} of {info.user!r}, not this run's "
+                           f"({job_name(run.run_id)!r} of {getpass.getuser()!r}): nothing cancelled. The run folder "
+                           "may come from another cluster; cancel its job there.")
         if info.state in PENDING_STATES:
             self.commands.run(["scancel", state.job_id])
+            self.jobs.get(run.path.parent, state.job_id, fresh=True)
             return "cancelled while queued"
         # SIGTERM to the job's steps (the trainer, through srun), never the batch step: the
         # supervisor records the stop; the trainer writes its checkpoint.
@@ -460,6 +521,12 @@ def _filesystem(path: Path) -> tuple[str | None, str]:
     return fstype, best or "/"
 
 
+def rendezvous_port(job_id: str) -> int:
+    """torchrun's c10d port for a job: 29500 plus the job id modulo 1000, so two jobs whose first
+    node is the same machine do not collide."""
+    return RDZV_PORT + int(re.sub(r"\D", "", job_id) or 0) % 1000
+
+
 def restart_argv(argv: list[str], flag: str | None, checkpoint: Path | None) -> list[str]:
     """The trainer's argv for a requeued job: its resume flag pointing at the latest checkpoint."""
     if not flag or checkpoint is None:
@@ -476,8 +543,8 @@ def resolve_rendezvous(argv: list[str], env: dict[str, str], commands: SlurmComm
         return argv
     nodes = commands.run(["scontrol", "show", "hostnames", env.get("SLURM_JOB_NODELIST", "")]).stdout.split()
     head = nodes[0] if nodes else "localhost"
-    return [a.replace("{rdzv_endpoint}", f"{head}:{RDZV_PORT}").replace("{rdzv_id}", env.get("SLURM_JOB_ID", "0"))
-            for a in argv]
+    job = env.get("SLURM_JOB_ID", "0")
+    return [a.replace("{rdzv_endpoint}", f"{head}:{rendezvous_port(job)}").replace("{rdzv_id}", job) for a in argv]
 
 
 SLURM = SlurmBackend()

@@ -36,10 +36,13 @@ class TorchrunBackend(LocalBackend):
                                 fix="Make the spec's command [\"{python}\", \"path/to/train.py\", ...], "
                                     "or use backend='local'."))
         on_gpu = gpus > 0 and config.get("device") not in ("cpu", "mps")
-        if on_gpu and n > gpus:
+        gpu_slots = slots.slot_count("gpu", gpus)
+        if on_gpu and n > min(gpus, gpu_slots):
             checks.append(Check(name="backend", verdict="fail",
-                                detail=f"{n} processes asked, one per GPU, but {gpus} GPUs are visible.",
-                                fix=f"Pass resources={{'nproc': {gpus}}} or fewer, or train on the CPU (device=cpu)."))
+                                detail=f"{n} processes asked, one per GPU, but {gpus} GPUs are visible "
+                                       f"({gpu_slots} GPU slots).",
+                                fix=f"Pass resources={{'nproc': {min(gpus, gpu_slots)}}} or fewer, or train on the "
+                                    "CPU (device=cpu)."))
         cpu_slots = slots.slot_count("cpu", 0)
         if not on_gpu and n > cpu_slots:
             checks.append(Check(name="backend", verdict="fail",
