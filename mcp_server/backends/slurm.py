@@ -459,11 +459,19 @@ class SlurmBackend:
         self.commands.run(["scancel", state.job_id])
         return "killed"
 
-    def processes_left(self, run: RunDir, state: RunState) -> int:
+    def processes_left(self, run: RunDir, state: RunState, wait_s: float = 20.0) -> int:
+        """1 while Slurm still runs the job, after waiting up to `wait_s` for it to end (its
+        batch script exits and Slurm completes it a moment after the trainer has stopped)."""
         if not state.job_id:
             return 0
-        info = self.jobs.get(run.path.parent, state.job_id, fresh=True)
-        return 0 if info is None or info.state in ENDED else 1
+        deadline = time.monotonic() + wait_s
+        while True:
+            info = self.jobs.get(run.path.parent, state.job_id, fresh=True)
+            if info is None or info.state in ENDED:
+                return 0
+            if time.monotonic() >= deadline:
+                return 1
+            time.sleep(0.5)
 
 
 def _minutes(text: str | None) -> float | None:

@@ -101,8 +101,15 @@ def test_a_cancelled_install_stops_its_pip_and_releases_the_install(project, tmp
     monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "600")
 
     def pip_pids() -> list[int]:
-        return [p.pid for p in psutil.Process().children(recursive=True)
-                if "pip" in " ".join(p.cmdline()) and silent_index in " ".join(p.cmdline())]
+        found = []
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                cmdline = " ".join(proc.cmdline())
+            except psutil.Error:  # gone, or a zombie not yet reaped
+                continue
+            if "pip" in cmdline and silent_index in cmdline:
+                found.append(proc.pid)
+        return found
 
     with start_blocking_portal() as portal, portal.wrap_async_context_manager(Client(mcp)) as client:
         call = portal.start_task_soon(client.call_tool, "install_torch", {"build": "cpu"})
