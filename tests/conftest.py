@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mcp import StdioServerParameters
 
 from mcp_server import paths, runs
 from mcp_server.errors import TrainguardError
@@ -211,6 +212,36 @@ def server_env(project: Path) -> dict[str, str]:
     env.update(CLAUDE_PROJECT_DIR=str(project), TRAINGUARD_PYTHON=sys.executable, PYTHONPATH=str(REPO),
                TRAINGUARD_CPU_SLOTS="16")
     return env
+
+
+# ---------------------------------------------------------------------------- MCP over stdio
+
+
+def launcher_params(project: Path, **env: str) -> StdioServerParameters:
+    """The plugin's launcher (bin/trainguard-mcp) as a stdio client starts it, for `project`."""
+    full = server_env(project) | {"TRAINGUARD_SERVER_PYTHON": sys.executable} | env
+    return StdioServerParameters(command=str(REPO / "bin" / "trainguard-mcp"), args=[], env=full, cwd="/")
+
+
+async def call_ok(client, name: str, args: dict | None = None):
+    """A tool call over a client session that must succeed: its structured content."""
+    result = await client.call_tool(name, args or {})
+    assert not result.is_error, result.content[0].text
+    return result.structured_content
+
+
+async def poll_status(client, run_id: str, until, timeout: float = 300.0, interval: float = 0.3):
+    """run_status every `interval` until `until(status)` holds; that status, or an AssertionError."""
+    import anyio
+
+    deadline = time.monotonic() + timeout
+    st = None
+    while time.monotonic() < deadline:
+        st = await call_ok(client, "run_status", {"run_id": run_id})
+        if until(st):
+            return st
+        await anyio.sleep(interval)
+    raise AssertionError(f"run {run_id} never reached the condition; last status {st}")
 
 
 # ---------------------------------------------------------------------------- in-memory MCP calls

@@ -471,11 +471,8 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     dist = Distributed()
     device = dist.device(pick_device(args.device))
     dist.init(device)
-    if args.batch_size % dist.world_size:
-        raise ValueError(f"--batch-size {args.batch_size} (the global batch) does not split over "
-                         f"{dist.world_size} ranks; pass a multiple of {dist.world_size}")
-    rank_batch = args.batch_size // dist.world_size
-    say = print if dist.is_main else (lambda *a, **k: None)
+    rank_batch = dist.share(args.batch_size)
+    say = dist.say
     seed_everything(args.seed)
     ckpt_dir = Path(args.checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)

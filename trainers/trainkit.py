@@ -234,6 +234,22 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def share(self, batch_size: int) -> int:
+        """This rank's share of the global batch.
+
+        Raises:
+            ValueError: the batch does not split evenly over the ranks.
+        """
+        if batch_size % self.world_size:
+            raise ValueError(f"--batch-size {batch_size} (the global batch) does not split over "
+                             f"{self.world_size} ranks; pass a multiple of {self.world_size}")
+        return batch_size // self.world_size
+
+    def say(self, *args: Any, **kwargs: Any) -> None:
+        """print, on rank 0 only: one copy of the trainer's lines in the log."""
+        if self.is_main:
+            print(*args, **kwargs)
+
     def device(self, device: str) -> str:
         """This rank's device: its own GPU (cuda:LOCAL_RANK; torchrun's slots show each job only
         its GPUs), else `device` unchanged."""

@@ -387,10 +387,7 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     dist = Distributed()
     device = dist.device(pick_device(args.device))
     dist.init(device)
-    if args.batch_size % dist.world_size:
-        raise ValueError(f"--batch-size {args.batch_size} (the global batch) does not split over "
-                         f"{dist.world_size} ranks; pass a multiple of {dist.world_size}")
-    rank_batch = args.batch_size // dist.world_size
+    rank_batch = dist.share(args.batch_size)
     seed_everything(args.seed)
     resume = load_resume(args.resume) if args.resume else None
     ckpt_dir = Path(args.checkpoint_dir)
@@ -420,7 +417,7 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     x_test, y_test = val_split["tokens"].to(device), val_split["labels"].to(device)  # (M, T), (M,)
     counts = torch.bincount(y_views[0], minlength=len(ACTIONS)).tolist()
     source = f"from {args.train_path} and {args.val_path}" if args.train_path else "generated"
-    say = print if dist.is_main else (lambda *a, **k: None)
+    say = dist.say
     say(
         f"Data: {n_train} train states x {num_views} views / {len(y_test)} test, {source}, {grid_size}x{grid_size} "
         f"grids, in {time.time() - t0:.1f}s; label counts {dict(zip(ACTIONS, counts, strict=True))}; device {device}",

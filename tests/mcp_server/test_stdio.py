@@ -3,7 +3,6 @@ training run of the bundled TRM trainer, a stop that leaves nothing behind, and 
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import anyio
@@ -11,15 +10,9 @@ import pytest
 import torch
 from mcp import Client, StdioServerParameters
 
-from conftest import REPO, server_env, write_experiment
+from conftest import call_ok as ok
+from conftest import launcher_params, poll_status, server_env, write_experiment
 from mcp_server import procs
-
-LAUNCHER = REPO / "bin" / "trainguard-mcp"
-
-
-def params(project: Path) -> StdioServerParameters:
-    env = server_env(project) | {"TRAINGUARD_SERVER_PYTHON": sys.executable}
-    return StdioServerParameters(command=str(LAUNCHER), args=[], env=env, cwd="/")
 
 
 async def call(client, name, args=None):
@@ -27,20 +20,12 @@ async def call(client, name, args=None):
     return result
 
 
-async def ok(client, name, args=None):
-    result = await client.call_tool(name, args or {})
-    assert not result.is_error, result.content[0].text
-    return result.structured_content
-
-
 async def poll(client, run_id, until, timeout=240.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = await ok(client, "run_status", {"run_id": run_id})
-        if until(st):
-            return st
-        await anyio.sleep(0.2)
-    raise AssertionError(f"run {run_id} never reached the condition; last status {st}")
+    return await poll_status(client, run_id, until, timeout, interval=0.2)
+
+
+def params(project: Path):
+    return launcher_params(project)
 
 
 def test_train_stop_and_bad_input_over_stdio(tiny_trm):

@@ -6,44 +6,22 @@ loadable checkpoint, resume continues it, and a rank that raises is named by dia
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import anyio
 import pytest
 import torch
-from mcp import Client, StdioServerParameters
+from mcp import Client
 
-from conftest import REPO, server_env, write_experiment
+from conftest import REPO, launcher_params, write_experiment
+from conftest import call_ok as ok
+from conftest import poll_status as poll
 from mcp_server import procs
 
 ENDING = ("starting", "queued", "running")
 TORCHRUN = {"backend": "torchrun", "resources": {"nproc": 2}}
 DDP_TRM = {"num_train": 1000, "num_test": 100, "dim": 16, "depth": 1, "batch_size": 64, "device": "cpu"}
-
-
-def params(project: Path) -> StdioServerParameters:
-    env = server_env(project) | {"TRAINGUARD_SERVER_PYTHON": sys.executable}
-    return StdioServerParameters(command=str(REPO / "bin" / "trainguard-mcp"), args=[], env=env, cwd="/")
-
-
-async def ok(client, name, args=None):
-    result = await client.call_tool(name, args or {})
-    assert not result.is_error, result.content[0].text
-    return result.structured_content
-
-
-async def poll(client, run_id, until, timeout=300.0):
-    deadline = time.monotonic() + timeout
-    st = None
-    while time.monotonic() < deadline:
-        st = await ok(client, "run_status", {"run_id": run_id})
-        if until(st):
-            return st
-        await anyio.sleep(0.3)
-    raise AssertionError(f"run {run_id} never reached the condition; last status {st}")
 
 
 def no_process_left(run_id: str) -> bool:
@@ -63,7 +41,7 @@ def test_a_ddp_run_trains_stops_without_a_rank_left_and_resumes(project):
     write_experiment(project, "922-trm-ddp-long", "trm_nav", DDP_TRM | {"epochs": 10000, "patience": 10000})
 
     async def scenario():
-        async with Client(params(project)) as client:
+        async with Client(launcher_params(project)) as client:
             # 1. Two gloo ranks train to the end; rank 0 alone reports, with the global batch.
             checked = await ok(client, "preflight", {"experiment": "921", **TORCHRUN})
             backend = next(c for c in checked["checks"] if c["name"] == "backend")
@@ -141,7 +119,7 @@ def test_a_rank_that_raises_ends_the_job_and_is_named_by_diagnose(project):
     write_experiment(project, "923-rank-fail", "rank_fail", {})
 
     async def scenario():
-        async with Client(params(project)) as client:
+        async with Client(launcher_params(project)) as client:
             run_id = (await ok(client, "launch_run", {"experiment": "923", **TORCHRUN}))["run_id"]
             final = await poll(client, run_id, lambda s: s["status"] not in ("starting", "queued", "running"), 120)
             assert final["status"] == "failed", final
@@ -161,7 +139,7 @@ def test_the_experiment_says_where_it_runs_and_preflight_checks_it(project):
         fh.write('\n[run]\nbackend = "torchrun"\nresources = { nproc = 3 }\n')
 
     async def scenario():
-        async with Client(params(project)) as client:
+        async with Client(launcher_params(project)) as client:
             report = await ok(client, "preflight", {"experiment": "924"})
             assert report["backend"] == "torchrun" and report["resources"]["nproc"] == 3
             backend = next(c for c in report["checks"] if c["name"] == "backend")
@@ -184,7 +162,7 @@ def test_a_one_gpu_nccl_job_trains_on_the_gpu_of_its_slot(project):
     write_experiment(project, "925-trm-nccl", "trm_nav", DDP_TRM | {"epochs": 2, "patience": 2, "device": "cuda"})
 
     async def scenario():
-        async with Client(params(project)) as client:
+        async with Client(launcher_params(project)) as client:
             run_id = (await ok(client, "launch_run", {"experiment": "925", "backend": "torchrun",
                                                       "resources": {"nproc": 1}}))["run_id"]
             return await poll(client, run_id, lambda s: s["status"] not in ("starting", "queued", "running"))

@@ -15,21 +15,24 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import anyio
 import psutil
 import pytest
 import torch
-from mcp import Client, StdioServerParameters
+from mcp import Client
 
-from conftest import FIXTURES, REPO, SCRIPTED_SPEC, TINY_TRM, server_env, write_experiment
+from conftest import FIXTURES, REPO, SCRIPTED_SPEC, TINY_TRM, launcher_params, poll_status, write_experiment
+from conftest import call_ok as ok
 
 pytestmark = pytest.mark.slurm
 ENDING = ("starting", "queued", "running")
+
+
+async def poll(client, run_id, until, timeout=240.0):
+    return await poll_status(client, run_id, until, timeout, interval=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -66,28 +69,6 @@ def slurm_project(project, cluster, monkeypatch):
                    check=False, capture_output=True)
 
 
-def params(project: Path, cluster: str) -> StdioServerParameters:
-    env = server_env(project) | {"TRAINGUARD_SERVER_PYTHON": sys.executable, "SLURM_CONF": cluster}
-    return StdioServerParameters(command=str(REPO / "bin" / "trainguard-mcp"), args=[], env=env, cwd="/")
-
-
-async def ok(client, name, args=None):
-    result = await client.call_tool(name, args or {})
-    assert not result.is_error, result.content[0].text
-    return result.structured_content
-
-
-async def poll(client, run_id, until, timeout=240.0):
-    deadline = time.monotonic() + timeout
-    st = None
-    while time.monotonic() < deadline:
-        st = await ok(client, "run_status", {"run_id": run_id})
-        if until(st):
-            return st
-        await anyio.sleep(0.5)
-    raise AssertionError(f"run {run_id} never reached the condition; last status {st}")
-
-
 def test_a_two_task_ddp_job_trains_on_slurm_and_a_stop_leaves_a_checkpoint(slurm_project, cluster):
     write_experiment(slurm_project, "931-trm-slurm", "trm_nav", TINY_TRM | {"batch_size": 64})
     write_experiment(slurm_project, "932-trm-slurm-long", "trm_nav",
@@ -95,7 +76,7 @@ def test_a_two_task_ddp_job_trains_on_slurm_and_a_stop_leaves_a_checkpoint(slurm
     slurm = {"backend": "slurm", "resources": {"nproc": 2, "time": "10"}}
 
     async def scenario():
-        async with Client(params(slurm_project, cluster)) as client:
+        async with Client(launcher_params(slurm_project, SLURM_CONF=cluster)) as client:
             launched = await ok(client, "launch_run", {"experiment": "931", **slurm})
             assert launched["argv"][0] == "srun" and "torch.distributed.run" in launched["argv"]
             run_id = launched["run_id"]
@@ -128,7 +109,7 @@ def test_a_job_at_its_time_limit_checkpoints_requeues_and_finishes(slurm_project
     write_experiment(slurm_project, "934-over-time-once", "scripted_resume", {"steps": 900, "interval": 0.1})
 
     async def scenario():
-        async with Client(params(slurm_project, cluster)) as client:
+        async with Client(launcher_params(slurm_project, SLURM_CONF=cluster)) as client:
             again = (await ok(client, "launch_run", {"experiment": "933", "backend": "slurm", "resources": {
                 "partition": "short", "time": "2", "signal_s": 60, "requeue": True}}))["run_id"]
             once = (await ok(client, "launch_run", {"experiment": "934", "backend": "slurm", "resources": {
@@ -153,7 +134,7 @@ def test_a_held_job_is_queued_with_slurms_reason_and_pre_flight_knows_the_partit
     write_experiment(slurm_project, "935-hold", "scripted", {"steps": 100000, "interval": 0.1})
 
     async def scenario():
-        async with Client(params(slurm_project, cluster)) as client:
+        async with Client(launcher_params(slurm_project, SLURM_CONF=cluster)) as client:
             report = await ok(client, "preflight", {"experiment": "935", "backend": "slurm",
                                                     "resources": {"partition": "gpu-a100"}})
             check = next(c for c in report["checks"] if c["name"] == "slurm")
@@ -179,7 +160,7 @@ def test_a_server_killed_mid_job_finds_the_job_again(slurm_project, cluster):
     seen: dict[str, str] = {}
 
     async def launch_and_die():
-        async with Client(params(slurm_project, cluster)) as client:
+        async with Client(launcher_params(slurm_project, SLURM_CONF=cluster)) as client:
             run_id = (await ok(client, "launch_run", {"experiment": "936", "backend": "slurm",
                                                       "resources": {"time": "10"}}))["run_id"]
             st = await poll(client, run_id, lambda s: s["status"] == "running")
@@ -194,7 +175,7 @@ def test_a_server_killed_mid_job_finds_the_job_again(slurm_project, cluster):
     assert seen, "the first session did not get as far as killing its server"
 
     async def come_back():
-        async with Client(params(slurm_project, cluster)) as client:
+        async with Client(launcher_params(slurm_project, SLURM_CONF=cluster)) as client:
             st = await ok(client, "run_status", {"run_id": seen["run_id"]})
             assert st["status"] == "running" and st["job_id"] == seen["job_id"], st
             assert st["slurm_state"] == "RUNNING", st
