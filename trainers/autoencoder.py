@@ -627,7 +627,6 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     if found:
         say(f"Best val PSNR {best_psnr:.2f} dB at epoch {best_epoch}", flush=True)
     dist.barrier()  # no rank leaves before rank 0 has written the last checkpoint
-    dist.close()
     return (stop.exit_code or 143) if stopped else 0
 
 

@@ -308,12 +308,6 @@ class Distributed:
 
             dist.barrier()
 
-    def close(self) -> None:
-        if self.enabled:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
 
 
 def run_trainer(train: Any, args: Any) -> int:
@@ -329,15 +323,25 @@ def run_trainer(train: Any, args: Any) -> int:
     """
     stop = StopFlag()
     metrics = MetricsStream()
-    if Distributed().enabled:  # under torchrun: a failing rank leaves its traceback in its error file
+    ranks = Distributed()
+    if ranks.enabled:  # under torchrun: a failing rank leaves its traceback in its error file
         from torch.distributed.elastic.multiprocessing.errors import record
 
         train = record(train)
     try:
-        return train(args, metrics, stop)
+        code = train(args, metrics, stop)
     except Exception as exc:
         metrics.event("error", message=str(exc), type=type(exc).__name__)
         raise
     finally:
         metrics.close()
         stop.restore()
+    if ranks.enabled:
+        # Every rank has passed the trainer's last barrier and rank 0 has written (and fsynced)
+        # its checkpoint: leave now. Tearing the gloo group down while the other ranks leave
+        # at the same moment can abort a rank (SIGABRT, "terminate called without an active
+        # exception"), which torchrun takes for a failed job.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

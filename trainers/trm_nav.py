@@ -571,7 +571,6 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     if best_epoch:
         say(f"Best val acc {best_acc:.4f} at epoch {best_epoch}", flush=True)
     dist.barrier()  # no rank leaves before rank 0 has written the last checkpoint
-    dist.close()
     return (stop.exit_code or 143) if stopped else 0
 
 
