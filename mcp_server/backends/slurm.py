@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcp_server import paths
+from mcp_server import paths, safefiles
 from mcp_server.backends.model import Resources
 from mcp_server.checks import Check
 from mcp_server.errors import Conflict, TrainguardError
@@ -354,7 +354,7 @@ class SlurmBackend:
             raise TrainguardError(f"the run folder {run.path} holds a space or a %, which #SBATCH lines cannot carry; "
                                   "set TRAINGUARD_RUNS_DIR to a plain path.")
         script = run.path / "job.sbatch"
-        script.write_text(self.script(run, manifest.resources))
+        safefiles.write_atomic(script, self.script(run, manifest.resources).encode())  # never through a link
         try:
             out = self.commands.run(["sbatch", "--parsable", str(script)], cwd=run.path)
         except TrainguardError:  # it may have been accepted: no job may outlive the folder it needs
