@@ -1,15 +1,15 @@
 """The columns a run's curves live in while they are summarised.
 
-Readers append to compact `array` columns; analysis gets numpy copies (a view would pin the
-array's buffer and make the next append fail; copying 1M floats takes about a millisecond). A value is a float
-(NaN and ±inf kept: they are what a diagnosis looks for); an unknown step, epoch or wall time
-is NaN in its column.
+Readers append to growable numpy columns; analysis gets read-only views of the filled part, so a
+summary of a million points copies nothing. An append never moves what a view sees: it writes past
+the filled part, or into a new buffer of twice the size (the old one lives on while a view holds
+it). A value is a float (NaN and ±inf kept: they are what a diagnosis looks for); an unknown step,
+epoch or wall time is NaN in its column.
 """
 
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,57 @@ from typing import Protocol
 import numpy as np
 
 NAN = math.nan
+_FIRST_CAPACITY = 64
+
+
+class _Column:
+    """float64 values with room to grow: amortised O(1) appends, copy-free read-only views."""
+
+    __slots__ = ("_buf", "size")
+
+    def __init__(self) -> None:
+        self._buf = np.empty(0, dtype=np.float64)
+        self.size = 0
+
+    def _room(self, extra: int) -> None:
+        need = self.size + extra
+        if need > self._buf.size:
+            grown = np.empty(max(need, 2 * self._buf.size, _FIRST_CAPACITY), dtype=np.float64)
+            grown[: self.size] = self._buf[: self.size]
+            self._buf = grown  # views of the old buffer keep it alive and unchanged
+
+    def append(self, value: float) -> None:
+        self._room(1)
+        self._buf[self.size] = value
+        self.size += 1
+
+    def extend(self, values: np.ndarray) -> None:
+        self._room(values.size)
+        self._buf[self.size : self.size + values.size] = values
+        self.size += values.size
+
+    def fill(self, value: float, count: int) -> None:
+        self._room(count)
+        self._buf[self.size : self.size + count] = value
+        self.size += count
+
+    def clear(self) -> None:
+        self._buf, self.size = np.empty(0, dtype=np.float64), 0  # a view handed out keeps the old buffer
+
+    def view(self) -> np.ndarray:
+        out = self._buf[: self.size]
+        out.flags.writeable = False
+        return out
+
+
+def as_floats(values: Iterable[float] | np.ndarray) -> np.ndarray:
+    """Any run of numbers (a numpy array, an `array("d")`, a list, a generator) as float64."""
+    if isinstance(values, np.ndarray):
+        return values.astype(np.float64, copy=False).ravel()
+    try:
+        return np.asarray(memoryview(values), dtype=np.float64).ravel()  # type: ignore[arg-type]
+    except TypeError:
+        return np.fromiter(values, dtype=np.float64)
 
 
 class Series:
@@ -27,13 +78,10 @@ class Series:
 
     def __init__(self, name: str):
         self.name = name
-        self._values = array("d")
-        self._steps = array("d")
-        self._epochs = array("d")
-        self._times = array("d")
+        self._values, self._steps, self._epochs, self._times = _Column(), _Column(), _Column(), _Column()
 
     def __len__(self) -> int:
-        return len(self._values)
+        return self._values.size
 
     def append(self, value: float, step: float | None = None, epoch: float | None = None,
                t: float | None = None) -> None:
@@ -42,44 +90,41 @@ class Series:
         self._epochs.append(NAN if epoch is None else epoch)
         self._times.append(NAN if t is None else t)
 
-    def extend(self, values: Iterable[float], steps: Iterable[float] | None = None,
-               epochs: Iterable[float] | None = None, times: Iterable[float] | None = None) -> None:
+    def extend(self, values: Iterable[float] | np.ndarray, steps: Iterable[float] | np.ndarray | None = None,
+               epochs: Iterable[float] | np.ndarray | None = None,
+               times: Iterable[float] | np.ndarray | None = None) -> None:
         """Append many points at once; a column given as None is unknown (NaN) for all of them."""
-        before = len(self._values)
-        self._values.extend(values)
-        added = len(self._values) - before
-        for column, given in ((self._steps, steps), (self._epochs, epochs), (self._times, times)):
-            if given is None:
-                column.extend(array("d", [NAN]) * added)
+        new = as_floats(values)
+        given = [None if c is None else as_floats(c) for c in (steps, epochs, times)]
+        if any(c is not None and c.size != new.size for c in given):
+            raise ValueError(f"{self.name}: columns of different lengths")
+        self._values.extend(new)
+        for column, values_of in zip((self._steps, self._epochs, self._times), given, strict=True):
+            if values_of is None:
+                column.fill(NAN, new.size)
             else:
-                column.extend(given)
-            if len(column) != len(self._values):
-                raise ValueError(f"{self.name}: columns of different lengths")
+                column.extend(values_of)
 
     def clear(self) -> None:
         """Forget every point (a whole-file reader re-reads a rewritten file)."""
         for column in (self._values, self._steps, self._epochs, self._times):
-            del column[:]
+            column.clear()
 
     def values(self) -> np.ndarray:
-        return _copy(self._values)
+        return self._values.view()
 
     def steps(self) -> np.ndarray:
         """The logged step of each point; where none was logged, its position (0, 1, 2, ...)."""
-        steps = _copy(self._steps)
+        steps = self._steps.view()
         if steps.size and np.isnan(steps).any():
             steps = np.where(np.isnan(steps), np.arange(steps.size, dtype=np.float64), steps)
         return steps
 
     def epochs(self) -> np.ndarray:
-        return _copy(self._epochs)
+        return self._epochs.view()
 
     def times(self) -> np.ndarray:
-        return _copy(self._times)
-
-
-def _copy(column: array) -> np.ndarray:
-    return np.array(column, dtype=np.float64)  # one C call: no buffer view left for an append to trip on
+        return self._times.view()
 
 
 @dataclass
