@@ -8,45 +8,15 @@ finished run. The synthetic-data rule of seed 000 is a danger rule (rules.py), n
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from mcp_server import paths
+from mcp_server import paths, probe
 from mcp_server.checks import Check
 from mcp_server.specs import ParamSpec, TrainerSpec
 
-DECODE_TIMEOUT_S = 60
-# Runs in the trainer's interpreter: decodes one file fully and prints one JSON line.
-_DECODE_PROBE = """
-import json, sys
-kind, path = sys.argv[1], sys.argv[2]
-try:
-    if kind == "image":
-        from PIL import Image
-        with Image.open(path) as im:
-            im.load()
-            info = f"{im.format} {im.size[0]}x{im.size[1]} {im.mode}"
-    elif kind == "torch":
-        import torch
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        keys = f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else ""
-        info = f"{type(obj).__name__}{keys}"
-    elif kind == "numpy":
-        import numpy
-        obj = numpy.load(path, mmap_mode="r", allow_pickle=False)
-        info = f"array {obj.shape} {obj.dtype}" if hasattr(obj, "shape") else f"npz with {sorted(obj.files)[:8]}"
-    else:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-        info = f"JSON {type(obj).__name__}"
-    print(json.dumps({"ok": True, "info": info}))
-except Exception as exc:
-    print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:400]}))
-"""
-
+DECODE_TIMEOUT_S = 60  # mcp_server/probes/data_probe.py decodes one file fully
 MAX_FILES_COUNTED = 100_000
 
 
@@ -131,14 +101,16 @@ def _decode_check(passed: Check, name: str, param: ParamSpec, path: Path, python
     sample = _first_sample(path, param.file_glob)
     if sample is None:
         return passed
-    try:
-        out = subprocess.run([python, "-c", _DECODE_PROBE, str(param.decode), str(sample)], capture_output=True,
-                             text=True, timeout=DECODE_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
-        lines = out.stdout.strip().splitlines()
-        result = json.loads(lines[-1]) if lines else {"ok": False, "error": out.stderr.strip()[-300:]}
-    except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
-        result = {"ok": False, "error": f"the decode probe failed: {exc}"}
     rel = sample.relative_to(path) if sample != path else sample.name
+    try:
+        result = probe.run(python, "data_probe", [str(param.decode), str(sample)], timeout_s=DECODE_TIMEOUT_S).data
+    except probe.ProbeError as exc:  # no verdict on the file: the interpreter could not answer
+        return Check(
+            name=passed.name, verdict="fail",
+            detail=f"{passed.detail}, but the sample {rel} could not be decoded: {exc}",
+            fix=f"Check that {python} runs and can import the {param.decode} reader; if the file is the "
+            f"problem (a huge or broken file), replace or remove {sample}.",
+        )
     if not result.get("ok"):
         return Check(
             name=passed.name, verdict="fail",

@@ -6,18 +6,15 @@ a subprocess with the trainer's own interpreter: the server never imports it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from mcp_server import backends, datacheck, gpu, memory, paths, registry, rules, trainer_env
+from mcp_server import backends, datacheck, gpu, memory, paths, probe, registry, rules, trainer_env
 from mcp_server.backends.model import Placement, Resources
 from mcp_server.checks import Check, Verdict, overall
 from mcp_server.errors import InvalidInput
@@ -28,28 +25,6 @@ DISK_WARN_BYTES = 2 * 2**30
 INODES_FAIL = 64  # a run makes about ten files; checkpoints and logs a few more
 PROBE_TIMEOUT_S = 90
 PROBE_TTL_S = 300
-
-# Runs in the trainer's interpreter; prints one JSON object on its last line.
-_TORCH_PROBE = """
-import json, sys
-info = {"python": sys.version.split()[0], "executable": sys.executable, "prefix": sys.prefix,
-        "base_prefix": sys.base_prefix}
-try:
-    import torch
-except Exception as exc:
-    info["torch_error"] = f"{type(exc).__name__}: {exc}"
-else:
-    info["torch"] = torch.__version__
-    info["cuda"] = torch.version.cuda
-    info["hip"] = getattr(torch.version, "hip", None)
-    info["cuda_available"] = torch.cuda.is_available()
-    info["device_count"] = torch.cuda.device_count() if info["cuda_available"] else 0
-    info["devices"] = [torch.cuda.get_device_name(i) for i in range(info["device_count"])]
-    mps = getattr(torch.backends, "mps", None)
-    info["mps_available"] = bool(mps and mps.is_available())
-print(json.dumps(info))
-"""
-_probe_cache: dict[tuple[str, float], tuple[float, dict[str, Any]]] = {}
 
 
 class PreflightReport(BaseModel):
@@ -104,35 +79,18 @@ def venv_problem(python: str) -> str | None:
     return None
 
 
-def probe_torch(python: str) -> dict[str, Any]:
-    """What torch looks like from `python`: version, build (CUDA/ROCm/CPU), visible devices."""
+def probe_torch(python: str, devices_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """What torch looks like from `python`: version, build (CUDA/ROCm/CPU), the devices it sees and
+    their UUIDs, in the order of the run's cuda:0, cuda:1... when `devices_env` holds the run's
+    device variables (`memory.run_devices_env`). Cached (the probe helper's one cache).
+
+    A failure is an answer too: {"interpreter_error": what happened and what to do}.
+    """
+    env = {**os.environ, **(devices_env or {})}
     try:
-        key = (python, Path(python).stat().st_mtime)
-    except OSError as exc:
-        return {"interpreter_error": f"{python}: {exc.strerror}"}
-    cached = _probe_cache.get(key)
-    if cached and time.monotonic() - cached[0] < PROBE_TTL_S:
-        return cached[1]
-    try:
-        out = subprocess.run(
-            [python, "-c", _TORCH_PROBE],
-            capture_output=True,
-            text=True,
-            timeout=PROBE_TIMEOUT_S,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return {"interpreter_error": f"{python}: {exc}"}
-    lines = out.stdout.strip().splitlines()
-    try:
-        info = json.loads(lines[-1]) if lines else {}
-    except ValueError:
-        info = {}
-    if not info:
-        return {"interpreter_error": f"{python} exited {out.returncode}: {out.stderr.strip()[-300:]}"}
-    _probe_cache[key] = (time.monotonic(), info)
-    return info
+        return probe.run(python, "torch_probe", timeout_s=PROBE_TIMEOUT_S, env=env, ttl_s=PROBE_TTL_S).data
+    except probe.ProbeError as exc:
+        return {"interpreter_error": str(exc)}
 
 
 def _venv_check(python: str, info: dict[str, Any]) -> Check | None:
@@ -375,7 +333,8 @@ def estimate_memory(experiment: str, overrides: dict[str, Any] | None = None, pr
     project = project or paths.project_root()
     exp, spec, config, python = resolve(experiment, dict(overrides or {}), project)
     problem = venv_problem(python) if exp.python else None
-    torch_info = {"interpreter_error": problem} if problem else probe_torch(python)
+    torch_info = {"interpreter_error": problem} if problem else probe_torch(
+        python, memory.run_devices_env(config, spec.env))
     if "torch" not in torch_info:
         raise memory.ProbeFailed(
             f"torch does not import with {python}: "
@@ -420,7 +379,8 @@ def run_preflight(
     checks += _rule_checks(spec, config, fired)
     gpus = gpu.shared_sampler(paths.runs_root(project)).sample()
     problem = venv_problem(python) if exp.python else None
-    torch_info = {"interpreter_error": problem} if problem else probe_torch(python)  # nothing else is run
+    torch_info = {"interpreter_error": problem} if problem else probe_torch(  # nothing else is run
+        python, memory.run_devices_env(config, spec.env))
     checks += _interpreter_checks(python, torch_info, config, gpus, named_venv=exp.python is not None)
     amd = _amd_check(gpu.amd_gfx_targets(), spec.env)
     if amd is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mcp_server import probe
 from mcp_server.gpu.model import Clocks, Ecc, GpuDevice, GpuProcess, NoGpu
 
 
@@ -122,55 +123,18 @@ class AmdSmiBackend:
 AMDSMI_TIMEOUT_S = 15
 AMDSMI_RETRY_S = 300
 _amdsmi_failures: dict[str, tuple[float, str]] = {}
-# Runs in a subprocess with our interpreter; its last stdout line is the JSON answer.
-_AMDSMI_PROBE = r"""
-import json
-def safe(fn, *args):
-    try:
-        return fn(*args), None
-    except Exception as exc:
-        return None, f"{type(exc).__name__}: {exc}"[:200]
-try:
-    import amdsmi
-    amdsmi.amdsmi_init()
-except BaseException as exc:
-    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:300]}))
-    raise SystemExit(0)
-out = []
-for h in amdsmi.amdsmi_get_processor_handles():
-    d, miss = {}, {}
-    for key, fn, args in (
-        ("asic", amdsmi.amdsmi_get_gpu_asic_info, (h,)), ("vram", amdsmi.amdsmi_get_gpu_vram_usage, (h,)),
-        ("activity", amdsmi.amdsmi_get_gpu_activity, (h,)), ("power", amdsmi.amdsmi_get_power_info, (h,)),
-        ("processes", amdsmi.amdsmi_get_gpu_process_list, (h,)), ("uuid", amdsmi.amdsmi_get_gpu_device_uuid, (h,)),
-        ("bdf", amdsmi.amdsmi_get_gpu_device_bdf, (h,)),
-        ("temperature", amdsmi.amdsmi_get_temp_metric, (h, amdsmi.AmdSmiTemperatureType.EDGE,
-                                                         amdsmi.AmdSmiTemperatureMetric.CURRENT)),
-    ):
-        d[key], why = safe(fn, *args)
-        if why:
-            miss[key] = why
-    d["unavailable"] = miss
-    out.append(d)
-safe(amdsmi.amdsmi_shut_down)
-print(json.dumps({"devices": out}, default=str))
-"""
 
 
 def _amdsmi_probe() -> dict[str, Any]:
+    """amdsmi's answer from `mcp_server/probes/amd_probe.py`, run with our own interpreter (amdsmi
+    is our dependency), or {"error": why}."""
     try:
-        out = subprocess.run([sys.executable, "-c", _AMDSMI_PROBE], capture_output=True, text=True,
-                             timeout=AMDSMI_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return {"error": f"the amdsmi probe failed: {exc}"}
-    lines = out.stdout.strip().splitlines()
-    try:
-        result = json.loads(lines[-1]) if lines else None
-    except ValueError:
-        result = None
-    if not isinstance(result, dict):
-        return {"error": f"the amdsmi probe exited {out.returncode}: {out.stderr.strip()[-200:]}"}
-    return result
+        answer = probe.run(sys.executable, "amd_probe", timeout_s=AMDSMI_TIMEOUT_S)
+    except probe.ProbeError as exc:
+        return {"error": str(exc)}
+    if "error" not in answer.data and not isinstance(answer.data.get("devices"), list):
+        return {"error": "the amd_probe answer has no device list"}
+    return answer.data
 
 
 def _num(value: Any) -> float | None:

@@ -144,6 +144,53 @@ def visible_devices(devices: list[GpuDevice], env: dict[str, str]) -> list[GpuDe
     return out
 
 
+def uuid_key(uuid: str | None) -> str | None:
+    """A device UUID reduced to its hex digits, so that the spellings of one device compare equal:
+    NVML's "GPU-5d3f0e2c-1a7b-...", torch's "5d3f0e2c-1a7b-..." (no prefix), MIG's "MIG-..."."""
+    if not uuid:
+        return None
+    text = uuid.strip().lower()
+    for prefix in ("gpu-", "mig-"):
+        text = text.removeprefix(prefix)
+    return text.replace("-", "") or None
+
+
+def device_by_uuid(devices: list[GpuDevice], uuid: str | None) -> GpuDevice | None:
+    """The device (or MIG slice, as the device a process on it sees) whose UUID is `uuid`."""
+    want = uuid_key(uuid)
+    if want is None:
+        return None
+    for d in devices:
+        if uuid_key(d.uuid) == want:
+            return d
+        for m in d.mig or []:
+            if uuid_key(m.uuid) == want:
+                return _mig_slice([d], m.uuid or "")
+    return None
+
+
+def run_device(devices: list[GpuDevice], env: dict[str, str], ordinal: int = 0,
+               torch_uuids: list[str | None] | None = None) -> tuple[GpuDevice | None, bool]:
+    """The device a process with `env` uses as cuda:`ordinal`, and whether that is a guess.
+
+    By UUID when torch, probed under the same device variables, named its device `ordinal`
+    (`torch_uuids`, the torch probe's "uuids"): CUDA numbers devices fastest first unless
+    `CUDA_DEVICE_ORDER=PCI_BUS_ID`, and NVML in PCI bus order, so an index alone can name
+    another card. Without a UUID, by the variables over NVML's order: right in PCI bus order,
+    and for cards of one model (CUDA breaks ties by bus id); a guess otherwise.
+    """
+    uuids = torch_uuids or []
+    if 0 <= ordinal < len(uuids):
+        found = device_by_uuid(devices, uuids[ordinal])
+        if found is not None:
+            return found, False
+    visible = visible_devices(devices, env)
+    if not 0 <= ordinal < len(visible):
+        return None, False
+    pci_order = env.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST") == "PCI_BUS_ID" or visible[0].vendor != "nvidia"
+    return visible[ordinal], not pci_order and len({d.name for d in visible}) > 1
+
+
 def _mig_slice(devices: list[GpuDevice], uuid: str) -> GpuDevice | None:
     """A MIG slice named by its UUID, as the device a process on it sees (its own memory)."""
     for d in devices:
