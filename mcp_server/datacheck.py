@@ -20,8 +20,9 @@ DECODE_TIMEOUT_S = 60  # mcp_server/probes/data_probe.py decodes one file fully
 MAX_FILES_COUNTED = 100_000
 
 
-def data_checks(exp_id: str, spec: TrainerSpec, config: dict[str, Any], project: Path, python: str | None
-                ) -> list[Check]:
+def data_checks(
+    exp_id: str, spec: TrainerSpec, config: dict[str, Any], project: Path, python: str | None
+) -> list[Check]:
     """One check per path parameter that is set: inputs exist, are readable, hold enough files and
     a sample decodes (with `python`; not tried without a working interpreter); outputs would not
     overwrite a finished run."""
@@ -62,14 +63,17 @@ def _input_path_check(exp_id: str, name: str, param: ParamSpec, value: Any, path
                 break
         if count < param.min_files:
             return Check(
-                name=label, verdict="fail",
+                name=label,
+                verdict="fail",
                 detail=f"{name}={value} holds {count} files matching {param.file_glob}; it needs at least "
                 f"{param.min_files}.",
                 fix=f"Fill it (e.g. prepare_data(experiment='{exp_id}')) or point {name} at the full data set."
-                if param.prepare else f"Point {name} at the full data set.",
+                if param.prepare
+                else f"Point {name} at the full data set.",
             )
-        return Check(name=label, verdict="pass",
-                     detail=f"{name}={value}: at least {count} files matching {param.file_glob}")
+        return Check(
+            name=label, verdict="pass", detail=f"{name}={value}: at least {count} files matching {param.file_glob}"
+        )
     return Check(name=label, verdict="pass", detail=f"{name}={value} ({path})")
 
 
@@ -80,13 +84,18 @@ def _output_path_check(name: str, value: Any, path: Path, spec: TrainerSpec) -> 
         fresh = next(f"{value}-{n}" for n in range(2, 10_000) if not path.with_name(f"{path.name}-{n}").exists())
         resume = " or resume from its checkpoint (the resume parameter)" if "resume" in spec.params else ""
         return Check(
-            name=label, verdict="fail",
+            name=label,
+            verdict="fail",
             detail=f"{name}={value} already holds a run ({', '.join(names)}...): training would overwrite it.",
             fix=f"Override {name} with a fresh folder such as {fresh!r}{resume}.",
         )
     if path.exists() and not path.is_dir():
-        return Check(name=label, verdict="fail", detail=f"{name}={value} is a file, not a folder.",
-                     fix=f"Override {name} with a folder path.")
+        return Check(
+            name=label,
+            verdict="fail",
+            detail=f"{name}={value} is a file, not a folder.",
+            fix=f"Override {name} with a folder path.",
+        )
     return Check(name=label, verdict="pass", detail=f"{name}={value} is fresh ({path})")
 
 
@@ -106,14 +115,16 @@ def _decode_check(passed: Check, name: str, param: ParamSpec, path: Path, python
         result = probe.run(python, "data_probe", [str(param.decode), str(sample)], timeout_s=DECODE_TIMEOUT_S).data
     except probe.ProbeError as exc:  # no verdict on the file: the interpreter could not answer
         return Check(
-            name=passed.name, verdict="fail",
+            name=passed.name,
+            verdict="fail",
             detail=f"{passed.detail}, but the sample {rel} could not be decoded: {exc}",
             fix=f"Check that {python} runs and can import the {param.decode} reader; if the file is the "
             f"problem (a huge or broken file), replace or remove {sample}.",
         )
     if not result.get("ok"):
         return Check(
-            name=passed.name, verdict="fail",
+            name=passed.name,
+            verdict="fail",
             detail=f"{passed.detail}, but the sample {rel} does not decode as {param.decode}: {result.get('error')}",
             fix=f"Replace or remove the broken file {sample}, or rebuild {name} (truncated, or another kind of file).",
         )

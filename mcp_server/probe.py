@@ -70,9 +70,18 @@ def probe_path(name: str) -> Path:
     return PROBES / f"{name}.py"
 
 
-def run(python: str, probe: str | Path, args: Sequence[str] = (), *, timeout_s: float,
-        env: Mapping[str, str] | None = None, cwd: Path | None = None, ttl_s: float | None = None,
-        key: tuple = (), unkeyed_args: Sequence[str] = ()) -> ProbeAnswer:
+def run(
+    python: str,
+    probe: str | Path,
+    args: Sequence[str] = (),
+    *,
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    ttl_s: float | None = None,
+    key: tuple = (),
+    unkeyed_args: Sequence[str] = (),
+) -> ProbeAnswer:
     """Run `probe` (a bundled probe's name, or a file) with `python` and return its answer.
 
     Args:
@@ -109,45 +118,58 @@ def clear_cache() -> None:
     _cache.clear()
 
 
-def _key(argv: list[str], script: Path, env: Mapping[str, str] | None, cwd: Path | None, extra: tuple
-         ) -> tuple | None:
+def _key(argv: list[str], script: Path, env: Mapping[str, str] | None, cwd: Path | None, extra: tuple) -> tuple | None:
     """The cache key, or None when the interpreter or the probe cannot be stat'ed (then the run says why)."""
     try:
         stamps = (os.stat(argv[0]).st_mtime_ns, script.stat().st_mtime_ns)  # follows a venv's python link
     except OSError:
         return None
     seen = os.environ if env is None else env
-    matters = tuple(sorted((k, v) for k, v in seen.items()
-                           if k in ENV_THAT_MATTERS or k.startswith(ENV_PREFIXES_THAT_MATTER)))
+    matters = tuple(
+        sorted((k, v) for k, v in seen.items() if k in ENV_THAT_MATTERS or k.startswith(ENV_PREFIXES_THAT_MATTER))
+    )
     return (tuple(argv), stamps, str(cwd) if cwd else None, matters, extra)
 
 
-def _run(argv: list[str], name: str, timeout_s: float, env: Mapping[str, str] | None, cwd: Path | None
-         ) -> ProbeAnswer:
+def _run(argv: list[str], name: str, timeout_s: float, env: Mapping[str, str] | None, cwd: Path | None) -> ProbeAnswer:
     python = argv[0]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd,
-                                    env=dict(env) if env is not None else None, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=cwd,
+                env=dict(env) if env is not None else None,
+                start_new_session=True,
+            )
         except OSError as exc:
-            raise ProbeError(f"cannot run {python}: {exc.strerror or exc} (it must be an existing Python "
-                              "interpreter)", "start") from None
+            raise ProbeError(
+                f"cannot run {python}: {exc.strerror or exc} (it must be an existing Python interpreter)", "start"
+            ) from None
         try:
             returncode = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             stderr = _tail(err, STDERR_TAIL_BYTES)
-            raise ProbeError(f"the {name} probe did not answer within {timeout_s:g} s under {python}"
-                              f"{_said(stderr)}; run it by hand ({' '.join(argv[:2])} ...) to see where it "
-                              "hangs, or fix what makes the interpreter slow to start.", "timeout") from None
+            raise ProbeError(
+                f"the {name} probe did not answer within {timeout_s:g} s under {python}"
+                f"{_said(stderr)}; run it by hand ({' '.join(argv[:2])} ...) to see where it "
+                "hangs, or fix what makes the interpreter slow to start.",
+                "timeout",
+            ) from None
         stdout, stderr = _tail(out, STDOUT_TAIL_BYTES), _tail(err, STDERR_TAIL_BYTES)
     data = _last_json(stdout)
     if data is not None:
         return ProbeAnswer(data, returncode, stderr)
     if returncode != 0:
         raise ProbeError(f"the {name} probe exited {_status(returncode)} under {python}{_said(stderr)}", "crash")
-    raise ProbeError(f"the {name} probe printed no JSON answer under {python} (its last line must be one JSON "
-                      f"object){_said(stderr)}", "no_json")
+    raise ProbeError(
+        f"the {name} probe printed no JSON answer under {python} (its last line must be one JSON "
+        f"object){_said(stderr)}",
+        "no_json",
+    )
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

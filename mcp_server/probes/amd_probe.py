@@ -22,8 +22,10 @@ def safe(fn, *args):
 
 def device(amdsmi, handle) -> dict:
     d, miss = {}, {}
-    temperature = (amdsmi.amdsmi_get_temp_metric,
-                   (handle, amdsmi.AmdSmiTemperatureType.EDGE, amdsmi.AmdSmiTemperatureMetric.CURRENT))
+    temperature = (
+        amdsmi.amdsmi_get_temp_metric,
+        (handle, amdsmi.AmdSmiTemperatureType.EDGE, amdsmi.AmdSmiTemperatureMetric.CURRENT),
+    )
     for key, (fn, args) in {
         "asic": (amdsmi.amdsmi_get_gpu_asic_info, (handle,)),
         "vram": (amdsmi.amdsmi_get_gpu_vram_usage, (handle,)),

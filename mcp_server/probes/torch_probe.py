@@ -35,8 +35,12 @@ def _uuid_of(torch, index: int) -> str | None:
 
 
 def main() -> None:
-    info = {"python": sys.version.split()[0], "executable": sys.executable, "prefix": sys.prefix,
-            "base_prefix": sys.base_prefix}
+    info = {
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "prefix": sys.prefix,
+        "base_prefix": sys.base_prefix,
+    }
     try:
         import torch
     except Exception as exc:  # noqa: BLE001 - any import failure is the answer

@@ -50,8 +50,6 @@ def fresh_probe_cache(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(probe, "_cache", {})
 
 
-
-
 def memory_check(report: dict) -> dict:
     (check,) = [c for c in report["checks"] if c["name"] == "memory"]
     return check
