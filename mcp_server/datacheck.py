@@ -8,50 +8,21 @@ finished run. The synthetic-data rule of seed 000 is a danger rule (rules.py), n
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from mcp_server import paths
+from mcp_server import paths, probe
 from mcp_server.checks import Check
 from mcp_server.specs import ParamSpec, TrainerSpec
 
-DECODE_TIMEOUT_S = 60
-# Runs in the trainer's interpreter: decodes one file fully and prints one JSON line.
-_DECODE_PROBE = """
-import json, sys
-kind, path = sys.argv[1], sys.argv[2]
-try:
-    if kind == "image":
-        from PIL import Image
-        with Image.open(path) as im:
-            im.load()
-            info = f"{im.format} {im.size[0]}x{im.size[1]} {im.mode}"
-    elif kind == "torch":
-        import torch
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        keys = f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else ""
-        info = f"{type(obj).__name__}{keys}"
-    elif kind == "numpy":
-        import numpy
-        obj = numpy.load(path, mmap_mode="r", allow_pickle=False)
-        info = f"array {obj.shape} {obj.dtype}" if hasattr(obj, "shape") else f"npz with {sorted(obj.files)[:8]}"
-    else:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-        info = f"JSON {type(obj).__name__}"
-    print(json.dumps({"ok": True, "info": info}))
-except Exception as exc:
-    print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:400]}))
-"""
-
+DECODE_TIMEOUT_S = 60  # mcp_server/probes/data_probe.py decodes one file fully
 MAX_FILES_COUNTED = 100_000
 
 
-def data_checks(exp_id: str, spec: TrainerSpec, config: dict[str, Any], project: Path, python: str | None
-                ) -> list[Check]:
+def data_checks(
+    exp_id: str, spec: TrainerSpec, config: dict[str, Any], project: Path, python: str | None
+) -> list[Check]:
     """One check per path parameter that is set: inputs exist, are readable, hold enough files and
     a sample decodes (with `python`; not tried without a working interpreter); outputs would not
     overwrite a finished run."""
@@ -92,14 +63,17 @@ def _input_path_check(exp_id: str, name: str, param: ParamSpec, value: Any, path
                 break
         if count < param.min_files:
             return Check(
-                name=label, verdict="fail",
+                name=label,
+                verdict="fail",
                 detail=f"{name}={value} holds {count} files matching {param.file_glob}; it needs at least "
                 f"{param.min_files}.",
                 fix=f"Fill it (e.g. prepare_data(experiment='{exp_id}')) or point {name} at the full data set."
-                if param.prepare else f"Point {name} at the full data set.",
+                if param.prepare
+                else f"Point {name} at the full data set.",
             )
-        return Check(name=label, verdict="pass",
-                     detail=f"{name}={value}: at least {count} files matching {param.file_glob}")
+        return Check(
+            name=label, verdict="pass", detail=f"{name}={value}: at least {count} files matching {param.file_glob}"
+        )
     return Check(name=label, verdict="pass", detail=f"{name}={value} ({path})")
 
 
@@ -110,13 +84,18 @@ def _output_path_check(name: str, value: Any, path: Path, spec: TrainerSpec) -> 
         fresh = next(f"{value}-{n}" for n in range(2, 10_000) if not path.with_name(f"{path.name}-{n}").exists())
         resume = " or resume from its checkpoint (the resume parameter)" if "resume" in spec.params else ""
         return Check(
-            name=label, verdict="fail",
+            name=label,
+            verdict="fail",
             detail=f"{name}={value} already holds a run ({', '.join(names)}...): training would overwrite it.",
             fix=f"Override {name} with a fresh folder such as {fresh!r}{resume}.",
         )
     if path.exists() and not path.is_dir():
-        return Check(name=label, verdict="fail", detail=f"{name}={value} is a file, not a folder.",
-                     fix=f"Override {name} with a folder path.")
+        return Check(
+            name=label,
+            verdict="fail",
+            detail=f"{name}={value} is a file, not a folder.",
+            fix=f"Override {name} with a folder path.",
+        )
     return Check(name=label, verdict="pass", detail=f"{name}={value} is fresh ({path})")
 
 
@@ -131,17 +110,21 @@ def _decode_check(passed: Check, name: str, param: ParamSpec, path: Path, python
     sample = _first_sample(path, param.file_glob)
     if sample is None:
         return passed
-    try:
-        out = subprocess.run([python, "-c", _DECODE_PROBE, str(param.decode), str(sample)], capture_output=True,
-                             text=True, timeout=DECODE_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
-        lines = out.stdout.strip().splitlines()
-        result = json.loads(lines[-1]) if lines else {"ok": False, "error": out.stderr.strip()[-300:]}
-    except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
-        result = {"ok": False, "error": f"the decode probe failed: {exc}"}
     rel = sample.relative_to(path) if sample != path else sample.name
+    try:
+        result = probe.run(python, "data_probe", [str(param.decode), str(sample)], timeout_s=DECODE_TIMEOUT_S).data
+    except probe.ProbeError as exc:  # no verdict on the file: the interpreter could not answer
+        return Check(
+            name=passed.name,
+            verdict="fail",
+            detail=f"{passed.detail}, but the sample {rel} could not be decoded: {exc}",
+            fix=f"Check that {python} runs and can import the {param.decode} reader; if the file is the "
+            f"problem (a huge or broken file), replace or remove {sample}.",
+        )
     if not result.get("ok"):
         return Check(
-            name=passed.name, verdict="fail",
+            name=passed.name,
+            verdict="fail",
             detail=f"{passed.detail}, but the sample {rel} does not decode as {param.decode}: {result.get('error')}",
             fix=f"Replace or remove the broken file {sample}, or rebuild {name} (truncated, or another kind of file).",
         )

@@ -10,18 +10,16 @@ allocator margin, and compares the need with what the target device has free.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
-import time
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import psutil
 from pydantic import BaseModel
 
-from mcp_server import gpu, paths, procs
+from mcp_server import gpu, paths, probe, procs
 from mcp_server.checks import Verdict
 from mcp_server.errors import TrainguardError
 from mcp_server.specs import TrainerSpec, build_argv, expand
@@ -38,7 +36,6 @@ WARN_FRACTION = 0.90  # a need above this share of the free memory is too close 
 PROBE_TIMEOUT_S = 180
 PROBE_TTL_S = 600
 MEMPROBE = paths.BUNDLED_TRAINERS / "memprobe.py"
-_cache: dict[tuple, tuple[float, dict[str, Any]]] = {}
 
 
 class ProbeFailed(TrainguardError):
@@ -101,9 +98,16 @@ def _fingerprint(inputs: list[Path]) -> tuple:
     return tuple(out)
 
 
-def run_probe(python: str, script: Path, function: str, flags: list[str], batch_sizes: list[int],
-              cwd: Path, inputs: list[Path] = ()) -> dict[str, Any]:
-    """Run trainers/memprobe.py with the trainer's interpreter.
+def run_probe(
+    python: str,
+    script: Path,
+    function: str,
+    flags: list[str],
+    batch_sizes: list[int],
+    cwd: Path,
+    inputs: list[Path] = (),
+) -> dict[str, Any]:
+    """Run trainers/memprobe.py with the trainer's interpreter, through the probe helper.
 
     Cached while the script, the flags, the project and the input folders (`inputs`, whose
     contents a step may count) are unchanged.
@@ -112,34 +116,35 @@ def run_probe(python: str, script: Path, function: str, flags: list[str], batch_
         ProbeFailed: with the probe's own error or the end of its stderr.
     """
     try:
-        key = (python, str(script), script.stat().st_mtime, tuple(flags), tuple(batch_sizes), function, str(cwd),
-               _fingerprint(list(inputs)))
+        key = (str(script), script.stat().st_mtime_ns, _fingerprint(list(inputs)))
     except OSError as exc:
         raise ProbeFailed(f"memory.script {script}: {exc.strerror}; fix the [memory] table of the spec.") from None
-    cached = _cache.get(key)
-    if cached and time.monotonic() - cached[0] < PROBE_TTL_S:
-        return cached[1]
     limit = min(psutil.virtual_memory().available // 2, 8 * GIB)
-    argv = [python, str(MEMPROBE), str(script), "--function", function, "--batch-sizes",
-            *map(str, batch_sizes), "--real-limit-bytes", str(limit), "--", *flags]
+    args = [str(script), "--function", function, "--batch-sizes", *map(str, batch_sizes), "--", *flags]
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, cwd=cwd,
-                             stdin=subprocess.DEVNULL, check=False, env=_probe_env())
-    except subprocess.TimeoutExpired:
-        raise ProbeFailed(f"the memory probe took over {PROBE_TIMEOUT_S} s; the step is too slow to trace") from None
-    except OSError as exc:
-        raise ProbeFailed(f"cannot start {python}: {exc.strerror}") from None
-    lines = out.stdout.strip().splitlines()
-    try:
-        result = json.loads(lines[-1]) if lines else {}
-    except ValueError:
-        result = {}
+        answer = probe.run(
+            python,
+            MEMPROBE,
+            args,
+            timeout_s=PROBE_TIMEOUT_S,
+            env=_probe_env(),
+            cwd=cwd,
+            ttl_s=PROBE_TTL_S,
+            key=key,
+            unkeyed_args=["--real-limit-bytes", str(limit)],
+        )
+    except probe.ProbeError as exc:
+        if exc.reason == "timeout":
+            raise ProbeFailed(
+                f"the memory probe took over {PROBE_TIMEOUT_S} s; the step is too slow to trace"
+            ) from None
+        raise ProbeFailed(f"memory probe of {script.name}:{function} failed: {exc}") from None
+    result = answer.data
     if "error" in result or "peaks" not in result:
-        stderr = " ".join(out.stderr.strip().splitlines()[-3:])[-500:]
-        why = result.get("error") or f"exit {out.returncode}"
+        stderr = " ".join(answer.stderr_tail.strip().splitlines()[-3:])[-500:]
+        why = result.get("error") or f"exit {answer.returncode}, and its answer has no peaks"
         detail = f" ({stderr})" if stderr else ""
         raise ProbeFailed(f"memory probe of {script.name}:{function} failed: {why}{detail}")
-    _cache[key] = (time.monotonic(), result)
     return result
 
 
@@ -148,26 +153,72 @@ def _probe_env() -> dict[str, str]:
     return {**procs.child_env({}), "CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
 
 
-def _target(config: dict[str, Any], torch_info: dict[str, Any], report: gpu.GpuReport, env: dict[str, str]
-            ) -> tuple[str, str, int | None, int | None]:
-    """(kind, name, free, total) of the device the run would use: its first visible GPU (after
-    CUDA/HIP/ROCR_VISIBLE_DEVICES of our environment and the spec's env) when torch sees one, else host RAM."""
+DEVICE_VARS = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
+CUDA_ORDINAL_RE = re.compile(r"cuda:(\d+)")
+
+
+def cuda_ordinal(config: dict[str, Any]) -> int:
+    """The run's device index: N of a `device = "cuda:N"` config, else 0."""
+    match = CUDA_ORDINAL_RE.fullmatch(str(config.get("device") or ""))
+    return int(match.group(1)) if match else 0
+
+
+def run_devices_env(config: dict[str, Any], spec_env: dict[str, str]) -> dict[str, str]:
+    """The device variables the run will have: ours, then the trainer spec's [env]. A run that
+    takes a GPU slot gets `CUDA_DEVICE_ORDER=PCI_BUS_ID` unless one is set (`slots.device_env`),
+    and its slot's GPU is the first visible one; a run whose config names `cuda:N` keeps them as
+    they are, and CUDA's default order (fastest first). The torch probe runs under these, so its
+    device N is the run's cuda:N."""
+    env = {k: v for k, v in {**os.environ, **spec_env}.items() if k in DEVICE_VARS}
+    if not CUDA_ORDINAL_RE.fullmatch(str(config.get("device") or "")):
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    return env
+
+
+def _target(
+    config: dict[str, Any], torch_info: dict[str, Any], report: gpu.GpuReport, env: dict[str, str]
+) -> tuple[str, str, int | None, int | None]:
+    """(kind, name, free, total) of the device the run would use when torch sees one, else host RAM.
+
+    The GPU is the run's cuda:N (`cuda_ordinal`) under its device variables (ours and the spec's
+    `env`): the device whose UUID torch reported for it (`torch_info` from a probe under
+    `run_devices_env`), else by CUDA/HIP/ROCR_VISIBLE_DEVICES over the driver's order.
+    """
     wants_gpu = config.get("device") not in ("cpu", "mps")
-    visible = gpu.visible_devices(report.devices, {**os.environ, **env})
-    if wants_gpu and (torch_info.get("devices") or visible):
-        if visible:
-            d = visible[0]  # the run's cuda:0
-            free = None if d.memory_total_bytes is None or d.memory_used_bytes is None else (
-                d.memory_total_bytes - d.memory_used_bytes)
-            return "gpu", f"GPU {d.index} ({d.name})", free, d.memory_total_bytes
-        return "gpu", f"GPU 0 ({torch_info['devices'][0]})", None, None
+    ordinal = cuda_ordinal(config)
+    d, guessed = gpu.run_device(report.devices, run_devices_env(config, env), ordinal, torch_info.get("uuids"))
+    names = torch_info.get("devices") or []
+    if wants_gpu and (names or d is not None):
+        if d is not None:
+            free = (
+                None
+                if d.memory_total_bytes is None or d.memory_used_bytes is None
+                else (d.memory_total_bytes - d.memory_used_bytes)
+            )
+            guess = (
+                (
+                    f", taken for the run's cuda:{ordinal} without a UUID from torch (CUDA numbers GPUs fastest "
+                    "first; set CUDA_DEVICE_ORDER=PCI_BUS_ID to be sure)"
+                )
+                if guessed
+                else ""
+            )
+            return "gpu", f"GPU {d.index} ({d.name}{guess})", free, d.memory_total_bytes
+        name = names[ordinal] if ordinal < len(names) else "not visible to torch"
+        return "gpu", f"GPU {ordinal} ({name})", None, None
     vm = psutil.virtual_memory()
     return "cpu", "host RAM (CPU training)", vm.available, vm.total
 
 
 def estimate(
-    exp_id: str, spec: TrainerSpec, config: dict[str, Any], python: str, project: Path,
-    torch_info: dict[str, Any], report: gpu.GpuReport, gpu_memory_gib: float | None = None,
+    exp_id: str,
+    spec: TrainerSpec,
+    config: dict[str, Any],
+    python: str,
+    project: Path,
+    torch_info: dict[str, Any],
+    report: gpu.GpuReport,
+    gpu_memory_gib: float | None = None,
 ) -> MemoryEstimate:
     """Trace, fit, and compare the need with the target's free memory.
 
@@ -188,12 +239,17 @@ def estimate(
         raise ProbeFailed(f"{mem.batch_param} is unset; pass it as an override or set memory.batch_default.")
     script = Path(expand([mem.script], python=python, trainer_dir=spec.trainer_dir, project=project)[0])
     if not any(script.resolve().is_relative_to(root.resolve()) for root in (project, spec.trainer_dir)):
-        raise ProbeFailed(f"memory.script {mem.script!r} of trainer {spec.name!r} resolves to {script.resolve()}, "
-                          f"outside the project {project}; the estimate imports it, so it must be a project file "
-                          "(or beside the spec). Fix the spec's [memory] table.")
+        raise ProbeFailed(
+            f"memory.script {mem.script!r} of trainer {spec.name!r} resolves to {script.resolve()}, "
+            f"outside the project {project}; the estimate imports it, so it must be a project file "
+            "(or beside the spec). Fix the spec's [memory] table."
+        )
     flags = probe_flags(spec, config, python, project)
-    inputs = [project / str(config[name]) for name, p in spec.params.items()
-              if p.type == "path" and p.must_exist and config.get(name) is not None]
+    inputs = [
+        project / str(config[name])
+        for name, p in spec.params.items()
+        if p.type == "path" and p.must_exist and config.get(name) is not None
+    ]
     result = run_probe(python, script, mem.function, flags, sorted({batch, 2 * batch}), project, inputs)
     traced = {int(b): int(p) for b, p in result["peaks"].items()}
 
@@ -205,8 +261,10 @@ def estimate(
     context = CONTEXT_BYTES[kind]
     notes = []
     if result["method"] == "real-cpu":
-        notes.append(f"fake tensors could not trace the step ({result['fallback_reason']}); measured a real "
-                     f"CPU step at batch {', '.join(map(str, traced))} and extrapolated")
+        notes.append(
+            f"fake tensors could not trace the step ({result['fallback_reason']}); measured a real "
+            f"CPU step at batch {', '.join(map(str, traced))} and extrapolated"
+        )
     exceeded = result.get("exceeded")
     if len(traced) >= 2:
         (b1, p1), (b2, p2) = sorted(traced.items())[:2]
@@ -216,8 +274,10 @@ def estimate(
         b1, p1 = next(iter(traced.items())) if traced else (1, exceeded["bytes"] if exceeded else 0)
         per_sample, fixed = round(p1 / b1), 0
     if exceeded:
-        notes.append(f"a real CPU step at batch {exceeded['batch_size']} passed {_gib(exceeded['bytes'])} and was "
-                     "stopped: the need is at least that")
+        notes.append(
+            f"a real CPU step at batch {exceeded['batch_size']} passed {_gib(exceeded['bytes'])} and was "
+            "stopped: the need is at least that"
+        )
 
     def need(b: int) -> int:
         tensors = fixed + per_sample * b
@@ -230,18 +290,27 @@ def estimate(
     bmax = int(spec.params[mem.batch_param].max or 1 << 20)
     largest = None
     if per_sample == 0:
-        notes.append(f"the peak did not grow between {mem.batch_param} {min(traced, default=batch)} and "
-                     f"{max(traced, default=batch)}; no largest batch is extrapolated")
+        notes.append(
+            f"the peak did not grow between {mem.batch_param} {min(traced, default=batch)} and "
+            f"{max(traced, default=batch)}; no largest batch is extrapolated"
+        )
     elif free is not None:
         room = free - context - fixed * (1 + ALLOCATOR_MARGIN)
         largest = max(0, min(bmax, math.floor(room / (per_sample * (1 + ALLOCATOR_MARGIN)))))
     rows = sorted({b for b in (batch // 4, batch // 2, batch, 2 * batch, 4 * batch, largest or 0) if 1 <= b <= bmax})
     table = [MemoryRow(batch_size=b, need_bytes=need(b), fits=None if free is None else need(b) <= free) for b in rows]
 
-    head = (f"needs ~{_gib(need_bytes)} at {mem.batch_param}={batch} ({_gib(tensor_bytes)} of tensors + "
-            f"{_gib(context)} context + {ALLOCATOR_MARGIN:.0%} margin)")
-    fits_text = (f"largest {mem.batch_param} that fits ~{largest}" if largest else
-                 "not even batch 1 fits" if largest == 0 else "memory did not grow with the batch in the trace")
+    head = (
+        f"needs ~{_gib(need_bytes)} at {mem.batch_param}={batch} ({_gib(tensor_bytes)} of tensors + "
+        f"{_gib(context)} context + {ALLOCATOR_MARGIN:.0%} margin)"
+    )
+    fits_text = (
+        f"largest {mem.batch_param} that fits ~{largest}"
+        if largest
+        else "not even batch 1 fits"
+        if largest == 0
+        else "memory did not grow with the batch in the trace"
+    )
     fix = None
     if free is None:
         verdict: Verdict = "warn"
@@ -249,19 +318,40 @@ def estimate(
         fix = "Check the card's free memory yourself (nvidia-smi / amd-smi) before a long run."
     elif need_bytes > free:
         verdict, detail = "fail", f"{head}, but {target} has {_gib(free)} free; {fits_text}"
-        fix = (f"Lower {mem.batch_param} to {largest} or less" if largest else
-               "Shrink the model or the inputs, or free the device") + (
-            ", or stop what else uses the GPU." if kind == "gpu" else ".")
+        fix = (
+            f"Lower {mem.batch_param} to {largest} or less"
+            if largest
+            else "Shrink the model or the inputs, or free the device"
+        ) + (", or stop what else uses the GPU." if kind == "gpu" else ".")
     elif need_bytes > WARN_FRACTION * free:
         verdict, detail = "warn", f"{head}, close to the {_gib(free)} free on {target}; {fits_text}"
-        fix = (f"Leave headroom: {mem.batch_param} {max(1, int(largest * 0.8))} or less." if largest else
-               "Leave headroom: free memory on the device, or shrink the model or the inputs.")
+        fix = (
+            f"Leave headroom: {mem.batch_param} {max(1, int(largest * 0.8))} or less."
+            if largest
+            else "Leave headroom: free memory on the device, or shrink the model or the inputs."
+        )
     else:
         verdict, detail = "pass", f"{head}; {target} has {_gib(free)} free; {fits_text}"
     return MemoryEstimate(
-        experiment=exp_id, batch_param=mem.batch_param, batch_size=batch, method=result["method"],
-        traced_bytes=traced, fixed_bytes=fixed, per_sample_bytes=per_sample, tensor_bytes=tensor_bytes,
-        context_bytes=context, margin_bytes=int(tensor_bytes * ALLOCATOR_MARGIN), need_bytes=need_bytes,
-        target=target, free_bytes=free, total_bytes=total, largest_batch=largest, verdict=verdict,
-        detail=detail, fix=fix, table=table, note="; ".join(notes) or None, seconds=result["seconds"],
+        experiment=exp_id,
+        batch_param=mem.batch_param,
+        batch_size=batch,
+        method=result["method"],
+        traced_bytes=traced,
+        fixed_bytes=fixed,
+        per_sample_bytes=per_sample,
+        tensor_bytes=tensor_bytes,
+        context_bytes=context,
+        margin_bytes=int(tensor_bytes * ALLOCATOR_MARGIN),
+        need_bytes=need_bytes,
+        target=target,
+        free_bytes=free,
+        total_bytes=total,
+        largest_batch=largest,
+        verdict=verdict,
+        detail=detail,
+        fix=fix,
+        table=table,
+        note="; ".join(notes) or None,
+        seconds=result["seconds"],
     )

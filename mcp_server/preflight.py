@@ -6,18 +6,15 @@ a subprocess with the trainer's own interpreter: the server never imports it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from mcp_server import backends, datacheck, gpu, memory, paths, registry, rules, trainer_env
+from mcp_server import backends, datacheck, gpu, memory, paths, probe, registry, rules, trainer_env
 from mcp_server.backends.model import Placement, Resources
 from mcp_server.checks import Check, Verdict, overall
 from mcp_server.errors import InvalidInput
@@ -28,28 +25,6 @@ DISK_WARN_BYTES = 2 * 2**30
 INODES_FAIL = 64  # a run makes about ten files; checkpoints and logs a few more
 PROBE_TIMEOUT_S = 90
 PROBE_TTL_S = 300
-
-# Runs in the trainer's interpreter; prints one JSON object on its last line.
-_TORCH_PROBE = """
-import json, sys
-info = {"python": sys.version.split()[0], "executable": sys.executable, "prefix": sys.prefix,
-        "base_prefix": sys.base_prefix}
-try:
-    import torch
-except Exception as exc:
-    info["torch_error"] = f"{type(exc).__name__}: {exc}"
-else:
-    info["torch"] = torch.__version__
-    info["cuda"] = torch.version.cuda
-    info["hip"] = getattr(torch.version, "hip", None)
-    info["cuda_available"] = torch.cuda.is_available()
-    info["device_count"] = torch.cuda.device_count() if info["cuda_available"] else 0
-    info["devices"] = [torch.cuda.get_device_name(i) for i in range(info["device_count"])]
-    mps = getattr(torch.backends, "mps", None)
-    info["mps_available"] = bool(mps and mps.is_available())
-print(json.dumps(info))
-"""
-_probe_cache: dict[tuple[str, float], tuple[float, dict[str, Any]]] = {}
 
 
 class PreflightReport(BaseModel):
@@ -97,42 +72,27 @@ def venv_problem(python: str) -> str | None:
     if not os.path.lexists(path):
         return f"{python}: No such file or directory"
     if not PYTHON_NAME_RE.fullmatch(path.name) or path.parent.name != "bin":
-        return (f"{python} is not a venv's interpreter (<venv>/bin/python*); trainguard runs no other file as "
-                "a trainer's interpreter")
+        return (
+            f"{python} is not a venv's interpreter (<venv>/bin/python*); trainguard runs no other file as "
+            "a trainer's interpreter"
+        )
     if not (venv / "pyvenv.cfg").is_file():
         return f"{python} is not in a venv ({venv}/pyvenv.cfg is missing)"
     return None
 
 
-def probe_torch(python: str) -> dict[str, Any]:
-    """What torch looks like from `python`: version, build (CUDA/ROCm/CPU), visible devices."""
+def probe_torch(python: str, devices_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """What torch looks like from `python`: version, build (CUDA/ROCm/CPU), the devices it sees and
+    their UUIDs, in the order of the run's cuda:0, cuda:1... when `devices_env` holds the run's
+    device variables (`memory.run_devices_env`). Cached (the probe helper's one cache).
+
+    A failure is an answer too: {"interpreter_error": what happened and what to do}.
+    """
+    env = {**os.environ, **(devices_env or {})}
     try:
-        key = (python, Path(python).stat().st_mtime)
-    except OSError as exc:
-        return {"interpreter_error": f"{python}: {exc.strerror}"}
-    cached = _probe_cache.get(key)
-    if cached and time.monotonic() - cached[0] < PROBE_TTL_S:
-        return cached[1]
-    try:
-        out = subprocess.run(
-            [python, "-c", _TORCH_PROBE],
-            capture_output=True,
-            text=True,
-            timeout=PROBE_TIMEOUT_S,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return {"interpreter_error": f"{python}: {exc}"}
-    lines = out.stdout.strip().splitlines()
-    try:
-        info = json.loads(lines[-1]) if lines else {}
-    except ValueError:
-        info = {}
-    if not info:
-        return {"interpreter_error": f"{python} exited {out.returncode}: {out.stderr.strip()[-300:]}"}
-    _probe_cache[key] = (time.monotonic(), info)
-    return info
+        return probe.run(python, "torch_probe", timeout_s=PROBE_TIMEOUT_S, env=env, ttl_s=PROBE_TTL_S).data
+    except probe.ProbeError as exc:
+        return {"interpreter_error": str(exc)}
 
 
 def _venv_check(python: str, info: dict[str, Any]) -> Check | None:
@@ -140,14 +100,24 @@ def _venv_check(python: str, info: dict[str, Any]) -> Check | None:
     venv = Path(python).parent.parent
     create = f"python3 -m venv {venv} && {venv}/bin/pip install torch (the build for your GPU)"
     if "interpreter_error" in info:
-        return Check(name="interpreter", verdict="fail", detail=f"the experiment's venv: {info['interpreter_error']}",
-                     fix=f"Create the venv: {create}; or point the experiment's `python` at a venv's bin/python.")
+        return Check(
+            name="interpreter",
+            verdict="fail",
+            detail=f"the experiment's venv: {info['interpreter_error']}",
+            fix=f"Create the venv: {create}; or point the experiment's `python` at a venv's bin/python.",
+        )
     if Path(info["prefix"]).resolve() != venv.resolve():
-        return Check(name="interpreter", verdict="fail",
-                     detail=f"{python} runs as {info['prefix']}, not as the venv {venv} (not its packages)",
-                     fix=f"Recreate the venv ({create}).")
-    return Check(name="interpreter", verdict="pass",
-                 detail=f"Python {info['python']} of the venv {venv} (the interpreter the run uses)")
+        return Check(
+            name="interpreter",
+            verdict="fail",
+            detail=f"{python} runs as {info['prefix']}, not as the venv {venv} (not its packages)",
+            fix=f"Recreate the venv ({create}).",
+        )
+    return Check(
+        name="interpreter",
+        verdict="pass",
+        detail=f"Python {info['python']} of the venv {venv} (the interpreter the run uses)",
+    )
 
 
 def _interpreter_checks(
@@ -190,12 +160,16 @@ def _build_check(info: dict[str, Any], gpus: gpu.GpuReport) -> Check:
     vendors = {d.vendor for d in gpus.devices}
     if "nvidia" in vendors and not info.get("cuda"):
         return Check(
-            name="torch", verdict="warn", detail=f"{detail}, but an NVIDIA GPU is here and this build cannot use it",
+            name="torch",
+            verdict="warn",
+            detail=f"{detail}, but an NVIDIA GPU is here and this build cannot use it",
             fix="Install a CUDA build of torch into the trainer's interpreter (see pytorch.org for the command).",
         )
     if "nvidia" in vendors and not info.get("cuda_available"):
         return Check(
-            name="torch", verdict="warn", detail=f"{detail}, but torch cannot reach the NVIDIA GPU",
+            name="torch",
+            verdict="warn",
+            detail=f"{detail}, but torch cannot reach the NVIDIA GPU",
             fix="Check that the driver supports this CUDA version (nvidia-smi shows the highest it supports).",
         )
     return Check(name="torch", verdict="pass", detail=detail)
@@ -205,8 +179,14 @@ def _build_check(info: dict[str, Any], gpus: gpu.GpuReport) -> Check:
 # nearest supported target's kernels when HSA_OVERRIDE_GFX_VERSION names it (seed 000: 11.0.0
 # on an RX 7800 XT, gfx1101). Without it the first kernel fails ("invalid device function").
 HSA_OVERRIDES = {
-    "gfx1101": "11.0.0", "gfx1102": "11.0.0", "gfx1103": "11.0.0",  # RDNA3: RX 7800/7700/7600, 780M
-    "gfx1031": "10.3.0", "gfx1032": "10.3.0", "gfx1034": "10.3.0", "gfx1035": "10.3.0", "gfx1036": "10.3.0",
+    "gfx1101": "11.0.0",
+    "gfx1102": "11.0.0",
+    "gfx1103": "11.0.0",  # RDNA3: RX 7800/7700/7600, 780M
+    "gfx1031": "10.3.0",
+    "gfx1032": "10.3.0",
+    "gfx1034": "10.3.0",
+    "gfx1035": "10.3.0",
+    "gfx1036": "10.3.0",
 }
 
 
@@ -218,22 +198,33 @@ def _amd_check(nodes: list[gpu.AmdNode], spec_env: dict[str, str]) -> Check | No
     source = "the trainer spec's [env]" if "HSA_OVERRIDE_GFX_VERSION" in spec_env else "the environment"
     gfx = ", ".join(sorted({n.gfx for n in nodes}))
     needed = {HSA_OVERRIDES[n.gfx] for n in nodes if n.gfx in HSA_OVERRIDES}
-    how = ("add HSA_OVERRIDE_GFX_VERSION = \"{v}\" to the trainer spec's [env] table "
-           "(or export it before starting Claude Code)")
+    how = (
+        'add HSA_OVERRIDE_GFX_VERSION = "{v}" to the trainer spec\'s [env] table '
+        "(or export it before starting Claude Code)"
+    )
     if not needed:
         detail = f"AMD {gfx}: supported by ROCm as is"
-        return Check(name="amd", verdict="pass", detail=detail + (f"; HSA_OVERRIDE_GFX_VERSION={value} from {source}"
-                                                                  if value else ""))
+        return Check(
+            name="amd",
+            verdict="pass",
+            detail=detail + (f"; HSA_OVERRIDE_GFX_VERSION={value} from {source}" if value else ""),
+        )
     want = sorted(needed)[0]
     if not value:
-        return Check(name="amd", verdict="fail",
-                     detail=f"AMD {gfx} needs HSA_OVERRIDE_GFX_VERSION={want}, and it is not set: ROCm's torch has "
-                     "no kernels for this card (the first GPU op fails with 'invalid device function')",
-                     fix=how.format(v=want) + ".")
+        return Check(
+            name="amd",
+            verdict="fail",
+            detail=f"AMD {gfx} needs HSA_OVERRIDE_GFX_VERSION={want}, and it is not set: ROCm's torch has "
+            "no kernels for this card (the first GPU op fails with 'invalid device function')",
+            fix=how.format(v=want) + ".",
+        )
     if value.split(".")[0] != want.split(".")[0]:
-        return Check(name="amd", verdict="warn",
-                     detail=f"AMD {gfx} takes HSA_OVERRIDE_GFX_VERSION={want}, but {source} sets {value}",
-                     fix=how.format(v=want) + f" instead of {value}.")
+        return Check(
+            name="amd",
+            verdict="warn",
+            detail=f"AMD {gfx} takes HSA_OVERRIDE_GFX_VERSION={want}, but {source} sets {value}",
+            fix=how.format(v=want) + f" instead of {value}.",
+        )
     return Check(name="amd", verdict="pass", detail=f"AMD {gfx}: HSA_OVERRIDE_GFX_VERSION={value} from {source}")
 
 
@@ -267,18 +258,23 @@ def _rule_checks(spec: TrainerSpec, config: dict[str, Any], fired: list[rules.Da
     if spec.known_good:
         off = rules.deviations(spec.known_good, config)
         checks.append(
-            Check(name="known-good", verdict="warn", detail="deviates from the known-good table: " + "; ".join(off),
-                  fix="Use the known-good values unless this run tests an alternative on purpose.")
-            if off else
-            Check(name="known-good", verdict="pass", detail=f"all {len(spec.known_good)} known-good values kept")
+            Check(
+                name="known-good",
+                verdict="warn",
+                detail="deviates from the known-good table: " + "; ".join(off),
+                fix="Use the known-good values unless this run tests an alternative on purpose.",
+            )
+            if off
+            else Check(name="known-good", verdict="pass", detail=f"all {len(spec.known_good)} known-good values kept")
         )
     for rule in fired:
         conditions = ", ".join(f"{name}={config.get(name)!r}" for name in rule.when)
         fix = rule.fix or "Change the setting."
         if rule.severity == "warn":
             fix += f" To run it anyway, tell the user and pass acknowledge=['{rule.id}'] to launch_run."
-        checks.append(Check(name=f"danger:{rule.id}", verdict=rule.severity, detail=f"{rule.message} ({conditions})",
-                            fix=fix))
+        checks.append(
+            Check(name=f"danger:{rule.id}", verdict=rule.severity, detail=f"{rule.message} ({conditions})", fix=fix)
+        )
     return checks
 
 
@@ -286,7 +282,8 @@ def _output_check(runs_root: Path, project: Path) -> Check:
     linked = runs_root == project / "runs" and runs_root.is_symlink()
     if linked and not runs_root.resolve().is_relative_to(project.resolve()):
         return Check(
-            name="output", verdict="warn",
+            name="output",
+            verdict="warn",
             detail=f"{runs_root} is a symbolic link to {runs_root.resolve()}, outside the project: runs go there",
             fix="If that is meant, set TRAINGUARD_RUNS_DIR to it instead of the link; else remove the link.",
         )
@@ -294,20 +291,28 @@ def _output_check(runs_root: Path, project: Path) -> Check:
         runs_root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return Check(
-            name="output", verdict="fail", detail=f"cannot create {runs_root}: {exc.strerror}",
+            name="output",
+            verdict="fail",
+            detail=f"cannot create {runs_root}: {exc.strerror}",
             fix="Set TRAINGUARD_RUNS_DIR to a writable folder.",
         )
     if not os.access(runs_root, os.W_OK):
         return Check(
-            name="output", verdict="fail", detail=f"{runs_root} is not writable",
+            name="output",
+            verdict="fail",
+            detail=f"{runs_root} is not writable",
             fix="Set TRAINGUARD_RUNS_DIR to a writable folder.",
         )
     st = os.statvfs(runs_root)
     free = st.f_bavail * st.f_frsize
     detail = f"runs go to {runs_root}; {free / 2**30:.1f} GiB free"
     if st.f_files and st.f_favail < INODES_FAIL:
-        return Check(name="output", verdict="fail", detail=f"{detail}, but only {st.f_favail} inodes (files) left",
-                     fix="Delete files on that disk (old runs), or set TRAINGUARD_RUNS_DIR to another disk.")
+        return Check(
+            name="output",
+            verdict="fail",
+            detail=f"{detail}, but only {st.f_favail} inodes (files) left",
+            fix="Delete files on that disk (old runs), or set TRAINGUARD_RUNS_DIR to another disk.",
+        )
     if free < DISK_FAIL_BYTES:
         return Check(name="output", verdict="fail", detail=detail, fix="Free disk space before training.")
     if free < DISK_WARN_BYTES:
@@ -318,6 +323,7 @@ def _output_check(runs_root: Path, project: Path) -> Check:
 def _gpu_check(report: gpu.GpuReport) -> Check:
     if not report.devices:
         return Check(name="gpu", verdict="pass", detail=report.note)
+
     def who(p: gpu.GpuProcess) -> str:
         owner = f"our run {p.run_id}" if p.run_id else (p.name or "not ours")
         used = f", {p.used_memory_bytes / 2**30:.1f} GiB" if p.used_memory_bytes is not None else ""
@@ -331,7 +337,9 @@ def _gpu_check(report: gpu.GpuReport) -> Check:
     ]
     if busy:
         return Check(
-            name="gpu", verdict="warn", detail=f"other processes use the GPU: {'; '.join(busy)}",
+            name="gpu",
+            verdict="warn",
+            detail=f"other processes use the GPU: {'; '.join(busy)}",
             fix="Wait for them or stop them (stop_run for ours); two jobs on one GPU slow both and risk OOM.",
         )
     return Check(name="gpu", verdict="pass", detail="; ".join(free) or report.note)
@@ -351,21 +359,39 @@ def resolve(
     return exp, spec, config, trainer_python(exp, project)
 
 
-def _memory_check(exp_id: str, spec: TrainerSpec, config: dict[str, Any], python: str, project: Path,
-                  torch_info: dict[str, Any], gpus: gpu.GpuReport) -> Check:
+def _memory_check(
+    exp_id: str,
+    spec: TrainerSpec,
+    config: dict[str, Any],
+    python: str,
+    project: Path,
+    torch_info: dict[str, Any],
+    gpus: gpu.GpuReport,
+) -> Check:
     if spec.memory is None:
-        return Check(name="memory", verdict="pass",
-                     detail=f"no estimate: trainer {spec.name} has no [memory] table (README: Estimating memory)")
+        return Check(
+            name="memory",
+            verdict="pass",
+            detail=f"no estimate: trainer {spec.name} has no [memory] table (README: Estimating memory)",
+        )
     try:
         est = memory.estimate(exp_id, spec, config, python, project, torch_info, gpus)
     except memory.ProbeFailed as exc:
-        return Check(name="memory", verdict="warn", detail=f"no estimate: {exc}",
-                     fix="Fix the trainer's memory_step, or watch the first epoch's memory with gpu_status.")
+        return Check(
+            name="memory",
+            verdict="warn",
+            detail=f"no estimate: {exc}",
+            fix="Fix the trainer's memory_step, or watch the first epoch's memory with gpu_status.",
+        )
     return Check(name="memory", verdict=est.verdict, detail=est.detail, fix=est.fix)
 
 
-def estimate_memory(experiment: str, overrides: dict[str, Any] | None = None, project: Path | None = None,
-                    gpu_memory_gib: float | None = None) -> memory.MemoryEstimate:
+def estimate_memory(
+    experiment: str,
+    overrides: dict[str, Any] | None = None,
+    project: Path | None = None,
+    gpu_memory_gib: float | None = None,
+) -> memory.MemoryEstimate:
     """`estimate_memory`: the memory table for an experiment with its overrides, for the device
     here or for a GPU of `gpu_memory_gib`.
 
@@ -375,7 +401,9 @@ def estimate_memory(experiment: str, overrides: dict[str, Any] | None = None, pr
     project = project or paths.project_root()
     exp, spec, config, python = resolve(experiment, dict(overrides or {}), project)
     problem = venv_problem(python) if exp.python else None
-    torch_info = {"interpreter_error": problem} if problem else probe_torch(python)
+    torch_info = (
+        {"interpreter_error": problem} if problem else probe_torch(python, memory.run_devices_env(config, spec.env))
+    )
     if "torch" not in torch_info:
         raise memory.ProbeFailed(
             f"torch does not import with {python}: "
@@ -383,13 +411,24 @@ def estimate_memory(experiment: str, overrides: dict[str, Any] | None = None, pr
         )
     if gpu_memory_gib is not None and not 0 < gpu_memory_gib <= 4096:
         raise InvalidInput(f"gpu_memory_gib is {gpu_memory_gib}; pass the card's memory in GiB, e.g. 16.")
-    return memory.estimate(exp.id, spec, config, python, project, torch_info,
-                           gpu.shared_sampler(paths.runs_root(project)).sample(), gpu_memory_gib)
+    return memory.estimate(
+        exp.id,
+        spec,
+        config,
+        python,
+        project,
+        torch_info,
+        gpu.shared_sampler(paths.runs_root(project)).sample(),
+        gpu_memory_gib,
+    )
 
 
 def run_preflight(
-    experiment: str, overrides: dict[str, Any] | None = None, project: Path | None = None,
-    backend: str | None = None, resources: dict[str, Any] | None = None,
+    experiment: str,
+    overrides: dict[str, Any] | None = None,
+    project: Path | None = None,
+    backend: str | None = None,
+    resources: dict[str, Any] | None = None,
 ) -> tuple[PreflightReport, registry.Experiment, TrainerSpec]:
     """Resolve the experiment with its overrides and run every check, where it runs: the
     experiment's `[run]` table, with `backend` and `resources` (merged over its resources)
@@ -408,11 +447,13 @@ def run_preflight(
     changed = [f"{k}={config[k]!r}" for k in overrides]
     checks = [
         Check(
-            name="experiment", verdict="pass",
+            name="experiment",
+            verdict="pass",
             detail=f"{exp.id} ({exp.source}): {exp.title}; hypothesis.md present",
         ),
         Check(
-            name="parameters", verdict="pass",
+            name="parameters",
+            verdict="pass",
             detail=f"{len(config)} parameters valid" + (f"; overridden: {', '.join(changed)}" if changed else ""),
         ),
     ]
@@ -420,13 +461,20 @@ def run_preflight(
     checks += _rule_checks(spec, config, fired)
     gpus = gpu.shared_sampler(paths.runs_root(project)).sample()
     problem = venv_problem(python) if exp.python else None
-    torch_info = {"interpreter_error": problem} if problem else probe_torch(python)  # nothing else is run
+    torch_info = (
+        {"interpreter_error": problem}
+        if problem
+        else probe_torch(  # nothing else is run
+            python, memory.run_devices_env(config, spec.env)
+        )
+    )
     checks += _interpreter_checks(python, torch_info, config, gpus, named_venv=exp.python is not None)
     amd = _amd_check(gpu.amd_gfx_targets(), spec.env)
     if amd is not None:
         checks.append(amd)
-    checks += backends.get(placement.backend).check(placement.resources, spec, config,
-                                                    len(torch_info.get("devices") or []))
+    checks += backends.get(placement.backend).check(
+        placement.resources, spec, config, len(torch_info.get("devices") or [])
+    )
     if "torch" in torch_info:
         checks.append(_memory_check(exp.id, spec, _per_rank(spec, config, nproc), python, project, torch_info, gpus))
     checks += datacheck.data_checks(exp.id, spec, config, project, python if "torch" in torch_info else None)
@@ -443,9 +491,18 @@ def run_preflight(
         "fail": "Do not launch: " + " | ".join(problems),
     }[verdict]
     report = PreflightReport(
-        experiment=exp.id, title=exp.title, source=exp.source, trainer=spec.name, python=python,
-        config=config, overrides={k: config[k] for k in overrides}, verdict=verdict, checks=checks,
-        danger_fired=[rule.id for rule in fired], summary=summary, backend=placement.backend,
+        experiment=exp.id,
+        title=exp.title,
+        source=exp.source,
+        trainer=spec.name,
+        python=python,
+        config=config,
+        overrides={k: config[k] for k in overrides},
+        verdict=verdict,
+        checks=checks,
+        danger_fired=[rule.id for rule in fired],
+        summary=summary,
+        backend=placement.backend,
         resources=placement.resources,
     )
     return report, exp, spec
@@ -458,8 +515,9 @@ def _on_compute_node(check: Check) -> Check:
     """For a Slurm run, what this machine's devices say is no verdict on the compute node's."""
     if check.name not in LOCAL_ONLY_CHECKS or check.verdict == "pass":
         return check
-    return check.model_copy(update={"verdict": "warn",
-                                    "detail": f"on this machine, not the compute node: {check.detail}"})
+    return check.model_copy(
+        update={"verdict": "warn", "detail": f"on this machine, not the compute node: {check.detail}"}
+    )
 
 
 def placed(base: Placement, backend: str | None, resources: dict[str, Any] | None) -> Placement:
@@ -475,8 +533,10 @@ def placed(base: Placement, backend: str | None, resources: dict[str, Any] | Non
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise InvalidInput(f"{where}: {first['msg']} (got {first.get('input')!r}). backend is local, torchrun or "
-                           f"slurm; resources takes {sorted(Resources.model_fields)}.") from None
+        raise InvalidInput(
+            f"{where}: {first['msg']} (got {first.get('input')!r}). backend is local, torchrun or "
+            f"slurm; resources takes {sorted(Resources.model_fields)}."
+        ) from None
 
 
 def _per_rank(spec: TrainerSpec, config: dict[str, Any], nproc: int) -> dict[str, Any]:

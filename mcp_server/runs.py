@@ -27,6 +27,7 @@ from mcp_server import (
     backends,
     budget,
     diagnose,
+    memory,
     paths,
     procs,
     registry,
@@ -193,7 +194,7 @@ def launch(
         )
 
     acknowledged = _check_acknowledged(spec, report, acknowledge or [])
-    torch_info = probe_torch(report.python)
+    torch_info = probe_torch(report.python, memory.run_devices_env(report.config, spec.env))  # preflight's answer
     try:
         run = create_run_dir(root, stem)
     except OSError as exc:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mcp_server import probe
 from mcp_server.gpu.model import Clocks, Ecc, GpuDevice, GpuProcess, NoGpu
 
 
@@ -36,8 +37,9 @@ class AmdSysfsBackend:
     def open(cls, drm: Path | None = None, topology: Path | None = None) -> AmdSysfsBackend | NoGpu:
         root = drm or DRM_ROOT
         try:
-            cards = sorted((p for p in root.iterdir() if re.fullmatch(r"card\d+", p.name)),
-                           key=lambda p: int(p.name[4:]))
+            cards = sorted(
+                (p for p in root.iterdir() if re.fullmatch(r"card\d+", p.name)), key=lambda p: int(p.name[4:])
+            )
         except OSError:
             return NoGpu("no /sys/class/drm (not Linux, or no GPU driver)")
         amd = [c for c in cards if _read(c / "device" / "vendor") == "0x1002"]
@@ -64,16 +66,29 @@ class AmdSysfsBackend:
         power = _sysfs_int(power_file, "power", miss)  # microwatts
         limit = _sysfs_int(hwmon / "power1_cap" if hwmon else None, "power_limit", miss)
         device_id = _read(dev / "device") or ""
-        slot = next((line.split("=", 1)[1] for line in (_read(dev / "uevent") or "").splitlines()
-                     if line.startswith("PCI_SLOT_NAME=")), None)
+        slot = next(
+            (
+                line.split("=", 1)[1]
+                for line in (_read(dev / "uevent") or "").splitlines()
+                if line.startswith("PCI_SLOT_NAME=")
+            ),
+            None,
+        )
         return GpuDevice(
-            index=index, vendor="amd",
+            index=index,
+            vendor="amd",
             name=_read(dev / "product_name") or AMD_NAMES.get(device_id, f"AMD GPU {device_id}"),
-            uuid=_read(dev / "unique_id"), memory_used_bytes=used, memory_total_bytes=total,
-            utilization_percent=busy, temperature_c=round(temp / 1000) if temp is not None else None,
+            uuid=_read(dev / "unique_id"),
+            memory_used_bytes=used,
+            memory_total_bytes=total,
+            utilization_percent=busy,
+            temperature_c=round(temp / 1000) if temp is not None else None,
             power_w=power / 1e6 if power is not None else None,
             power_limit_w=limit / 1e6 if limit is not None else None,
-            processes=[], unavailable=miss, pci_bus_id=slot, gfx=gfx,
+            processes=[],
+            unavailable=miss,
+            pci_bus_id=slot,
+            gfx=gfx,
         )
 
 
@@ -122,55 +137,18 @@ class AmdSmiBackend:
 AMDSMI_TIMEOUT_S = 15
 AMDSMI_RETRY_S = 300
 _amdsmi_failures: dict[str, tuple[float, str]] = {}
-# Runs in a subprocess with our interpreter; its last stdout line is the JSON answer.
-_AMDSMI_PROBE = r"""
-import json
-def safe(fn, *args):
-    try:
-        return fn(*args), None
-    except Exception as exc:
-        return None, f"{type(exc).__name__}: {exc}"[:200]
-try:
-    import amdsmi
-    amdsmi.amdsmi_init()
-except BaseException as exc:
-    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:300]}))
-    raise SystemExit(0)
-out = []
-for h in amdsmi.amdsmi_get_processor_handles():
-    d, miss = {}, {}
-    for key, fn, args in (
-        ("asic", amdsmi.amdsmi_get_gpu_asic_info, (h,)), ("vram", amdsmi.amdsmi_get_gpu_vram_usage, (h,)),
-        ("activity", amdsmi.amdsmi_get_gpu_activity, (h,)), ("power", amdsmi.amdsmi_get_power_info, (h,)),
-        ("processes", amdsmi.amdsmi_get_gpu_process_list, (h,)), ("uuid", amdsmi.amdsmi_get_gpu_device_uuid, (h,)),
-        ("bdf", amdsmi.amdsmi_get_gpu_device_bdf, (h,)),
-        ("temperature", amdsmi.amdsmi_get_temp_metric, (h, amdsmi.AmdSmiTemperatureType.EDGE,
-                                                         amdsmi.AmdSmiTemperatureMetric.CURRENT)),
-    ):
-        d[key], why = safe(fn, *args)
-        if why:
-            miss[key] = why
-    d["unavailable"] = miss
-    out.append(d)
-safe(amdsmi.amdsmi_shut_down)
-print(json.dumps({"devices": out}, default=str))
-"""
 
 
 def _amdsmi_probe() -> dict[str, Any]:
+    """amdsmi's answer from `mcp_server/probes/amd_probe.py`, run with our own interpreter (amdsmi
+    is our dependency), or {"error": why}."""
     try:
-        out = subprocess.run([sys.executable, "-c", _AMDSMI_PROBE], capture_output=True, text=True,
-                             timeout=AMDSMI_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return {"error": f"the amdsmi probe failed: {exc}"}
-    lines = out.stdout.strip().splitlines()
-    try:
-        result = json.loads(lines[-1]) if lines else None
-    except ValueError:
-        result = None
-    if not isinstance(result, dict):
-        return {"error": f"the amdsmi probe exited {out.returncode}: {out.stderr.strip()[-200:]}"}
-    return result
+        answer = probe.run(sys.executable, "amd_probe", timeout_s=AMDSMI_TIMEOUT_S)
+    except probe.ProbeError as exc:
+        return {"error": str(exc)}
+    if "error" not in answer.data and not isinstance(answer.data.get("devices"), list):
+        return {"error": "the amd_probe answer has no device list"}
+    return answer.data
 
 
 def _num(value: Any) -> float | None:
@@ -183,28 +161,49 @@ def _amdsmi_device(index: int, d: dict[str, Any]) -> GpuDevice:
     asic, vram = d.get("asic") or {}, d.get("vram") or {}
     activity, power = d.get("activity") or {}, d.get("power") or {}
     used, total = _num(vram.get("vram_used")), _num(vram.get("vram_total"))  # MB
-    watts = _num(power.get("average_socket_power")) or _num(power.get("current_socket_power")) or _num(
-        power.get("socket_power"))
+    watts = (
+        _num(power.get("average_socket_power"))
+        or _num(power.get("current_socket_power"))
+        or _num(power.get("socket_power"))
+    )
     limit = _num(power.get("power_limit"))
     temp = _num(d.get("temperature"))
     procs = []
     for p in d.get("processes") or []:
         if isinstance(p, dict) and isinstance(p.get("pid"), int):
             vram_mem = (p.get("memory_usage") or {}).get("vram_mem")
-            procs.append(GpuProcess(pid=p["pid"], used_memory_bytes=int(vram_mem) if _num(vram_mem) else None,
-                                    name=p.get("name") if p.get("name") not in (None, "N/A") else None))
-    for key, value in (("memory", used), ("utilization", _num(activity.get("gfx_activity"))), ("power", watts),
-                       ("temperature", temp)):
+            procs.append(
+                GpuProcess(
+                    pid=p["pid"],
+                    used_memory_bytes=int(vram_mem) if _num(vram_mem) else None,
+                    name=p.get("name") if p.get("name") not in (None, "N/A") else None,
+                )
+            )
+    for key, value in (
+        ("memory", used),
+        ("utilization", _num(activity.get("gfx_activity"))),
+        ("power", watts),
+        ("temperature", temp),
+    ):
         if value is None:
             miss.setdefault(key, "amdsmi reports N/A")
     gfx = asic.get("target_graphics_version")
     return GpuDevice(
-        index=index, vendor="amd", name=asic.get("market_name") if asic.get("market_name") != "N/A" else None,
-        uuid=d.get("uuid"), memory_used_bytes=int(used * 2**20) if used is not None else None,
+        index=index,
+        vendor="amd",
+        name=asic.get("market_name") if asic.get("market_name") != "N/A" else None,
+        uuid=d.get("uuid"),
+        memory_used_bytes=int(used * 2**20) if used is not None else None,
         memory_total_bytes=int(total * 2**20) if total is not None else None,
-        utilization_percent=int(_num(activity.get("gfx_activity"))) if _num(activity.get("gfx_activity")) is not None
-        else None, temperature_c=int(temp) if temp is not None else None, power_w=watts, power_limit_w=limit,
-        processes=procs, unavailable=miss, pci_bus_id=d.get("bdf"),
+        utilization_percent=int(_num(activity.get("gfx_activity")))
+        if _num(activity.get("gfx_activity")) is not None
+        else None,
+        temperature_c=int(temp) if temp is not None else None,
+        power_w=watts,
+        power_limit_w=limit,
+        processes=procs,
+        unavailable=miss,
+        pci_bus_id=d.get("bdf"),
         gfx=gfx if isinstance(gfx, str) and gfx.startswith("gfx") and gfx != "gfx" else None,
     )
 
@@ -249,33 +248,52 @@ class AmdSmiCliBackend:
             listed = _by_gpu(self.listing, gpu_id, i)
             used = _cli_bytes(_dig(metric, "mem_usage", "used_vram"), miss, "memory")
             total = _cli_bytes(_dig(metric, "mem_usage", "total_vram"), None, "memory") or _cli_bytes(
-                _dig(static, "vram", "size"), miss, "memory")
+                _dig(static, "vram", "size"), miss, "memory"
+            )
             temp = _cli_value(_dig(metric, "temperature", "edge"), miss, "temperature")
             power = _cli_value(_dig(metric, "power", "socket_power"), miss, "power")
-            limit = _cli_value(_dig(static, "limit", "max_power") or _dig(metric, "power", "power_limit"),
-                               miss, "power_limit")
+            limit = _cli_value(
+                _dig(static, "limit", "max_power") or _dig(metric, "power", "power_limit"), miss, "power_limit"
+            )
             busy = _cli_value(_dig(metric, "usage", "gfx_activity"), miss, "utilization")
             gfx = _dig(static, "asic", "target_graphics_version")
             name = _dig(static, "asic", "market_name")
-            out.append(GpuDevice(
-                index=i, vendor="amd", name=name if isinstance(name, str) and name != "N/A" else None,
-                uuid=listed.get("uuid") if isinstance(listed.get("uuid"), str) else None,
-                memory_used_bytes=used, memory_total_bytes=total,
-                utilization_percent=int(busy) if busy is not None else None,
-                temperature_c=int(temp) if temp is not None else None, power_w=power, power_limit_w=limit,
-                processes=_cli_processes(_by_gpu(procs or [], gpu_id, i), miss, proc_why if procs is None else None),
-                unavailable=miss, pci_bus_id=_dig(static, "bus", "bdf") or listed.get("bdf"),
-                gfx=gfx if isinstance(gfx, str) and gfx.startswith("gfx") and gfx != "gfx" else None,
-                clocks=_cli_clocks(metric), ecc=_cli_ecc(metric),
-            ))
+            out.append(
+                GpuDevice(
+                    index=i,
+                    vendor="amd",
+                    name=name if isinstance(name, str) and name != "N/A" else None,
+                    uuid=listed.get("uuid") if isinstance(listed.get("uuid"), str) else None,
+                    memory_used_bytes=used,
+                    memory_total_bytes=total,
+                    utilization_percent=int(busy) if busy is not None else None,
+                    temperature_c=int(temp) if temp is not None else None,
+                    power_w=power,
+                    power_limit_w=limit,
+                    processes=_cli_processes(
+                        _by_gpu(procs or [], gpu_id, i), miss, proc_why if procs is None else None
+                    ),
+                    unavailable=miss,
+                    pci_bus_id=_dig(static, "bus", "bdf") or listed.get("bdf"),
+                    gfx=gfx if isinstance(gfx, str) and gfx.startswith("gfx") and gfx != "gfx" else None,
+                    clocks=_cli_clocks(metric),
+                    ecc=_cli_ecc(metric),
+                )
+            )
         return out
 
 
 def _amd_smi_json(exe: str, command: str) -> tuple[list[dict[str, Any]] | None, str]:
     """`amd-smi <command> --json` as a list of per-GPU objects, or (None, why)."""
     try:
-        done = subprocess.run([exe, command, "--json"], capture_output=True, text=True, timeout=AMDSMI_TIMEOUT_S,
-                              stdin=subprocess.DEVNULL, check=False)
+        done = subprocess.run(
+            [exe, command, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=AMDSMI_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, str(exc)
     try:
@@ -345,8 +363,13 @@ def _cli_processes(entry: dict[str, Any], miss: dict[str, str], why: str | None)
             continue  # "No running processes detected"
         vram = _dig(info, "memory_usage", "vram_mem") or _dig(info, "mem_usage", "vram_mem")
         name = info.get("name")
-        out.append(GpuProcess(pid=info["pid"], used_memory_bytes=_cli_bytes(vram, None, "vram"),
-                              name=name if isinstance(name, str) and name != "N/A" else None))
+        out.append(
+            GpuProcess(
+                pid=info["pid"],
+                used_memory_bytes=_cli_bytes(vram, None, "vram"),
+                name=name if isinstance(name, str) and name != "N/A" else None,
+            )
+        )
     return out
 
 
@@ -363,9 +386,14 @@ def _cli_clocks(metric: dict[str, Any]) -> Clocks | None:
     reasons = None
     if isinstance(status, str) and status != "N/A":
         reasons = [] if status.upper() in ("UNTHROTTLED", "NONE") else [status.lower()]
-    return Clocks(graphics_mhz=mhz(gfx.get("clk")), sm_mhz=None, memory_mhz=mhz(mem.get("clk")),
-                  max_graphics_mhz=mhz(gfx.get("max_clk")), max_memory_mhz=mhz(mem.get("max_clk")),
-                  throttle_reasons=reasons)
+    return Clocks(
+        graphics_mhz=mhz(gfx.get("clk")),
+        sm_mhz=None,
+        memory_mhz=mhz(mem.get("clk")),
+        max_graphics_mhz=mhz(gfx.get("max_clk")),
+        max_memory_mhz=mhz(mem.get("max_clk")),
+        throttle_reasons=reasons,
+    )
 
 
 def _cli_ecc(metric: dict[str, Any]) -> Ecc | None:
@@ -376,15 +404,24 @@ def _cli_ecc(metric: dict[str, Any]) -> Ecc | None:
     uncorrected, _ = _cli_leaf(ecc.get("total_uncorrectable_count"))
     if corrected is None and uncorrected is None:
         return None  # consumer cards: N/A
-    return Ecc(enabled=True, corrected_volatile=int(corrected) if corrected is not None else None,
-               uncorrected_volatile=int(uncorrected) if uncorrected is not None else None, uncorrected_aggregate=None)
+    return Ecc(
+        enabled=True,
+        corrected_volatile=int(corrected) if corrected is not None else None,
+        uncorrected_volatile=int(uncorrected) if uncorrected is not None else None,
+        uncorrected_aggregate=None,
+    )
 
 
 DRM_ROOT = Path("/sys/class/drm")
 AMD_NAMES = {  # PCI device id -> marketing name, for cards whose driver has no product_name
-    "0x747e": "Radeon RX 7800 XT / 7700 XT", "0x744c": "Radeon RX 7900 XTX / XT", "0x7480": "Radeon RX 7600",
-    "0x73bf": "Radeon RX 6800 / 6900 XT", "0x73df": "Radeon RX 6700 XT", "0x740f": "Instinct MI210",
-    "0x740c": "Instinct MI250X", "0x74a1": "Instinct MI300X",
+    "0x747e": "Radeon RX 7800 XT / 7700 XT",
+    "0x744c": "Radeon RX 7900 XTX / XT",
+    "0x7480": "Radeon RX 7600",
+    "0x73bf": "Radeon RX 6800 / 6900 XT",
+    "0x73df": "Radeon RX 6700 XT",
+    "0x740f": "Instinct MI210",
+    "0x740c": "Instinct MI250X",
+    "0x74a1": "Instinct MI300X",
 }
 
 
@@ -393,7 +430,6 @@ def _read(path: Path | None) -> str | None:
         return path.read_text().strip() if path is not None else None
     except OSError:
         return None
-
 
 
 # ---------------------------------------------------------------------------- AMD architecture
@@ -432,7 +468,11 @@ def amd_gfx_targets(topology: Path | None = None) -> list[AmdNode]:
             continue
         if version:  # CPU nodes have 0
             device = props.get("device_id")
-            nodes.append(AmdNode(node=int(folder.name), gfx=gfx_name(version),
-                                 device_id=int(device) if device and device.strip().isdigit() else None))
+            nodes.append(
+                AmdNode(
+                    node=int(folder.name),
+                    gfx=gfx_name(version),
+                    device_id=int(device) if device and device.strip().isdigit() else None,
+                )
+            )
     return nodes
-

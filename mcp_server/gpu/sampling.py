@@ -52,7 +52,6 @@ def host_status() -> HostStatus:
     )
 
 
-
 def open_backend() -> GpuBackend:
     """The first backend whose driver answers: NVML, amdsmi, the amd-smi CLI, amdgpu's sysfs;
     else `NoGpu` with every reason."""
@@ -76,7 +75,6 @@ def gpu_report(backend: GpuBackend | None = None) -> GpuReport:
     else:
         note = f"The {backend.name} driver answered but lists no GPU. Training runs on the CPU."
     return GpuReport(backend=backend.name, devices=devices, note=note, host=host_status())
-
 
 
 WATCHED = ("memory_used_bytes", "utilization_percent", "temperature_c", "power_w")
@@ -106,18 +104,29 @@ def summarize_samples(reports: list[GpuReport], seconds: float, interval: float)
     def stat(values: list[float]) -> Stat:
         return Stat(min=min(values), mean=round(sum(values) / len(values), 3), max=max(values), samples=len(values))
 
-    devices = [DeviceWatch(index=i, name=names[i], metrics={k: stat(v) for k, v in m.items()})
-               for i, m in sorted(per_device.items())]
+    devices = [
+        DeviceWatch(index=i, name=names[i], metrics={k: stat(v) for k, v in m.items()})
+        for i, m in sorted(per_device.items())
+    ]
     backend = reports[0].backend if reports else "none"
     note = reports[-1].note if reports else "no sample taken"
-    return GpuWatch(backend=backend, seconds=seconds, interval=interval, samples=len(reports), devices=devices,
-                    runs={r: stat(v) for r, v in per_run.items()}, note=note)
+    return GpuWatch(
+        backend=backend,
+        seconds=seconds,
+        interval=interval,
+        samples=len(reports),
+        devices=devices,
+        runs={r: stat(v) for r, v in per_run.items()},
+        note=note,
+    )
 
 
 # ---------------------------------------------------------------------------- which GPU a run sees
 
-VISIBLE_VARS = {"nvidia": ("CUDA_VISIBLE_DEVICES",), "amd": ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
-                                                              "CUDA_VISIBLE_DEVICES")}
+VISIBLE_VARS = {
+    "nvidia": ("CUDA_VISIBLE_DEVICES",),
+    "amd": ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"),
+}
 
 
 def visible_devices(devices: list[GpuDevice], env: dict[str, str]) -> list[GpuDevice]:
@@ -135,8 +144,15 @@ def visible_devices(devices: list[GpuDevice], env: dict[str, str]) -> list[GpuDe
         return list(devices)
     out = []
     for item in (x.strip() for x in spec.split(",")):
-        match = next((d for d in devices if (item.isdigit() and d.index == int(item))
-                      or (item and d.uuid and (d.uuid == item or d.uuid.startswith(item)))), None)
+        match = next(
+            (
+                d
+                for d in devices
+                if (item.isdigit() and d.index == int(item))
+                or (item and d.uuid and (d.uuid == item or d.uuid.startswith(item)))
+            ),
+            None,
+        )
         match = match or _mig_slice(devices, item)
         if match is None:
             break
@@ -144,16 +160,70 @@ def visible_devices(devices: list[GpuDevice], env: dict[str, str]) -> list[GpuDe
     return out
 
 
+def uuid_key(uuid: str | None) -> str | None:
+    """A device UUID reduced to its hex digits, so that the spellings of one device compare equal:
+    NVML's "GPU-5d3f0e2c-1a7b-...", torch's "5d3f0e2c-1a7b-..." (no prefix), MIG's "MIG-..."."""
+    if not uuid:
+        return None
+    text = uuid.strip().lower()
+    for prefix in ("gpu-", "mig-"):
+        text = text.removeprefix(prefix)
+    return text.replace("-", "") or None
+
+
+def device_by_uuid(devices: list[GpuDevice], uuid: str | None) -> GpuDevice | None:
+    """The device (or MIG slice, as the device a process on it sees) whose UUID is `uuid`."""
+    want = uuid_key(uuid)
+    if want is None:
+        return None
+    for d in devices:
+        if uuid_key(d.uuid) == want:
+            return d
+        for m in d.mig or []:
+            if uuid_key(m.uuid) == want:
+                return _mig_slice([d], m.uuid or "")
+    return None
+
+
+def run_device(
+    devices: list[GpuDevice], env: dict[str, str], ordinal: int = 0, torch_uuids: list[str | None] | None = None
+) -> tuple[GpuDevice | None, bool]:
+    """The device a process with `env` uses as cuda:`ordinal`, and whether that is a guess.
+
+    By UUID when torch, probed under the same device variables, named its device `ordinal`
+    (`torch_uuids`, the torch probe's "uuids"): CUDA numbers devices fastest first unless
+    `CUDA_DEVICE_ORDER=PCI_BUS_ID`, and NVML in PCI bus order, so an index alone can name
+    another card. Without a UUID, by the variables over NVML's order: right in PCI bus order,
+    and for cards of one model (CUDA breaks ties by bus id); a guess otherwise.
+    """
+    uuids = torch_uuids or []
+    if 0 <= ordinal < len(uuids):
+        found = device_by_uuid(devices, uuids[ordinal])
+        if found is not None:
+            return found, False
+    visible = visible_devices(devices, env)
+    if not 0 <= ordinal < len(visible):
+        return None, False
+    pci_order = env.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST") == "PCI_BUS_ID" or visible[0].vendor != "nvidia"
+    return visible[ordinal], not pci_order and len({d.name for d in visible}) > 1
+
+
 def _mig_slice(devices: list[GpuDevice], uuid: str) -> GpuDevice | None:
     """A MIG slice named by its UUID, as the device a process on it sees (its own memory)."""
     for d in devices:
         for m in d.mig or []:
             if uuid and m.uuid and (m.uuid == uuid or m.uuid.startswith(uuid)):
-                return d.model_copy(update={
-                    "name": f"{d.name} MIG slice {m.index}", "uuid": m.uuid, "memory_used_bytes": m.memory_used_bytes,
-                    "memory_total_bytes": m.memory_total_bytes, "processes": m.processes, "mig": None})
+                return d.model_copy(
+                    update={
+                        "name": f"{d.name} MIG slice {m.index}",
+                        "uuid": m.uuid,
+                        "memory_used_bytes": m.memory_used_bytes,
+                        "memory_total_bytes": m.memory_total_bytes,
+                        "processes": m.processes,
+                        "mig": None,
+                    }
+                )
     return None
-
 
 
 def held_memory(report: GpuReport, finished_pids: dict[int, str]) -> list[HeldMemory]:
@@ -162,19 +232,29 @@ def held_memory(report: GpuReport, finished_pids: dict[int, str]) -> list[HeldMe
     for d in report.devices:
         for p in d.processes:
             if p.pid in finished_pids:
-                out.append(HeldMemory(gpu=d.index, pid=p.pid, bytes=p.used_memory_bytes,
-                                      why=f"pid {p.pid} of our finished run {finished_pids[p.pid]} still holds it",
-                                      fix=f"kill {p.pid} (a data-loader worker or child that outlived the run)"))
+                out.append(
+                    HeldMemory(
+                        gpu=d.index,
+                        pid=p.pid,
+                        bytes=p.used_memory_bytes,
+                        why=f"pid {p.pid} of our finished run {finished_pids[p.pid]} still holds it",
+                        fix=f"kill {p.pid} (a data-loader worker or child that outlived the run)",
+                    )
+                )
             elif not psutil.pid_exists(p.pid) and p.name is None:
-                out.append(HeldMemory(gpu=d.index, pid=p.pid, bytes=p.used_memory_bytes,
-                                      why=f"pid {p.pid} is listed by the driver but no such process is visible "
-                                      "(gone, or in another container's pid namespace)",
-                                      fix="The driver usually frees it within seconds. If it stays and no "
-                                      "container shares this GPU, end what still uses it or reboot "
-                                      "(nvidia-smi --gpu-reset works only on an idle GPU)."))
+                out.append(
+                    HeldMemory(
+                        gpu=d.index,
+                        pid=p.pid,
+                        bytes=p.used_memory_bytes,
+                        why=f"pid {p.pid} is listed by the driver but no such process is visible "
+                        "(gone, or in another container's pid namespace)",
+                        fix="The driver usually frees it within seconds. If it stays and no "
+                        "container shares this GPU, end what still uses it or reboot "
+                        "(nvidia-smi --gpu-reset works only on an idle GPU).",
+                    )
+                )
     return out
-
-
 
 
 # ---------------------------------------------------------------------------- the one sampler
@@ -204,8 +284,9 @@ class Sampler:
     own reported GPU memory (trainkit writes a `device_memory` event) instead of by pid.
     """
 
-    def __init__(self, runs_root: Path | None = None, backend: GpuBackend | None = None,
-                 nested_pid_namespace: bool | None = None):
+    def __init__(
+        self, runs_root: Path | None = None, backend: GpuBackend | None = None, nested_pid_namespace: bool | None = None
+    ):
         self.runs_root = runs_root
         self._backend = backend
         self._opened_at = time.monotonic() if backend is not None else 0.0
@@ -224,8 +305,10 @@ class Sampler:
         processes = [p for d in report.devices for p in _all_processes(d)]
         if self.nested:
             report.pid_namespace = "container"
-            report.note += (". This server runs in a container's pid namespace, so the driver's pids are host "
-                            "pids: runs are matched to GPU processes by their own reported memory")
+            report.note += (
+                ". This server runs in a container's pid namespace, so the driver's pids are host "
+                "pids: runs are matched to GPU processes by their own reported memory"
+            )
         else:
             for p in processes:
                 _describe(p)
@@ -286,8 +369,13 @@ def _match_by_memory(processes: list[GpuProcess], figures: dict[str, int]) -> No
     """Give each run the unclaimed process whose driver-reported memory is closest above its own
     figure (the driver also counts the context the allocator does not), within the margins."""
     for run_id, reserved in sorted(figures.items(), key=lambda kv: -kv[1]):
-        fits = [p for p in processes if p.run_id is None and p.used_memory_bytes is not None
-                and -MEMORY_MATCH_BELOW <= p.used_memory_bytes - reserved <= MEMORY_MATCH_ABOVE]
+        fits = [
+            p
+            for p in processes
+            if p.run_id is None
+            and p.used_memory_bytes is not None
+            and -MEMORY_MATCH_BELOW <= p.used_memory_bytes - reserved <= MEMORY_MATCH_ABOVE
+        ]
         if fits:
             best = min(fits, key=lambda p: abs(p.used_memory_bytes - reserved))
             best.run_id, best.matched_by = run_id, "memory"

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from conftest import error, ok, write_experiment
-from mcp_server import memory
+from mcp_server import memory, probe
 from mcp_server.cli import main
 
 # Experiment 002 far past any host: the dense renderer holds B x K x H x W floats (64 x 16384 x 1024^2).
@@ -47,9 +47,7 @@ def memory_step(argv, batch_size, device):
 @pytest.fixture(autouse=True)
 def fresh_probe_cache(monkeypatch: pytest.MonkeyPatch):
     """Each test runs its own probe: the cache is keyed by script and flags, not by project."""
-    monkeypatch.setattr(memory, "_cache", {})
-
-
+    monkeypatch.setattr(probe, "_cache", {})
 
 
 def memory_check(report: dict) -> dict:
