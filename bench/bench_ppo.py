@@ -34,6 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "trainers"))
+import gridworld_env as world  # noqa: E402
 import ppo_gridworld as ppo  # noqa: E402
 from trainkit import MetricsStream, StopFlag  # noqa: E402
 
@@ -57,11 +58,11 @@ def throughput(mode: str, threads: int, repeats: int) -> None:
     p = cfg["ppo"]
     n, steps = p["n_envs"], p["steps_per_env"]
     batch = n * steps
-    env = ppo.make_env(mode, n, cfg, "cpu", seed=0)
+    env = world.make_env(mode, n, cfg, "cpu", seed=0)
     model = ppo.ActorCritic(env.obs_dim, p["hidden_size"], hidden_layers=p["hidden_layers"])
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=p["learning_rate"], eps=1e-5, fused=True)
-    actions = torch.randint(0, len(ppo.MOVES), (steps, n))
+    actions = torch.randint(0, len(world.MOVES), (steps, n))
     state = {"obs": env.observe()}
     obs_buf = torch.empty(steps, n, env.obs_dim)  # (T, N, D), reused like the trainer does
 
@@ -93,10 +94,12 @@ def throughput(mode: str, threads: int, repeats: int) -> None:
     finally:
         stop.restore()
     t = summaries[0]["throughput"]
-    print(f"end to end   trainer --benchmark, {updates} updates: {t['env_steps_per_s']:,.0f} env steps/s wall "
-          f"(rollout {t['rollout_steps_per_s']:,.0f}/s, update {t['update_samples_per_s']:,.0f} samples/s); "
-          f"whole call {updates * batch / cpu:,.0f} steps per CPU-second ({wall:.1f}s wall, {cpu:.1f}s CPU, "
-          f"incl. start-up)")
+    print(
+        f"end to end   trainer --benchmark, {updates} updates: {t['env_steps_per_s']:,.0f} env steps/s wall "
+        f"(rollout {t['rollout_steps_per_s']:,.0f}/s, update {t['update_samples_per_s']:,.0f} samples/s); "
+        f"whole call {updates * batch / cpu:,.0f} steps per CPU-second ({wall:.1f}s wall, {cpu:.1f}s CPU, "
+        f"incl. start-up)"
+    )
     print("target: >= 100,000 env steps/s end to end")
 
 
@@ -106,26 +109,45 @@ def learning(seeds: list[int], updates: int) -> None:
     rows = []
     for seed in seeds:
         with tempfile.TemporaryDirectory() as out:
-            cmd = [sys.executable, str(ROOT / "trainers" / "ppo_gridworld.py"), "-m", "ground_truth,proxy",
-                   "-u", str(updates), "--seed", str(seed), "--device", "cpu", "--output-dir", out]
+            cmd = [
+                sys.executable,
+                str(ROOT / "trainers" / "ppo_gridworld.py"),
+                "-m",
+                "ground_truth,proxy",
+                "-u",
+                str(updates),
+                "--seed",
+                str(seed),
+                "--device",
+                "cpu",
+                "--output-dir",
+                out,
+            ]
             subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
             for path in sorted(Path(out, "logs").glob("*_summary.json")):
                 s = json.loads(path.read_text())
                 rows.append((s["mode"], seed, s["eval"], s["random_baseline"], s["wall_s"], s["cpu_s"]))
-    print(f"{'mode':<14} {'seed':>4} {'food/ep':>8} {'poison/ep':>9} {'return':>7} {'died':>5} "
-          f"{'rand food':>9} {'vs random':>9} {'food/step vs rand':>17} {'train wall':>10} {'cpu':>6}")
+    print(
+        f"{'mode':<14} {'seed':>4} {'food/ep':>8} {'poison/ep':>9} {'return':>7} {'died':>5} "
+        f"{'rand food':>9} {'vs random':>9} {'food/step vs rand':>17} {'train wall':>10} {'cpu':>6}"
+    )
     for mode, seed, ev, rnd, wall, cpu in sorted(rows):
         # Food per step alive: the ratio without the credit for outliving the random agent.
         per_step = (ev["food_per_episode"] / ev["steps_per_episode"]) / (
-            rnd["food_per_episode"] / rnd["steps_per_episode"])
-        print(f"{mode:<14} {seed:>4} {ev['food_per_episode']:8.1f} {ev['poison_per_episode']:9.1f} "
-              f"{ev['return']:7.1f} {ev['death_rate']:5.0%} {rnd['food_per_episode']:9.1f} "
-              f"{ev['food_per_episode'] / rnd['food_per_episode']:8.1f}x {per_step:16.1f}x {wall:9.0f}s {cpu:5.0f}s")
+            rnd["food_per_episode"] / rnd["steps_per_episode"]
+        )
+        print(
+            f"{mode:<14} {seed:>4} {ev['food_per_episode']:8.1f} {ev['poison_per_episode']:9.1f} "
+            f"{ev['return']:7.1f} {ev['death_rate']:5.0%} {rnd['food_per_episode']:9.1f} "
+            f"{ev['food_per_episode'] / rnd['food_per_episode']:8.1f}x {per_step:16.1f}x {wall:9.0f}s {cpu:5.0f}s"
+        )
     by = {(m, s): ev for m, s, ev, *_ in rows}
     gt_ok = [by[("ground_truth", s)]["food_vs_random"] >= 3 for s in seeds]
     goodhart = [by[("proxy", s)]["poison_per_episode"] > by[("ground_truth", s)]["poison_per_episode"] for s in seeds]
-    print(f"ground_truth >= 3x random food: {sum(gt_ok)}/{len(seeds)} seeds; "
-          f"proxy eats more poison than ground_truth: {sum(goodhart)}/{len(seeds)} seeds")
+    print(
+        f"ground_truth >= 3x random food: {sum(gt_ok)}/{len(seeds)} seeds; "
+        f"proxy eats more poison than ground_truth: {sum(goodhart)}/{len(seeds)} seeds"
+    )
 
 
 def main() -> None:

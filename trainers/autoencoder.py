@@ -50,9 +50,12 @@ from trainkit import (  # noqa: E402
     Distributed,
     MetricsStream,
     StopFlag,
-    atomic_torch_save,
+    finish,
+    load_checkpoint,
     pick_device,
+    psnr_db,
     run_trainer,
+    save_checkpoint,
     seed_everything,
 )
 
@@ -62,6 +65,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 QUICK_SEARCH_FRACTION, QUICK_SEARCH_EPOCHS = 0.05, 20
 FULL_EPOCHS = 30  # seed 003's full runs: 30 epochs
 MODEL_KEYS = ("arch", "base_channels", "latent_channels", "image_size")
+RESUME_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "best_val_psnr_db", "best_epoch")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -409,12 +413,6 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) 
     return cls(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
-def psnr_db(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """PSNR per image in dB for values in [0, 1]: 10 log10(1 / MSE); (B, 3, S, S) x2 -> (B,)."""
-    mse = (output.float() - target.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
-    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))  # clamp: a perfect copy is 100 dB, not inf
-
-
 def autocast_for(device: str, amp: str):
     """bfloat16 autocast on a CUDA GPU that has it (no GradScaler needed); fp32 on CPU/MPS, where it rarely helps."""
     if amp == "auto" and device.startswith("cuda") and torch.cuda.is_bf16_supported():
@@ -477,12 +475,10 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     ckpt_dir = Path(args.checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     model_config = {k: getattr(args, k) for k in MODEL_KEYS}
-    resume = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
-    if resume is not None and resume["config"] != model_config:
-        raise ValueError(
-            f"--resume {args.resume} holds a model with {resume['config']}, but the flags give "
-            f"{model_config}; pass the same --arch/--base-channels/--latent-channels/--image-size"
-        )
+    resume = None
+    if args.resume:
+        flags = "--arch, --base-channels, --latent-channels and --image-size"
+        resume = load_checkpoint(args.resume, "autoencoder.py", RESUME_KEYS, model_config, flags)
 
     def amp():  # a fresh context manager per use
         return autocast_for(device, args.amp)
@@ -515,8 +511,14 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     step = (start_epoch - 1) * steps_per_epoch
     metrics.event(
         "start",
-        config={**vars(args), "checkpoint_dir": str(ckpt_dir), "resolved_device": device,
-                "world_size": dist.world_size, "global_batch_size": args.batch_size, "batch_size_per_rank": rank_batch},
+        config={
+            **vars(args),
+            "checkpoint_dir": str(ckpt_dir),
+            "resolved_device": device,
+            "world_size": dist.world_size,
+            "global_batch_size": args.batch_size,
+            "batch_size_per_rank": rank_batch,
+        },
         num_params=num_params,
         num_train=n_train,
         num_val=len(val_images),
@@ -537,10 +539,8 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     epochs_done = start_epoch - 1
 
     def save(kind: str, epoch: int) -> None:
-        if not dist.is_main:  # one copy of the weights: every rank holds the same
-            return
-        path = ckpt_dir / f"{kind}.pt"
-        atomic_torch_save(
+        save_checkpoint(
+            metrics,
             {
                 "epoch": epoch,
                 "model_state_dict": net.state_dict(),
@@ -552,9 +552,11 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
                 "config": model_config,
                 "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             },
-            path,
+            ckpt_dir / f"{kind}.pt",
+            kind=kind,
+            step=step,
+            epoch=epoch,
         )
-        metrics.event("checkpoint", path=str(path), step=step, epoch=epoch, kind=kind)
 
     for epoch in range(start_epoch, args.epochs + 1):
         # 4a. One pass in an order fixed by (seed, epoch), so a resumed run sees the batches it would have.
@@ -565,7 +567,7 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
         stopping = False
         lr = lr_at(step, args.lr, warmup_steps)
         for i in range(0, len(order), rank_batch):
-            if (stopping := dist.should_stop(stop, device)):
+            if stopping := dist.should_stop(stop, device):
                 break
             lr = lr_at(step, args.lr, warmup_steps)
             for group in optimizer.param_groups:
@@ -611,23 +613,19 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
         save("last", epoch)
 
     # 5. A stop request lands here mid-epoch: keep the weights, then say why we are exiting.
-    stopped = stop.requested or (dist.enabled and stopping)
-    if stopped:
-        save("last", epochs_done)  # "epoch" stays the last completed one, so a resume redoes the cut one
-        say(f"Stopped by signal {stop.signum}; wrote {ckpt_dir / 'last.pt'}", flush=True)
-    found = best_epoch > 0
-    metrics.event(
-        "done",
-        reason="stopped" if stopped else "completed",
-        best_val_psnr_db=best_psnr if found else None,
-        best_epoch=best_epoch if found else None,
+    return finish(
+        metrics,
+        stop,
+        stopped=stop.requested or (dist.enabled and stopping),
+        save_last=lambda: save("last", epochs_done),
+        last_path=ckpt_dir / "last.pt",
+        best_name="best_val_psnr_db",
+        best_value=best_psnr,
+        best_epoch=best_epoch,
+        best_line="Best val PSNR {value:.2f} dB at epoch {epoch}",
         epochs=epochs_done,
         steps=step,
     )
-    if found:
-        say(f"Best val PSNR {best_psnr:.2f} dB at epoch {best_epoch}", flush=True)
-    dist.barrier()  # no rank leaves before rank 0 has written the last checkpoint
-    return (stop.exit_code or 143) if stopped else 0
 
 
 def _epoch_order(n: int, epoch: int, seed: int, dist: Distributed, device: str) -> torch.Tensor:
@@ -638,8 +636,9 @@ def _epoch_order(n: int, epoch: int, seed: int, dist: Distributed, device: str) 
         return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).to(device)
     from torch.utils.data import DistributedSampler
 
-    sampler = DistributedSampler(range(n), num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
-                                 seed=seed * 100_003)
+    sampler = DistributedSampler(
+        range(n), num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed * 100_003
+    )
     sampler.set_epoch(epoch)
     return torch.tensor(list(sampler), device=device)
 

@@ -68,14 +68,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import random
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -85,9 +83,14 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # lets tests import th
 from trainkit import (  # noqa: E402
     MetricsStream,
     StopFlag,
-    atomic_torch_save,
+    finish,
+    load_checkpoint,
     pick_device,
+    psnr_db,
+    restore_rng,
+    rng_state,
     run_trainer,
+    save_checkpoint,
     seed_everything,
 )
 
@@ -99,6 +102,7 @@ CUTOFF_SIGMA = 3.0  # Gaussians end at 3 sigma: exp(-4.5) = 1.1% of the peak is 
 LOG_SIGMA_LOW, LOG_SIGMA_HIGH = math.log(0.15), math.log(2.0)
 PARAMS_PER_GAUSSIAN = 10  # offset (2), log-scale (2), rotation, colour (3), opacity, phase
 MODEL_KEYS = ("num_gaussians", "image_size", "width")
+RESUME_KEYS = ("epoch", "step", "model_state_dict", "optimizer_state_dict", "best_psnr_db", "best_epoch", "rng")
 PRESETS: dict[int, dict] = {
     2: {
         "renderer": "tile",
@@ -122,34 +126,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     arg = p.add_argument
-    arg("--experiment", type=int, choices=sorted(PRESETS), default=2,
+    arg(
+        "--experiment",
+        type=int,
+        choices=sorted(PRESETS),
+        default=2,
         help="seed 000 recipe: 2 standard, 3 + phase retrieval, 4 phase blending (fourier renderer); "
-        "explicit flags override its values")
+        "explicit flags override its values",
+    )
     # data
-    arg("--data_dir", type=Path, default=Path("images/training_diverse"),
-        help="folder with train/ and val/ PNGs written by trainers/prepare_images.py")
+    arg(
+        "--data_dir",
+        type=Path,
+        default=Path("images/training_diverse"),
+        help="folder with train/ and val/ PNGs written by trainers/prepare_images.py",
+    )
     arg("--image_size", type=int, default=128, help="side of the square images; other sizes on disk are resized")
     # model and renderer
     arg("--num_gaussians", type=int, default=256, help="Gaussians per image (placed on a sqrt(K) x sqrt(K) grid)")
     arg("--width", type=int, default=64, help="channels of the encoder's middle stage")
     arg("--renderer", choices=RENDERERS, default=None, help="tile (known good), dense or fourier (preset: tile)")
-    arg("--use_phase_blending", action=argparse.BooleanOptionalAction, default=None,
-        help="blend colours as complex amplitudes with a learned phase per Gaussian (preset: off; on for 4)")
+    arg(
+        "--use_phase_blending",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="blend colours as complex amplitudes with a learned phase per Gaussian (preset: off; on for 4)",
+    )
     # losses and optimisation
     arg("--lr", type=float, default=None, help="Adam learning rate (preset: 1e-5; seed 000 found 1e-4 unstable)")
     arg("--recon_loss", choices=("mse", "l1"), default="mse", help="pixel reconstruction loss")
     arg("--occ_weight", type=float, default=None, help="weight of the occupancy loss (preset: 2.7)")
-    arg("--occ_threshold", type=float, default=None,
-        help="accumulated opacity below which a pixel counts as uncovered (preset: 0.3)")
-    arg("--phase_retrieval_weight", type=float, default=None,
-        help="weight of the Fourier-magnitude loss (preset: 0 for 2 and 4, 0.05 for 3)")
+    arg(
+        "--occ_threshold",
+        type=float,
+        default=None,
+        help="accumulated opacity below which a pixel counts as uncovered (preset: 0.3)",
+    )
+    arg(
+        "--phase_retrieval_weight",
+        type=float,
+        default=None,
+        help="weight of the Fourier-magnitude loss (preset: 0 for 2 and 4, 0.05 for 3)",
+    )
     arg("--grad_clip", type=float, default=1.0, help="clip the global gradient norm to this (0 disables)")
     arg("--epochs", type=int, default=50, help="passes over the training images")
     arg("--batch_size", type=int, default=4, help="images per optimizer step")
     # run
     arg("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps; auto prefers cuda, then mps")
-    arg("--threads", type=int, default=0,
-        help="CPU threads for torch (0: torch's default, one per core); 1 is faster on a CPU that other jobs share")
+    arg(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (0: torch's default, one per core); 1 is faster on a CPU that other jobs share",
+    )
     arg("--seed", type=int, default=0, help="seed for the initial weights, batch order and flips")
     arg("--output_dir", type=Path, default=default_dir, help="where best.pt and last.pt go")
     arg("--resume", type=Path, default=None, help="checkpoint (last.pt) to continue from, at its next epoch")
@@ -240,8 +269,14 @@ def gaussian_weights(
 
 
 def accumulate_dense(
-    means: torch.Tensor, cov: torch.Tensor, inv: torch.Tensor, opacity: torch.Tensor, feats: torch.Tensor,
-    height: int, width: int, cutoff: float | None = CUTOFF_SIGMA,
+    means: torch.Tensor,
+    cov: torch.Tensor,
+    inv: torch.Tensor,
+    opacity: torch.Tensor,
+    feats: torch.Tensor,
+    height: int,
+    width: int,
+    cutoff: float | None = CUTOFF_SIGMA,
 ) -> torch.Tensor:
     """sum_i w_i(p) feats_i for every pixel p, evaluating every Gaussian at every pixel.
 
@@ -261,7 +296,11 @@ def accumulate_dense(
 
 
 def tile_overlaps(
-    means: torch.Tensor, cov: torch.Tensor, height: int, width: int, tile: int = TILE_SIZE,
+    means: torch.Tensor,
+    cov: torch.Tensor,
+    height: int,
+    width: int,
+    tile: int = TILE_SIZE,
     cutoff: float = CUTOFF_SIGMA,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lists every (Gaussian, tile) pair whose 3-sigma bounding box touches the tile, grouped by tile.
@@ -340,8 +379,15 @@ class TileSum(torch.autograd.Function):
 
 
 def accumulate_tile(
-    means: torch.Tensor, cov: torch.Tensor, inv: torch.Tensor, opacity: torch.Tensor, feats: torch.Tensor,
-    height: int, width: int, tile: int = TILE_SIZE, cutoff: float = CUTOFF_SIGMA,
+    means: torch.Tensor,
+    cov: torch.Tensor,
+    inv: torch.Tensor,
+    opacity: torch.Tensor,
+    feats: torch.Tensor,
+    height: int,
+    width: int,
+    tile: int = TILE_SIZE,
+    cutoff: float = CUTOFF_SIGMA,
 ) -> torch.Tensor:
     """The same sums as accumulate_dense, evaluating each Gaussian only on the tiles it overlaps.
 
@@ -360,15 +406,21 @@ def accumulate_tile(
     dx = (tile_x.to(means.dtype)[:, None] * tile + offsets - flat_means[:, 0, None])[:, None, :]  # (M, 1, T)
     dy = (tile_y.to(means.dtype)[:, None] * tile + offsets - flat_means[:, 1, None])[:, :, None]  # (M, T, 1)
     w = gaussian_weights(dx, dy, inv.reshape(b * k, 3)[gid], opacity.reshape(b * k)[gid], cutoff)  # (M, T, T)
-    out = TileSum.apply(w.reshape(-1, tile * tile), feats.reshape(b * k, nf)[gid], tile_index,
-                        b * tiles_x * tiles_y)  # (B*tiles, F, T*T)
+    out = TileSum.apply(
+        w.reshape(-1, tile * tile), feats.reshape(b * k, nf)[gid], tile_index, b * tiles_x * tiles_y
+    )  # (B*tiles, F, T*T)
     out = out.view(b, tiles_y, tiles_x, nf, tile, tile).permute(0, 3, 1, 4, 2, 5)  # (B, F, ty, T, tx, T)
     return out.reshape(b, nf, tiles_y * tile, tiles_x * tile)[:, :, :height, :width]  # (B, F, H, W)
 
 
 def accumulate_fourier(
-    means: torch.Tensor, cov: torch.Tensor, inv: torch.Tensor, opacity: torch.Tensor, feats: torch.Tensor,
-    height: int, width: int,
+    means: torch.Tensor,
+    cov: torch.Tensor,
+    inv: torch.Tensor,
+    opacity: torch.Tensor,
+    feats: torch.Tensor,
+    height: int,
+    width: int,
 ) -> torch.Tensor:
     """The same sums with untruncated Gaussians, built in the frequency domain.
 
@@ -439,19 +491,30 @@ def render(
 class GaussDecoder(nn.Module):
     """Image (B, 3, S, S) in [0, 1] -> K Gaussians -> rendered image (B, 3, S, S)."""
 
-    def __init__(self, num_gaussians: int = 256, image_size: int = 128, width: int = 64,
-                 renderer: str = "tile", phase_blending: bool = False):
+    def __init__(
+        self,
+        num_gaussians: int = 256,
+        image_size: int = 128,
+        width: int = 64,
+        renderer: str = "tile",
+        phase_blending: bool = False,
+    ):
         super().__init__()
         self.image_size, self.renderer, self.phase_blending = image_size, renderer, phase_blending
         self.grid = math.ceil(math.sqrt(num_gaussians))
         self.cell = image_size / self.grid  # pixels per grid cell
         c1, c2, c3 = max(width // 2, 1), width, 2 * width
         self.trunk = nn.Sequential(  # three stride-2 stages: S -> S/8 (16x16 at 128, one cell per Gaussian)
-            nn.Conv2d(3, c1, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(c3, c3, 3, padding=1), nn.GELU(),
-            nn.Conv2d(c3, c3, 3, padding=1), nn.GELU(),
+            nn.Conv2d(3, c1, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(c3, c3, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(c3, c3, 3, padding=1),
+            nn.GELU(),
         )
         self.head = nn.Conv2d(c3, PARAMS_PER_GAUSSIAN, 1)
         self.background_head = nn.Linear(c3, 3)
@@ -497,19 +560,18 @@ class GaussDecoder(nn.Module):
         return self.render(self.encode(x))[0]
 
 
-def create_model(num_gaussians: int = 256, image_size: int = 128, width: int = 64,
-                 renderer: str = "tile", phase_blending: bool = False) -> GaussDecoder:
+def create_model(
+    num_gaussians: int = 256,
+    image_size: int = 128,
+    width: int = 64,
+    renderer: str = "tile",
+    phase_blending: bool = False,
+) -> GaussDecoder:
     """Builds the decoder from a checkpoint's ``config`` (MODEL_KEYS) and a renderer choice."""
     return GaussDecoder(num_gaussians, image_size, width, renderer, phase_blending)
 
 
 # ---------------------------------------------------------------------------- losses and evaluation
-
-
-def psnr_db(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for values in [0, 1]: (B,)."""
-    mse = (image.clamp(0, 1) - target).pow(2).flatten(1).mean(1)
-    return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
 def fourier_magnitude_loss(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -530,7 +592,11 @@ def losses(model: GaussDecoder, x: torch.Tensor, args: argparse.Namespace, autoc
 
 
 def train_step(
-    model: GaussDecoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, args: argparse.Namespace, autocast,
+    model: GaussDecoder,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    args: argparse.Namespace,
+    autocast,
     skip_nonfinite: bool = True,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One optimizer step on images x (B, 3, S, S); a step whose gradient is not finite is skipped.
@@ -573,8 +639,9 @@ def memory_step(argv: list[str], batch_size: int, device: str = "cpu"):
 
 
 @torch.no_grad()
-def evaluate(model: GaussDecoder, images: torch.Tensor, args: argparse.Namespace, autocast,
-             batch_size: int = 16) -> dict[str, float]:
+def evaluate(
+    model: GaussDecoder, images: torch.Tensor, args: argparse.Namespace, autocast, batch_size: int = 16
+) -> dict[str, float]:
     """Mean per-image PSNR (dB), reconstruction loss, Fourier-magnitude error and covered fraction.
 
     The Fourier-magnitude error is computed whatever --phase_retrieval_weight is, so runs with and
@@ -592,8 +659,12 @@ def evaluate(model: GaussDecoder, images: torch.Tensor, args: argparse.Namespace
         occupied_sum += (parts["alpha"] >= args.occ_threshold).float().mean().item() * len(x)
     model.train()
     n = len(images)
-    return {"psnr_db": psnr_sum / n, "recon_loss": recon_sum / n, "fourier_mag_l1": fourier_sum / n,
-            "occupied_frac": occupied_sum / n}
+    return {
+        "psnr_db": psnr_sum / n,
+        "recon_loss": recon_sum / n,
+        "fourier_mag_l1": fourier_sum / n,
+        "occupied_frac": occupied_sum / n,
+    }
 
 
 # ---------------------------------------------------------------------------- training
@@ -609,12 +680,10 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_config = {k: getattr(args, k) for k in MODEL_KEYS}
-    checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
-    if checkpoint is not None and checkpoint["config"] != model_config:
-        raise ValueError(
-            f"--resume {args.resume} holds a model with {checkpoint['config']}, but the flags ask for {model_config}; "
-            "pass the same --num_gaussians, --image_size and --width"
-        )
+    checkpoint = None
+    if args.resume:
+        flags = "--num_gaussians, --image_size and --width"
+        checkpoint = load_checkpoint(args.resume, "gauss_decoder.py", RESUME_KEYS, model_config, flags)
     metrics.event("start", config={**vars(args), "output_dir": str(out_dir), "resolved_device": device})
     # bf16 autocast speeds up the encoder on GPUs; the renderer always runs in float32.
     use_amp = device.startswith("cuda")
@@ -625,8 +694,11 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     train_images = load_split(args.data_dir, "train", args.image_size)  # (N, 3, S, S) uint8
     val_images = load_split(args.data_dir, "val", args.image_size)  # (M, 3, S, S) uint8
     n_train = len(train_images)
-    print(f"Data: {n_train} train / {len(val_images)} val images of {args.image_size}px from {args.data_dir} "
-          f"in {time.time() - t0:.1f}s, device {device}", flush=True)
+    print(
+        f"Data: {n_train} train / {len(val_images)} val images of {args.image_size}px from {args.data_dir} "
+        f"in {time.time() - t0:.1f}s, device {device}",
+        flush=True,
+    )
 
     # 3. Model and optimizer (and the state to continue from).
     model = create_model(**model_config, renderer=args.renderer, phase_blending=args.use_phase_blending).to(device)
@@ -639,20 +711,20 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
             group["lr"] = args.lr
         start_epoch, step = checkpoint["epoch"] + 1, checkpoint["step"]
         best_psnr, best_epoch = checkpoint["best_psnr_db"], checkpoint["best_epoch"]
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        np.random.set_state(checkpoint["rng"]["numpy"])
-        random.setstate(checkpoint["rng"]["python"])
+        restore_rng(checkpoint["rng"], device)
         print(f"Resumed from {args.resume} at epoch {start_epoch} (step {step}, best {best_psnr:.2f} dB)", flush=True)
-    print(f"Model: {sum(p.numel() for p in model.parameters()):,} parameters, {args.num_gaussians} Gaussians, "
-          f"renderer {args.renderer}, phase blending {'on' if args.use_phase_blending else 'off'}, "
-          f"experiment {args.experiment}", flush=True)
+    print(
+        f"Model: {sum(p.numel() for p in model.parameters()):,} parameters, {args.num_gaussians} Gaussians, "
+        f"renderer {args.renderer}, phase blending {'on' if args.use_phase_blending else 'off'}, "
+        f"experiment {args.experiment}",
+        flush=True,
+    )
 
     epochs_done, val = start_epoch - 1, None
-    reason = "completed"
 
     def save(kind: str, epoch: int) -> None:
-        path = out_dir / f"{kind}.pt"
-        atomic_torch_save(
+        save_checkpoint(
+            metrics,
             {
                 "epoch": epoch,
                 "step": step,
@@ -663,11 +735,13 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
                 "val_psnr_db": val["psnr_db"] if val else None,
                 "best_psnr_db": best_psnr,
                 "best_epoch": best_epoch,
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+                "rng": rng_state(device),
             },
-            path,
+            out_dir / f"{kind}.pt",
+            kind=kind,
+            step=step,
+            epoch=epoch,
         )
-        metrics.event("checkpoint", path=str(path), step=step, epoch=epoch, kind=kind)
 
     # 4. The initial model's val PSNR: the baseline every later epoch is compared against.
     if checkpoint is None:
@@ -718,7 +792,8 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
             f"Epoch {epoch}/{args.epochs} - Train Loss: {ts['loss']:.5f} (recon {ts['recon_loss']:.5f}, "
             f"occ {ts['occ_loss']:.5f}, phase {ts['phase_loss']:.5f}), "
             f"Train PSNR: {ts['psnr_db']:.2f} dB, Val PSNR: {val['psnr_db']:.2f} dB"
-            + (f", skipped {skipped} non-finite steps" if skipped else "") + (" *" if improved else ""),
+            + (f", skipped {skipped} non-finite steps" if skipped else "")
+            + (" *" if improved else ""),
             flush=True,
         )
         metrics.log(step, "train", epoch=epoch, **train_stats, lr=args.lr, sps=images_per_s)
@@ -728,21 +803,19 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
         save("last", epoch)
 
     # 5. A stop request lands here mid-epoch: keep the weights, then say why we are exiting.
-    if stop.requested:
-        reason = "stopped"
-        save("last", epochs_done)  # "epoch" stays the last completed one, so a resume starts at +1
-        print(f"Stopped by signal {stop.signum}; wrote {out_dir / 'last.pt'}", flush=True)
-    metrics.event(
-        "done",
-        reason=reason,
-        best_val_psnr_db=best_psnr if best_epoch else None,
-        best_epoch=best_epoch or None,
+    return finish(
+        metrics,
+        stop,
+        stopped=stop.requested,
+        save_last=lambda: save("last", epochs_done),
+        last_path=out_dir / "last.pt",
+        best_name="best_val_psnr_db",
+        best_value=best_psnr,
+        best_epoch=best_epoch,
+        best_line="Best val PSNR {value:.2f} dB at epoch {epoch}",
         epochs=epochs_done,
         steps=step,
     )
-    if best_epoch:
-        print(f"Best val PSNR {best_psnr:.2f} dB at epoch {best_epoch}", flush=True)
-    return stop.exit_code if stop.requested else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,10 @@
 """The trainer side of the trainguard contract: metrics stream, stop signals, safe checkpoints,
 and a rank's place in a torchrun job (only rank 0 reports; every rank stops together).
 
+What every bundled trainer shares lives here, once: saving and loading checkpoints as plain data
+(save_checkpoint, load_checkpoint: never an unpickled object), the random streams a resume
+restores (rng_state, restore_rng), the end of a run (finish) and the PSNR metric (psnr_db).
+
 Standard library only at import time (torch and numpy are imported where needed), so a user's
 training script can copy this file beside itself. Non-finite floats are written as the strings
 "nan", "inf" and "-inf", so every line stays valid JSON for strict readers.
@@ -91,9 +95,14 @@ class MetricsStream:
         self._memory_at = now
         index = torch.cuda.current_device()
         uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-        self.event("device_memory", device=index, uuid=str(uuid) if uuid is not None else None, pid=os.getpid(),
-                   reserved_bytes=int(torch.cuda.memory_reserved(index)),
-                   peak_reserved_bytes=int(torch.cuda.max_memory_reserved(index)))
+        self.event(
+            "device_memory",
+            device=index,
+            uuid=str(uuid) if uuid is not None else None,
+            pid=os.getpid(),
+            reserved_bytes=int(torch.cuda.memory_reserved(index)),
+            peak_reserved_bytes=int(torch.cuda.max_memory_reserved(index)),
+        )
 
     def event(self, name: str, **fields: Any) -> None:
         """Writes ``{"t", "event": name, **fields}`` (start, checkpoint, done, error)."""
@@ -162,6 +171,174 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
     _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+PLAIN_SCALARS = (str, int, float, bool, type(None))  # with tensors, dicts, lists, tuples: what weights_only reads
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Raises TypeError at the first value ``torch.load(weights_only=True)`` would refuse."""
+    if isinstance(value, PLAIN_SCALARS) and type(value).__module__ == "builtins":  # numpy.float64 is a float too
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(key, f"{where} key {key!r}")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    if type(value) in (list, tuple):  # not a NamedTuple or a list subclass: those pickle as their class
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    torch = sys.modules.get("torch")
+    if torch is not None and type(value) in (torch.Tensor, torch.nn.Parameter, torch.Size, torch.dtype, torch.device):
+        return
+    raise TypeError(
+        f"checkpoint value {where} is a {type(value).__module__}.{type(value).__qualname__}: a checkpoint holds "
+        "tensors, dicts, lists, tuples, str, int, float, bool and None only, so that load_checkpoint can read it "
+        "without unpickling code; convert it (str() for a Path, .tolist() or torch.from_numpy for numpy)"
+    )
+
+
+def save_checkpoint(
+    metrics: MetricsStream,
+    state: dict[str, Any],
+    path: str | os.PathLike,
+    *,
+    kind: str,
+    step: int,
+    epoch: int,
+    **event: Any,
+) -> None:
+    """Writes ``state`` atomically (atomic_torch_save) and reports a ``checkpoint`` event, on rank 0 only.
+
+    Every rank holds the same weights, so one copy is written. ``state`` is checked first: a
+    value that ``torch.load(weights_only=True)`` would refuse raises TypeError naming it, before
+    anything is written, so every checkpoint a trainer writes is one that load_checkpoint reads.
+
+    Args:
+        kind, step, epoch, **event: the checkpoint event's fields beside ``path``.
+    """
+    if not Distributed().is_main:
+        return
+    _check_plain(state, "state")
+    atomic_torch_save(state, path)
+    metrics.event("checkpoint", path=str(path), step=step, epoch=epoch, kind=kind, **event)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    written_by: str,
+    required: Any = (),
+    config: dict | None = None,
+    flags: str = "",
+    flag: str = "--resume",
+) -> dict[str, Any]:
+    """Reads a checkpoint to resume from, as plain data only, on the CPU.
+
+    ``torch.load(weights_only=True)``: tensors, dicts, lists, tuples, str, int, float, bool and
+    None. A pickle is a program; a checkpoint holding anything else (a pickled object whose
+    ``__reduce__`` runs a command, say) is refused, never run.
+
+    Args:
+        path: The checkpoint file (--resume's value).
+        written_by: The trainer that writes such files, for the messages ("trm_nav.py").
+        required: Keys the trainer reads from it.
+        config: When given, the model config the flags build; the checkpoint's ``config`` must equal it.
+        flags: The flags that set ``config``, named in the mismatch message.
+        flag: The command-line flag that gave ``path``.
+
+    Raises:
+        FileNotFoundError: There is no such file.
+        ValueError: It holds more than plain data, is not a dict, holds another model, or lacks a required key.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path} does not exist; pass a last.pt or best.pt written by {written_by}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is long and advises weights_only=False; keep its line naming the object.
+        named = [line.strip() for line in str(exc).splitlines() if "global" in line.lower()]
+        raise ValueError(
+            f"{flag} {path} holds Python objects, not only tensors and plain data, so it was not loaded: "
+            f"unpickling an object can run any code ({named[0] if named else 'torch.load refused it'}). "
+            f"Pass a checkpoint written by {written_by}; do not load this one with weights_only=False "
+            "unless you trust where it came from"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{flag} {path} holds a {type(ckpt).__name__}, not a checkpoint written by {written_by}")
+    if config is not None:
+        check_same_model(ckpt, config, path, flags, flag)
+    missing = sorted(set(required) - set(ckpt))
+    if missing:
+        raise ValueError(f"{flag} {path} lacks {missing}: it was not written by this {written_by}")
+    return ckpt
+
+
+def check_same_model(ckpt: dict, config: dict, path: str | os.PathLike, flags: str, flag: str = "--resume") -> None:
+    """Raises ValueError unless the checkpoint's ``config`` is the model these flags build."""
+    if ckpt.get("config") != config:
+        raise ValueError(
+            f"{flag} {path} holds a model with {ckpt.get('config')}, but these flags build {config}; "
+            f"pass the same {flags}"
+        )
+
+
+def rng_state(device: str = "cpu") -> dict[str, Any]:
+    """Every random stream a trainer draws from, as plain data (so weights_only loads it back).
+
+    torch's CPU generator, the device's CUDA generator (None off CUDA), numpy's global
+    generator (None without numpy) and Python's ``random``.
+    """
+    import torch
+
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.startswith("cuda") else None,
+        "numpy": None,
+        "python": random.getstate(),  # (version, tuple of ints, None): plain already
+    }
+    try:
+        import numpy as np
+    except ImportError:
+        return state
+    name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state["numpy"] = [str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: str = "cpu") -> None:
+    """Puts back what rng_state saved; a stream it did not save (or this machine lacks) is left alone."""
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if device.startswith("cuda") and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    if state.get("python") is not None:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if state.get("numpy") is not None:
+        import numpy as np
+
+        name, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+def psnr_db(image: Any, target: Any, mse_floor: float = 1e-10) -> Any:
+    """Per-image PSNR in dB of images with values in [0, 1]: 10 log10(1 / MSE), (B, ...) x 2 -> (B,).
+
+    One definition for every trainer, so ``psnr_db`` means one thing when compare_runs ranks
+    runs by it. ``image`` is clamped to [0, 1] first (a renderer may overshoot; the image as it
+    would be shown is what is scored), and the MSE is floored at ``mse_floor`` (1e-10), so a
+    perfect reconstruction scores a finite 100 dB instead of inf. Computed in float32 even
+    under autocast.
+    """
+    mse = (image.float().clamp(0, 1) - target.float()).pow(2).flatten(1).mean(1)  # (B,)
+    return -10.0 * mse.clamp_min(mse_floor).log10()
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
@@ -241,8 +418,10 @@ class Distributed:
             ValueError: the batch does not split evenly over the ranks.
         """
         if batch_size % self.world_size:
-            raise ValueError(f"--batch-size {batch_size} (the global batch) does not split over "
-                             f"{self.world_size} ranks; pass a multiple of {self.world_size}")
+            raise ValueError(
+                f"--batch-size {batch_size} (the global batch) does not split over "
+                f"{self.world_size} ranks; pass a multiple of {self.world_size}"
+            )
         return batch_size // self.world_size
 
     def say(self, *args: Any, **kwargs: Any) -> None:
@@ -308,6 +487,60 @@ class Distributed:
 
             dist.barrier()
 
+
+def finish(
+    metrics: MetricsStream,
+    stop: StopFlag,
+    *,
+    stopped: bool,
+    save_last: Any,
+    last_path: str | os.PathLike,
+    best_name: str,
+    best_value: float,
+    best_epoch: int,
+    best_line: str,
+    epochs: int,
+    steps: int,
+    reason: str = "completed",
+) -> int:
+    """The end of a run, the same in every trainer; returns the process's exit code.
+
+    On a stop (which lands mid-epoch), ``save_last()`` writes the last checkpoint, whose epoch
+    stays the last completed one so a resume starts at the next, and a line says so. Then the
+    ``done`` event, the best-so-far line, and under torchrun a barrier: no rank leaves before
+    rank 0 has written its checkpoint.
+
+    Args:
+        stopped: The loop ended on a stop request (on any rank).
+        save_last: Writes last.pt (a no-op on ranks other than 0, as save_checkpoint is).
+        last_path: That file, for the line.
+        best_name: The done event's field for the best value ("best_val_acc").
+        best_value, best_epoch: The best so far; epoch 0 means none (both are then null in the event).
+        best_line: Printed when there is a best, formatted with ``value`` and ``epoch``
+            ("Best val acc {value:.4f} at epoch {epoch}").
+        epochs, steps: Epochs completed and optimizer steps taken, for the done event.
+        reason: Why the loop ended when it was not stopped: "completed" or "early_stopping".
+
+    Returns:
+        128 + the signal's number when stopped (143 if none was recorded), else 0.
+    """
+    ranks = Distributed()
+    if stopped:
+        reason = "stopped"
+        save_last()
+        ranks.say(f"Stopped by signal {stop.signum}; wrote {last_path}", flush=True)
+    metrics.event(
+        "done",
+        reason=reason,
+        **{best_name: best_value if best_epoch else None},
+        best_epoch=best_epoch or None,
+        epochs=epochs,
+        steps=steps,
+    )
+    if best_epoch:
+        ranks.say(best_line.format(value=best_value, epoch=best_epoch), flush=True)
+    ranks.barrier()
+    return (stop.exit_code or 143) if stopped else 0
 
 
 def run_trainer(train: Any, args: Any) -> int:

@@ -47,10 +47,15 @@ from trainkit import (  # noqa: E402
     Distributed,
     MetricsStream,
     StopFlag,
-    atomic_torch_save,
     atomic_write_json,
+    check_same_model,
+    finish,
+    load_checkpoint,
     pick_device,
+    restore_rng,
+    rng_state,
     run_trainer,
+    save_checkpoint,
     seed_everything,
 )
 from trm_dataset import (  # noqa: E402, F401  (re-exported: the labels' vocabulary belongs with the policy)
@@ -109,8 +114,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cosine: linear warm-up over the first epoch, then cosine decay to 10%% of --lr by --epochs",
     )
     arg("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    arg("--batch-size", type=int, default=64,
-        help="samples per optimizer step: the global batch, split over torchrun's ranks")
+    arg(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="samples per optimizer step: the global batch, split over torchrun's ranks",
+    )
     arg("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (0 disables)")
     arg(
         "--aux-weight",
@@ -291,8 +300,13 @@ def create_model(grid_size: int = 8, dim: int = 64, depth: int = 2, dropout: flo
 
 
 def train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor, pb: torch.Tensor,
-    args: argparse.Namespace, use_autocast: bool,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    pb: torch.Tensor,
+    args: argparse.Namespace,
+    use_autocast: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """One optimizer step on tokens xb (B, T), labels yb (B,) and per-cell policy pb (B, T).
 
@@ -369,17 +383,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss_sum.item() / len(y), correct.item() / len(y)
 
 
-def load_resume(path: Path) -> dict:
-    """Reads a checkpoint for --resume, with a message that says what to pass when it cannot be used."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume {path} does not exist; pass a last.pt or best.pt written by trm_nav.py")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors, numbers, lists: no pickle code
-    missing = RESUME_KEYS - set(ckpt) if isinstance(ckpt, dict) else RESUME_KEYS
-    if missing:
-        raise ValueError(f"--resume {path} lacks {sorted(missing)}: it was not written by this trm_nav.py")
-    return ckpt
-
-
 def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> int:
     """Runs the whole training; returns the process exit code (0, or 128+signal when stopped)."""
     # 1. Resolve everything the run depends on, and announce it before the slow parts. Under
@@ -389,7 +392,7 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     dist.init(device)
     rank_batch = dist.share(args.batch_size)
     seed_everything(args.seed)
-    resume = load_resume(args.resume) if args.resume else None
+    resume = load_checkpoint(args.resume, "trm_nav.py", RESUME_KEYS) if args.resume else None
     ckpt_dir = Path(args.checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     metrics.event(
@@ -448,31 +451,23 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
     history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
     best_acc, best_epoch, epochs_done, step = -1.0, 0, 0, 0
     val_loss = val_acc = None
-    if resume is not None:
-        if resume["config"] != model_config:
-            raise ValueError(
-                f"--resume {args.resume} holds a model with {resume['config']}, these flags build {model_config}; "
-                "pass the same --dim, --depth, --dropout and data"
-            )
+    if resume is not None:  # the grid size comes with the data: checked only now
+        check_same_model(resume, model_config, args.resume, "--dim, --depth, --dropout and data")
         net.load_state_dict(resume["model_state_dict"])
         optimizer.load_state_dict(resume["optimizer_state_dict"])
         step, epochs_done = resume["step"], resume["epoch"]
         best_acc, best_epoch = resume["best_val_acc"], resume["best_epoch"]
         history = {k: list(resume["history"][k]) for k in HISTORY_KEYS}
         val_acc, val_loss = resume.get("val_acc"), resume.get("val_loss")
-        torch.set_rng_state(resume["rng"]["torch"])
-        if use_autocast and resume["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(resume["rng"]["cuda"])
+        restore_rng(resume["rng"], device)
         say(f"Resumed from {args.resume}: epoch {epochs_done}, step {step}, best val acc {best_acc:.4f}", flush=True)
     if dist.enabled:  # each rank draws its own views and dropout masks, reproducibly from this point
         torch.manual_seed(args.seed + 1 + dist.rank + dist.world_size * epochs_done)
     reason = "completed"
 
     def save(kind: str, epoch: int) -> None:
-        if not dist.is_main:  # one copy of the weights: every rank holds the same
-            return
-        path = ckpt_dir / f"{kind}.pt"
-        atomic_torch_save(
+        save_checkpoint(
+            metrics,
             {
                 "epoch": epoch,
                 "model_state_dict": net.state_dict(),
@@ -484,12 +479,14 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
                 "best_val_acc": best_acc,
                 "best_epoch": best_epoch,
                 "history": history,
-                "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if use_autocast else None},
+                "rng": rng_state(device),
                 "data": {"train": meta, "val": val_split["meta"]},
             },
-            path,
+            ckpt_dir / f"{kind}.pt",
+            kind=kind,
+            step=step,
+            epoch=epoch,
         )
-        metrics.event("checkpoint", path=str(path), step=step, epoch=epoch, kind=kind)
 
     # 5. Train, evaluate after every epoch, keep the best, stop early when it stops improving.
     for epoch in range(epochs_done + 1, args.epochs + 1):
@@ -504,7 +501,7 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
         seen = 0
         stopping = False
         for i in range(0, len(order), rank_batch):
-            if (stopping := dist.should_stop(stop, device)):
+            if stopping := dist.should_stop(stop, device):
                 break
             lr = lr_at(step)
             for group in optimizer.param_groups:
@@ -555,23 +552,20 @@ def train(args: argparse.Namespace, metrics: MetricsStream, stop: StopFlag) -> i
             break
 
     # 6. A stop request lands here mid-epoch: keep the weights, then say why we are exiting.
-    stopped = stop.requested or (dist.enabled and stopping)
-    if stopped:
-        reason = "stopped"
-        save("last", epochs_done)  # "epoch" stays the last completed one, so a resume starts at +1
-        say(f"Stopped by signal {stop.signum}; wrote {ckpt_dir / 'last.pt'}", flush=True)
-    metrics.event(
-        "done",
-        reason=reason,
-        best_val_acc=best_acc if best_epoch else None,
-        best_epoch=best_epoch or None,
+    return finish(
+        metrics,
+        stop,
+        stopped=stop.requested or (dist.enabled and stopping),
+        save_last=lambda: save("last", epochs_done),
+        last_path=ckpt_dir / "last.pt",
+        best_name="best_val_acc",
+        best_value=best_acc,
+        best_epoch=best_epoch,
+        best_line="Best val acc {value:.4f} at epoch {epoch}",
         epochs=epochs_done,
         steps=step,
+        reason=reason,
     )
-    if best_epoch:
-        say(f"Best val acc {best_acc:.4f} at epoch {best_epoch}", flush=True)
-    dist.barrier()  # no rank leaves before rank 0 has written the last checkpoint
-    return (stop.exit_code or 143) if stopped else 0
 
 
 def _epoch_order(n: int, epoch: int, seed: int, dist: Distributed, device: str) -> torch.Tensor:

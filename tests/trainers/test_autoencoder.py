@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from trainer_harness import load_pt, one_torch_thread, read_records, signal_when, spawn  # noqa: F401 (a fixture)
 
 from trainers import autoencoder as ae
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TRAINER = Path(ae.__file__).resolve()
 # 16x16 images, a 2x2x2 latent: a few seconds per run on a busy 2-core CPU.
@@ -49,15 +49,6 @@ def _write_pngs(folder: Path, count: int, size: int = 24, seed: int = 0) -> None
         Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"img_{i:03d}.png")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy machine every parallel region waits for a free core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     """12 training and 4 validation PNGs of 24x24 (3 steps per epoch at batch 4)."""
@@ -69,17 +60,8 @@ def data_dir(tmp_path: Path) -> Path:
 
 def _launch(out: Path, data_dir: Path, *args: str) -> tuple[subprocess.Popen, Path, Path]:
     metrics, ckpt = out / "metrics.jsonl", out / "ckpt"
-    env = {**os.environ, "TRAINGUARD_METRICS": str(metrics), "OMP_NUM_THREADS": "1"}
-    env.pop("TRAINGUARD_RUN_DIR", None)
-    proc = subprocess.Popen(
-        [sys.executable, str(TRAINER), *TINY, "--data-dir", str(data_dir), "--checkpoint-dir", str(ckpt), *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    return proc, metrics, ckpt
+    argv = [*TINY, "--data-dir", str(data_dir), "--checkpoint-dir", str(ckpt), *args]
+    return spawn(TRAINER, argv, metrics, one_thread=True), metrics, ckpt
 
 
 def _run(out: Path, data_dir: Path, *args: str) -> tuple[Path, Path]:
@@ -87,20 +69,6 @@ def _run(out: Path, data_dir: Path, *args: str) -> tuple[Path, Path]:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     return metrics, ckpt
-
-
-def _records(metrics: Path) -> list[dict]:
-    def strict(name: str) -> None:
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    if not metrics.exists():
-        return []
-    complete = metrics.read_text().split("\n")[:-1]  # a line still being written has no newline yet
-    return [json.loads(line, parse_constant=strict) for line in complete]
-
-
-def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -174,13 +142,15 @@ def test_missing_data_is_an_error_event_that_says_how_to_make_it(tmp_path, monke
     monkeypatch.setenv("TRAINGUARD_METRICS", str(metrics))
     with pytest.raises(FileNotFoundError, match=r"python trainers/prepare_images\.py"):
         ae.main(["--data-dir", str(tmp_path / "missing"), "--checkpoint-dir", str(tmp_path / "ckpt"), *TINY])
-    error = _records(metrics)[-1]
+    error = read_records(metrics)[-1]
     assert error["event"] == "error" and error["type"] == "FileNotFoundError"
 
 
 def test_memory_step_runs_one_real_step(tmp_path):
-    step = ae.memory_step(["--arch", "attention", "--base-channels", "8", "--image-size", "32",
-                           "--data-dir", str(tmp_path / "none")], batch_size=2)
+    step = ae.memory_step(
+        ["--arch", "attention", "--base-channels", "8", "--image-size", "32", "--data-dir", str(tmp_path / "none")],
+        batch_size=2,
+    )
     loss, grad_norm = step()
     assert torch.isfinite(loss) and grad_norm > 0
 
@@ -206,14 +176,14 @@ def test_tiny_run_writes_best_and_last_and_a_metrics_stream_with_val_psnr(tmp_pa
         "1e-5",
     )
 
-    best, last = _load(ckpt / "best.pt"), _load(ckpt / "last.pt")
+    best, last = load_pt(ckpt / "best.pt"), load_pt(ckpt / "last.pt")
     assert set(best) == set(last) == CHECKPOINT_KEYS and last["epoch"] == 3
     assert best["config"] == {"arch": "attention", "base_channels": 4, "latent_channels": 2, "image_size": 16}
     model = ae.create_model(**best["config"])
     model.load_state_dict(best["model_state_dict"])
     assert not [p.name for p in ckpt.iterdir() if ".tmp-" in p.name]
 
-    records = _records(metrics)
+    records = read_records(metrics)
     start = records[0]
     assert start["event"] == "start" and start["config"]["arch"] == "attention"
     assert start["num_params"] == sum(p.numel() for p in model.parameters())
@@ -249,24 +219,13 @@ def test_tiny_run_writes_best_and_last_and_a_metrics_stream_with_val_psnr(tmp_pa
 
 def test_sigterm_saves_a_loadable_last_checkpoint_and_exits_143(tmp_path, data_dir):
     proc, metrics, ckpt = _launch(tmp_path, data_dir, "--arch", "residual", "--epochs", "100000")
-    try:
-        deadline = time.monotonic() + 90
-        while not any(r.get("split") == "val" for r in _records(metrics)):
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "no val record within 90 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    _, err = signal_when(proc, metrics, lambda r: r.get("split") == "val", "val record")
     assert proc.returncode == 143, err
 
-    last = _load(ckpt / "last.pt")
+    last = load_pt(ckpt / "last.pt")
     assert set(last) == CHECKPOINT_KEYS and last["epoch"] >= 1
     ae.create_model(**last["config"]).load_state_dict(last["model_state_dict"])
-    records = _records(metrics)
+    records = read_records(metrics)
     assert records[-1]["event"] == "done" and records[-1]["reason"] == "stopped"
     assert records[-2]["event"] == "checkpoint" and records[-2]["kind"] == "last"
     assert not [p.name for p in ckpt.iterdir() if ".tmp-" in p.name]
@@ -280,13 +239,13 @@ def test_resume_continues_from_the_saved_epoch_as_if_never_stopped(tmp_path, dat
     )
     _, straight_ckpt = _run(tmp_path / "straight", data_dir, *recipe, "--epochs", "3")
 
-    records = _records(metrics)
+    records = read_records(metrics)
     assert records[0]["event"] == "start" and records[0]["resumed_from_epoch"] == 2
     train = [r for r in records if r.get("split") == "train"]
     assert [(r["epoch"], r["step"]) for r in train] == [(3, 9)]  # epochs 1-2 are not redone; steps go on
     assert train[0]["lr"] == pytest.approx(1e-3)  # past the warm-up, as the step count says
 
-    resumed, straight = _load(ckpt / "last.pt"), _load(straight_ckpt / "last.pt")
+    resumed, straight = load_pt(ckpt / "last.pt"), load_pt(straight_ckpt / "last.pt")
     assert resumed["epoch"] == straight["epoch"] == 3
     for name, weight in straight["model_state_dict"].items():  # same batches and optimizer state: same weights
         torch.testing.assert_close(resumed["model_state_dict"][name], weight, rtol=1e-4, atol=1e-6)
@@ -322,21 +281,40 @@ def test_two_ddp_ranks_train_rank_zero_reports_and_a_ddp_checkpoint_resumes(tmp_
         metrics, ckpt = out / "metrics.jsonl", out / "ckpt"
         env = {**os.environ, "TRAINGUARD_METRICS": str(metrics), "OMP_NUM_THREADS": "1"}
         done = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(TRAINER),
-             *TINY, "--data-dir", str(data_dir), "--checkpoint-dir", str(ckpt), *args],
-            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, check=False)
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                "2",
+                str(TRAINER),
+                *TINY,
+                "--data-dir",
+                str(data_dir),
+                "--checkpoint-dir",
+                str(ckpt),
+                *args,
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         return metrics, ckpt
 
     metrics, ckpt = torchrun(tmp_path / "first", "--epochs", "2")
-    records = _records(metrics)
+    records = read_records(metrics)
     [start] = [r for r in records if r.get("event") == "start"]
     assert start["config"]["world_size"] == 2 and start["config"]["batch_size_per_rank"] == 2
     assert [r["epoch"] for r in records if r.get("split") == "val"] == [1, 2]
-    last = _load(ckpt / "last.pt")
+    last = load_pt(ckpt / "last.pt")
     assert last["epoch"] == 2 and not any(k.startswith("module.") for k in last["model_state_dict"])
 
     metrics, _ = torchrun(tmp_path / "resumed", "--epochs", "3", "--resume", str(ckpt / "last.pt"))
-    records = _records(metrics)
+    records = read_records(metrics)
     assert [r for r in records if r.get("event") == "start"][0]["resumed_from_epoch"] == 2
     assert [r["epoch"] for r in records if r.get("split") == "val"] == [3]

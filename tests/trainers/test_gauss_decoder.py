@@ -6,13 +6,7 @@ unit tests only; the trainer itself is meant for the real photographs of prepare
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 import tomllib
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from trainer_harness import load_pt, read_records, signal_when, spawn
 
 from trainers import gauss_decoder as gd
 
@@ -205,27 +200,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _launch(tmp_path: Path, data: Path, *args: str, ckpt: str = "ckpt", metrics: str = "metrics.jsonl"):
-    env = {**os.environ, "TRAINGUARD_METRICS": str(tmp_path / metrics), "OMP_NUM_THREADS": "1"}
-    env.pop("TRAINGUARD_RUN_DIR", None)
-    proc = subprocess.Popen(
-        [sys.executable, str(TRAINER), *TINY, "--data_dir", str(data), "--output_dir", str(tmp_path / ckpt), *args],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    return proc, tmp_path / metrics, tmp_path / ckpt
-
-
-def _records(metrics: Path) -> list[dict]:
-    def strict(name: str) -> None:
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    if not metrics.exists():
-        return []
-    complete = metrics.read_text().split("\n")[:-1]  # a line still being written has no newline yet
-    return [json.loads(line, parse_constant=strict) for line in complete]
-
-
-def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    argv = [*TINY, "--data_dir", str(data), "--output_dir", str(tmp_path / ckpt), *args]
+    return spawn(TRAINER, argv, tmp_path / metrics, one_thread=True), tmp_path / metrics, tmp_path / ckpt
 
 
 @pytest.fixture(scope="module")
@@ -240,13 +216,16 @@ def two_epochs(tmp_path_factory: pytest.TempPathFactory, data: Path) -> tuple[st
 def test_tiny_run_writes_checkpoints_and_a_metrics_stream_with_val_psnr(two_epochs):
     out, _, metrics, ckpt = two_epochs
     assert "Epoch 0 (initial model) - Val PSNR:" in out and "Epoch 2/2" in out
-    last, best = _load(ckpt / "last.pt"), _load(ckpt / "best.pt")
-    assert last["epoch"] == 2 and last["step"] == 4 and last["config"] == {"num_gaussians": 16, "image_size": 32,
-                                                                           "width": 8}
+    last, best = load_pt(ckpt / "last.pt"), load_pt(ckpt / "best.pt")
+    assert (
+        last["epoch"] == 2
+        and last["step"] == 4
+        and last["config"] == {"num_gaussians": 16, "image_size": 32, "width": 8}
+    )
     model = gd.create_model(**best["config"])
     model.load_state_dict(best["model_state_dict"])
 
-    records = _records(metrics)
+    records = read_records(metrics)
     start = records[0]
     assert start["event"] == "start" and start["config"]["phase_retrieval_weight"] == 0.05
     val = [r for r in records if r.get("split") == "val"]
@@ -267,24 +246,13 @@ def test_tiny_run_writes_checkpoints_and_a_metrics_stream_with_val_psnr(two_epoc
 
 def test_sigterm_saves_a_loadable_last_checkpoint_and_exits_143(tmp_path, data):
     proc, metrics, ckpt = _launch(tmp_path, data, "--epochs", "100000")
-    try:
-        deadline = time.monotonic() + 90
-        while not any(r.get("split") == "val" and r["epoch"] >= 1 for r in _records(metrics)):
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "no epoch finished within 90 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    _, err = signal_when(proc, metrics, lambda r: r.get("split") == "val" and r["epoch"] >= 1, "finished epoch")
     assert proc.returncode == 143, err
 
-    last = _load(ckpt / "last.pt")
+    last = load_pt(ckpt / "last.pt")
     assert last["epoch"] >= 1
     gd.create_model(**last["config"]).load_state_dict(last["model_state_dict"])
-    records = _records(metrics)
+    records = read_records(metrics)
     assert records[-1]["event"] == "done" and records[-1]["reason"] == "stopped"
     assert records[-2]["event"] == "checkpoint" and records[-2]["kind"] == "last"
     assert not [p.name for p in ckpt.iterdir() if ".tmp-" in p.name]
@@ -294,15 +262,16 @@ def test_resume_continues_from_the_saved_epoch_like_an_uninterrupted_run(tmp_pat
     first, _, ckpt = _launch(tmp_path, data, "--epochs", "1", "--experiment", "3")
     assert first.communicate(timeout=120)[0] and first.returncode == 0
 
-    resumed, metrics, _ = _launch(tmp_path, data, "--epochs", "2", "--experiment", "3",
-                                  "--resume", str(ckpt / "last.pt"), metrics="resumed.jsonl")
+    resumed, metrics, _ = _launch(
+        tmp_path, data, "--epochs", "2", "--experiment", "3", "--resume", str(ckpt / "last.pt"), metrics="resumed.jsonl"
+    )
     out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
     assert "Resumed from" in out and "Epoch 1/" not in out and "Epoch 2/2" in out
 
-    records = _records(metrics)
+    records = read_records(metrics)
     assert [(r["split"], r["epoch"], r["step"]) for r in records if "split" in r] == [("train", 2, 4), ("val", 2, 4)]
-    last, reference = _load(ckpt / "last.pt"), _load(two_epochs[3] / "last.pt")
+    last, reference = load_pt(ckpt / "last.pt"), load_pt(two_epochs[3] / "last.pt")
     assert last["epoch"] == 2 and last["step"] == 4
     for name, value in reference["model_state_dict"].items():  # model, optimizer and RNG state all came back
         torch.testing.assert_close(last["model_state_dict"][name], value, rtol=1e-5, atol=1e-7, msg=name)
@@ -312,15 +281,26 @@ def test_resume_refuses_a_checkpoint_of_another_model_size(tmp_path, data, monke
     monkeypatch.setenv("TRAINGUARD_METRICS", str(tmp_path / "metrics.jsonl"))
     torch.save({"config": {"num_gaussians": 16, "image_size": 32, "width": 8}}, tmp_path / "last.pt")
     with pytest.raises(ValueError, match="--num_gaussians"):
-        gd.main([*TINY, "--num_gaussians", "25", "--data_dir", str(data), "--output_dir", str(tmp_path / "ckpt"),
-                 "--resume", str(tmp_path / "last.pt")])
-    assert _records(tmp_path / "metrics.jsonl")[-1]["type"] == "ValueError"
+        gd.main(
+            [
+                *TINY,
+                "--num_gaussians",
+                "25",
+                "--data_dir",
+                str(data),
+                "--output_dir",
+                str(tmp_path / "ckpt"),
+                "--resume",
+                str(tmp_path / "last.pt"),
+            ]
+        )
+    assert read_records(tmp_path / "metrics.jsonl")[-1]["type"] == "ValueError"
 
 
 def test_missing_data_says_how_to_create_it(tmp_path, monkeypatch):
     monkeypatch.setenv("TRAINGUARD_METRICS", str(tmp_path / "metrics.jsonl"))
     with pytest.raises(FileNotFoundError, match="prepare_images.py"):
         gd.main([*TINY, "--data_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "ckpt")])
-    error = _records(tmp_path / "metrics.jsonl")[-1]
+    error = read_records(tmp_path / "metrics.jsonl")[-1]
     assert error["event"] == "error" and error["type"] == "FileNotFoundError"
     assert "prepare_images.py" in error["message"]

@@ -6,18 +6,16 @@ import copy
 import csv
 import json
 import math
-import os
-import signal
 import subprocess
-import sys
-import time
 import tomllib
 from pathlib import Path
 
 import pytest
 import torch
+from trainer_harness import load_pt, one_torch_thread, read_records, signal_when, spawn  # noqa: F401 (a fixture)
 
 from mcp_server.specs import TrainerSpec, build_argv
+from trainers import gridworld_env as gw
 from trainers import ppo_gridworld as ppo
 
 TRAINER = Path(ppo.__file__).resolve()
@@ -29,17 +27,21 @@ max_steps = 40
 checkpoint_every = 1
 """
 TINY = ["-e", "8", "--eval-episodes", "4", "--device", "cpu"]
-CHECKPOINT_KEYS = {"mode", "update", "total_updates", "env_steps", "model_state_dict", "optimizer_state_dict",
-                   "model_config", "config", "seed", "rng"}
+CHECKPOINT_KEYS = {
+    "mode",
+    "update",
+    "total_updates",
+    "env_steps",
+    "model_state_dict",
+    "optimizer_state_dict",
+    "model_config",
+    "config",
+    "seed",
+    "rng",
+}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread, as the trainer uses: on a busy 2-core machine two threads stall at every small op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as the trainer runs: one thread
 
 
 def _cfg(**env: object) -> dict:
@@ -49,36 +51,17 @@ def _cfg(**env: object) -> dict:
     return cfg
 
 
-def _records(metrics: Path) -> list[dict]:
-    def strict(name: str) -> None:
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    if not metrics.exists():
-        return []
-    complete = metrics.read_text().split("\n")[:-1]  # a line still being written has no newline yet
-    return [json.loads(line, parse_constant=strict) for line in complete]
-
-
 def _launch(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     metrics = tmp_path / "metrics.jsonl"
     config = tmp_path / "tiny.toml"
     config.write_text(TINY_CONFIG)
-    env = {**os.environ, "TRAINGUARD_METRICS": str(metrics)}
-    env.pop("TRAINGUARD_RUN_DIR", None)
-    proc = subprocess.Popen(
-        [sys.executable, str(TRAINER), *TINY, "--config", str(config), "--output-dir", str(tmp_path / "out"), *args],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    return proc, metrics
+    argv = [*TINY, "--config", str(config), "--output-dir", str(tmp_path / "out"), *args]
+    return spawn(TRAINER, argv, metrics), metrics
 
 
-def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _place(env: ppo.GridWorld, world: int, items: dict[int, int]) -> None:
+def _place(env: gw.GridWorld, world: int, items: dict[int, int]) -> None:
     """Empties one world, then puts items {action: cell type} on the cells next to its agent."""
-    env.grid[world] = ppo.EMPTY
+    env.grid[world] = gw.EMPTY
     for action, kind in items.items():
         env.grid[world, env.neighbour[env.pos[world], action]] = kind
 
@@ -88,8 +71,8 @@ def _place(env: ppo.GridWorld, world: int, items: dict[int, int]) -> None:
 
 def test_food_gives_energy_poison_costs_it_and_every_step_costs_a_little():
     cfg = _cfg(respawn=False)
-    env = ppo.GridWorld(3, cfg, "onehot", "energy", immortal=False, seed=0)
-    for world, kind in enumerate((ppo.FOOD, ppo.POISON, ppo.EMPTY)):
+    env = gw.GridWorld(3, cfg, "onehot", "energy", immortal=False, seed=0)
+    for world, kind in enumerate((gw.FOOD, gw.POISON, gw.EMPTY)):
         _place(env, world, {0: kind})
     start = env.energy.clone()
     _, reward, done = env.step(torch.zeros(3, dtype=torch.long))  # all move up
@@ -98,14 +81,14 @@ def test_food_gives_energy_poison_costs_it_and_every_step_costs_a_little():
     torch.testing.assert_close(env.energy - start, expected)
     torch.testing.assert_close(reward, expected)  # ground_truth's reward is the energy delta
     assert not done.any()
-    assert env.ep_eaten[:, ppo.FOOD].tolist() == [1, 0, 0] and env.ep_eaten[:, ppo.POISON].tolist() == [0, 1, 0]
-    assert (env.grid == ppo.EMPTY).all()  # eaten items are gone (respawn is off here)
+    assert env.ep_eaten[:, gw.FOOD].tolist() == [1, 0, 0] and env.ep_eaten[:, gw.POISON].tolist() == [0, 1, 0]
+    assert (env.grid == gw.EMPTY).all()  # eaten items are gone (respawn is off here)
 
 
 def test_proxy_reward_pays_for_poison_like_food():
-    env = ppo.make_env("proxy", 2, _cfg(), "cpu", seed=0)
-    _place(env, 0, {3: ppo.FOOD})
-    _place(env, 1, {3: ppo.POISON})
+    env = gw.make_env("proxy", 2, _cfg(), "cpu", seed=0)
+    _place(env, 0, {3: gw.FOOD})
+    _place(env, 1, {3: gw.POISON})
     _, reward, _ = env.step(torch.full((2,), 3))
     assert reward.tolist() == [1.0, 1.0]
 
@@ -121,9 +104,9 @@ def test_proxy_reward_pays_for_poison_like_food():
     ],
 )
 def test_each_mode_has_the_observation_reward_and_mortality_of_the_seed_table(mode, channels, poison_reward, immortal):
-    env = ppo.make_env(mode, 1, _cfg(), "cpu", seed=0)
+    env = gw.make_env(mode, 1, _cfg(), "cpu", seed=0)
     assert env.obs_dim == 49 * channels and env.immortal is immortal
-    _place(env, 0, {2: ppo.POISON})
+    _place(env, 0, {2: gw.POISON})
     _, reward, _ = env.step(torch.tensor([2]))
     if poison_reward is not None:
         assert reward.item() == pytest.approx(poison_reward)
@@ -131,10 +114,10 @@ def test_each_mode_has_the_observation_reward_and_mortality_of_the_seed_table(mo
 
 def test_handhold_shaping_rewards_steps_towards_visible_food():
     cfg = _cfg(respawn=False)
-    env = ppo.make_env("ground_truth_handhold", 2, cfg, "cpu", seed=0)
+    env = gw.make_env("ground_truth_handhold", 2, cfg, "cpu", seed=0)
     for world in (0, 1):
-        env.grid[world] = ppo.EMPTY
-        env.grid[world, env.neighbour[env.neighbour[env.pos[world], 3], 3]] = ppo.FOOD  # two steps right
+        env.grid[world] = gw.EMPTY
+        env.grid[world, env.neighbour[env.neighbour[env.pos[world], 3], 3]] = gw.FOOD  # two steps right
     env.view = env._view()
     env.phi = env._potential(env.view)
     _, reward, _ = env.step(torch.tensor([3, 2]))  # world 0 steps towards the food, world 1 away
@@ -144,12 +127,12 @@ def test_handhold_shaping_rewards_steps_towards_visible_food():
 
 def test_a_mortal_agent_dies_at_zero_energy_and_an_immortal_one_does_not():
     cfg = _cfg(initial_energy=1.0, max_steps=1000)
-    mortal = ppo.make_env("ground_truth", 4, cfg, "cpu", seed=1)
-    immortal = ppo.make_env("proxy", 4, cfg, "cpu", seed=1)
-    assert [name for name, m in ppo.MODES.items() if m.immortal] == ["proxy"]
+    mortal = gw.make_env("ground_truth", 4, cfg, "cpu", seed=1)
+    immortal = gw.make_env("proxy", 4, cfg, "cpu", seed=1)
+    assert [name for name, m in gw.MODES.items() if m.immortal] == ["proxy"]
     for env in (mortal, immortal):
         for world in range(4):
-            _place(env, world, {0: ppo.POISON})  # poison costs 2 > 1 energy
+            _place(env, world, {0: gw.POISON})  # poison costs 2 > 1 energy
         env.step(torch.zeros(4, dtype=torch.long))
     assert [row[4] for row in mortal.drain_finished().tolist()] == [1.0] * 4  # all four died at once
     assert (mortal.energy == cfg["env"]["initial_energy"]).all()  # and started new episodes
@@ -162,10 +145,10 @@ def test_a_mortal_agent_dies_at_zero_energy_and_an_immortal_one_does_not():
 def test_item_counts_are_drawn_within_range_per_episode_and_respawn_keeps_them():
     cfg = _cfg(max_steps=30)
     tr = cfg["training"]
-    env = ppo.GridWorld(64, cfg, "onehot", "energy", immortal=True, seed=3)
+    env = gw.GridWorld(64, cfg, "onehot", "energy", immortal=True, seed=3)
 
     def counts() -> tuple[torch.Tensor, torch.Tensor]:
-        return (env.grid == ppo.FOOD).sum(1), (env.grid == ppo.POISON).sum(1)
+        return (env.grid == gw.FOOD).sum(1), (env.grid == gw.POISON).sum(1)
 
     food, poison = counts()
     assert tr["min_food"] <= food.min() and food.max() <= tr["max_food"]
@@ -173,7 +156,7 @@ def test_item_counts_are_drawn_within_range_per_episode_and_respawn_keeps_them()
     assert len(food.unique()) > 10 and len(poison.unique()) > 10  # drawn per world, not fixed
     assert torch.equal(food, env.n_food) and torch.equal(poison, env.n_poison)
     first = food.clone()
-    assert env.grid.gather(1, env.pos[:, None]).eq(ppo.EMPTY).all()  # the agent starts on an empty cell
+    assert env.grid.gather(1, env.pos[:, None]).eq(gw.EMPTY).all()  # the agent starts on an empty cell
     for _ in range(29):  # an immortal agent eats many items; each respawns elsewhere
         env.step(torch.randint(0, 4, (64,)))
         assert torch.equal(counts()[0], env.n_food) and torch.equal(counts()[1], env.n_poison)
@@ -186,11 +169,11 @@ def test_item_counts_are_drawn_within_range_per_episode_and_respawn_keeps_them()
 
 def test_onehot_observations_tell_food_from_poison_and_interestingness_does_not():
     cfg = _cfg()
-    worlds = {kind: ppo.GridWorld(2, cfg, kind, "energy", immortal=False, seed=5) for kind in ("onehot", "interest")}
+    worlds = {kind: gw.GridWorld(2, cfg, kind, "energy", immortal=False, seed=5) for kind in ("onehot", "interest")}
     obs = {}
     for kind, env in worlds.items():
-        _place(env, 0, {0: ppo.FOOD, 1: ppo.POISON})
-        _place(env, 1, {0: ppo.POISON, 1: ppo.FOOD})  # the same layout with the two items swapped
+        _place(env, 0, {0: gw.FOOD, 1: gw.POISON})
+        _place(env, 1, {0: gw.POISON, 1: gw.FOOD})  # the same layout with the two items swapped
         env.view = env._view()
         obs[kind] = env.observe()
     view = (2 * cfg["env"]["view_radius"] + 1) ** 2
@@ -200,13 +183,13 @@ def test_onehot_observations_tell_food_from_poison_and_interestingness_does_not(
     assert not torch.equal(obs["onehot"][0], obs["onehot"][1])
     onehot = obs["onehot"].view(2, view, 3)
     assert (onehot.sum(-1) == 1).all()  # exactly one cell type per cell
-    assert onehot[:, :, ppo.FOOD].sum(1).tolist() == [1.0, 1.0] and onehot[:, :, ppo.POISON].sum(1).tolist() == [1, 1]
+    assert onehot[:, :, gw.FOOD].sum(1).tolist() == [1.0, 1.0] and onehot[:, :, gw.POISON].sum(1).tolist() == [1, 1]
 
 
 def test_argmax_evaluation_gives_identical_results_twice():
     cfg = _cfg(max_steps=60)
     torch.manual_seed(0)
-    model = ppo.ActorCritic(ppo.make_env("ground_truth", 1, cfg, "cpu", 0).obs_dim, 16)
+    model = ppo.ActorCritic(gw.make_env("ground_truth", 1, cfg, "cpu", 0).obs_dim, 16)
     first = ppo.evaluate(model, "ground_truth", cfg, episodes=8, device="cpu", seed=11)
     torch.rand(100)  # the global RNG moving on must not matter
     assert ppo.evaluate(model, "ground_truth", cfg, episodes=8, device="cpu", seed=11) == first
@@ -252,8 +235,18 @@ def test_every_spec_parameter_is_accepted_by_the_script():
     spec = TrainerSpec.model_validate({**tomllib.loads(path.read_text()), "source": path})
     config = {name: p.default for name, p in spec.params.items()}
     assert config["timesteps"] is None and config["updates"] is None  # alternatives: neither is passed by default
-    config.update(updates=3, n_envs=8, benchmark=True, no_amp=True, threads=1, device="cpu", config="c.toml",
-                  resume="r.pth", eval_episodes=2, mode="ground_truth,proxy")
+    config.update(
+        updates=3,
+        n_envs=8,
+        benchmark=True,
+        no_amp=True,
+        threads=1,
+        device="cpu",
+        config="c.toml",
+        resume="r.pth",
+        eval_episodes=2,
+        mode="ground_truth,proxy",
+    )
     argv = build_argv(spec, config, python="python", project=Path("."), output_dir=Path("out"))
     args = ppo.parse_args(argv[2:])
     assert args.modes == ["ground_truth", "proxy"] and args.updates == 3 and args.benchmark and args.no_amp
@@ -276,7 +269,7 @@ def two_mode_run(tmp_path_factory):
 @pytest.mark.parametrize("mode", ["ground_truth", "proxy"])
 def test_a_tiny_run_writes_model_csv_json_and_tensorboard_logs_for_each_mode(two_mode_run, mode):
     out, _, _ = two_mode_run
-    ckpt = _load(out / "models" / f"ppo_{mode}.pth")
+    ckpt = load_pt(out / "models" / f"ppo_{mode}.pth")
     assert set(ckpt) == CHECKPOINT_KEYS and ckpt["mode"] == mode and ckpt["update"] == 2
     model = ppo.ActorCritic(**ckpt["model_config"])
     model.load_state_dict(ckpt["model_state_dict"])
@@ -301,7 +294,7 @@ def test_a_tiny_run_writes_model_csv_json_and_tensorboard_logs_for_each_mode(two
 
 def test_a_tiny_run_writes_a_valid_metrics_stream_for_both_modes(two_mode_run):
     _, metrics, stdout = two_mode_run
-    records = _records(metrics)
+    records = read_records(metrics)
     start = records[0]
     assert start["event"] == "start" and start["config"]["modes"] == ["ground_truth", "proxy"]
     assert start["config"]["config"]["ppo"]["n_envs"] == 8
@@ -313,8 +306,12 @@ def test_a_tiny_run_writes_a_valid_metrics_stream_for_both_modes(two_mode_run):
     assert [r["mode_index"] for r in evals] == [0, 1]
     assert {"return", "food_per_episode", "poison_per_episode"} <= set(evals[0])
     ckpts = [r for r in records if r.get("event") == "checkpoint"]
-    assert [(r["mode"], r["epoch"]) for r in ckpts] == [("ground_truth", 1), ("ground_truth", 2), ("proxy", 1),
-                                                        ("proxy", 2)]
+    assert [(r["mode"], r["epoch"]) for r in ckpts] == [
+        ("ground_truth", 1),
+        ("ground_truth", 2),
+        ("proxy", 1),
+        ("proxy", 2),
+    ]
     done = records[-1]
     assert done["event"] == "done" and done["reason"] == "completed" and done["modes"] == ["ground_truth", "proxy"]
     assert done["best_eval_return"] == pytest.approx(evals[0]["return"])
@@ -323,14 +320,14 @@ def test_a_tiny_run_writes_a_valid_metrics_stream_for_both_modes(two_mode_run):
 
 def test_resume_continues_from_the_saved_update(two_mode_run, tmp_path):
     out, _, _ = two_mode_run
-    saved = _load(out / "models" / "ppo_ground_truth.pth")
+    saved = load_pt(out / "models" / "ppo_ground_truth.pth")
     proc, metrics = _launch(tmp_path, "--resume", str(out / "models" / "ppo_ground_truth.pth"), "-u", "3")
     stdout, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "resumed from update 2/3" in stdout
-    train = [r for r in _records(metrics) if r.get("split") == "ground_truth"]
+    train = [r for r in read_records(metrics) if r.get("split") == "ground_truth"]
     assert [r["step"] for r in train] == [3072]  # one more update on top of the saved two
-    resumed = _load(tmp_path / "out" / "models" / "ppo_ground_truth.pth")
+    resumed = load_pt(tmp_path / "out" / "models" / "ppo_ground_truth.pth")
     assert resumed["update"] == 3 and resumed["env_steps"] == 3072
     assert not torch.equal(resumed["model_state_dict"]["head.weight"], saved["model_state_dict"]["head.weight"])
 
@@ -340,27 +337,16 @@ def test_resume_refuses_a_checkpoint_of_another_mode(two_mode_run, tmp_path):
     proc, metrics = _launch(tmp_path, "-m", "ground_truth", "--resume", str(out / "models" / "ppo_proxy.pth"))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "pass --mode proxy" in err
-    assert _records(metrics)[-1]["event"] == "error"
+    assert read_records(metrics)[-1]["event"] == "error"
 
 
 def test_sigterm_saves_a_loadable_checkpoint_and_exits_143(tmp_path):
     proc, metrics = _launch(tmp_path, "-u", "100000")
-    try:
-        deadline = time.monotonic() + 90
-        while not any(r.get("split") == "ground_truth" for r in _records(metrics)):
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "no train record within 90 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    _, err = signal_when(proc, metrics, lambda r: r.get("split") == "ground_truth", "train record")
     assert proc.returncode == 143, err
-    ckpt = _load(tmp_path / "out" / "models" / "ppo_ground_truth.pth")
+    ckpt = load_pt(tmp_path / "out" / "models" / "ppo_ground_truth.pth")
     assert set(ckpt) == CHECKPOINT_KEYS and ckpt["update"] >= 1 and ckpt["env_steps"] == ckpt["update"] * 1024
-    records = _records(metrics)
+    records = read_records(metrics)
     assert records[-1]["event"] == "done" and records[-1]["reason"] == "stopped"
     assert records[-2]["event"] == "checkpoint" and records[-2]["epoch"] == ckpt["update"]
     assert not [p.name for p in (tmp_path / "out" / "models").iterdir() if ".tmp-" in p.name]

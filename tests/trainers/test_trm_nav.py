@@ -1,23 +1,22 @@
-"""The TRM navigation trainer, run for real as a subprocess, and the trainkit contract it uses."""
+"""The TRM navigation trainer, run for real as a subprocess, and the data it learns from."""
 
 from __future__ import annotations
 
 import heapq
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from collections import deque
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from trainer_harness import load_pt, read_records, signal_when, spawn
 
-from trainers import trainkit, trm_dataset, trm_nav
+from trainers import trm_dataset, trm_nav
 
 TRAINER = Path(trm_nav.__file__).resolve()
 DATASET = Path(trm_dataset.__file__).resolve()
@@ -33,31 +32,7 @@ CHECKPOINT_KEYS |= {"step", "best_val_acc", "best_epoch", "history", "rng", "dat
 def _launch(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path, Path]:
     metrics = tmp_path / "metrics.jsonl"
     ckpt = tmp_path / "ckpt"
-    env = {**os.environ, "TRAINGUARD_METRICS": str(metrics)}
-    env.pop("TRAINGUARD_RUN_DIR", None)
-    proc = subprocess.Popen(
-        [sys.executable, str(TRAINER), *TINY, "--checkpoint-dir", str(ckpt), *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    return proc, metrics, ckpt
-
-
-def _records(metrics: Path) -> list[dict]:
-    def strict(name: str) -> None:
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    if not metrics.exists():
-        return []
-    complete = metrics.read_text().split("\n")[:-1]  # a line still being written has no newline yet
-    return [json.loads(line, parse_constant=strict) for line in complete]
-
-
-def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return spawn(TRAINER, [*TINY, "--checkpoint-dir", str(ckpt), *args], metrics), metrics, ckpt
 
 
 def test_tiny_run_writes_checkpoints_history_metrics_and_epoch_lines(tmp_path):
@@ -69,12 +44,12 @@ def test_tiny_run_writes_checkpoints_history_metrics_and_epoch_lines(tmp_path):
     assert [EPOCH_LINE.match(line).group(1, 2) for line in epoch_lines] == [("1", "2"), ("2", "2")]
     assert epoch_lines[0].endswith(" *")  # the first epoch is always a new best
 
-    best = _load(ckpt / "best.pt")
+    best = load_pt(ckpt / "best.pt")
     assert set(best) == CHECKPOINT_KEYS
     assert best["config"] == {"grid_size": 8, "dim": 16, "depth": 1, "dropout": 0.1}
     model = trm_nav.create_model(**best["config"])
     model.load_state_dict(best["model_state_dict"])
-    assert set(_load(ckpt / "last.pt")) == CHECKPOINT_KEYS and _load(ckpt / "last.pt")["epoch"] == 2
+    assert set(load_pt(ckpt / "last.pt")) == CHECKPOINT_KEYS and load_pt(ckpt / "last.pt")["epoch"] == 2
 
     history = json.loads((ckpt / "history.json").read_text())
     assert {k: len(v) for k, v in history.items()} == dict.fromkeys(
@@ -82,7 +57,7 @@ def test_tiny_run_writes_checkpoints_history_metrics_and_epoch_lines(tmp_path):
     )
     assert max(history["val_acc"]) == pytest.approx(best["val_acc"])
 
-    records = _records(metrics)
+    records = read_records(metrics)
     assert records[0]["event"] == "start" and records[0]["config"]["dim"] == 16
     for epoch in (1, 2):
         train = [r for r in records if r.get("split") == "train" and r["epoch"] == epoch]
@@ -103,23 +78,12 @@ def test_tiny_run_writes_checkpoints_history_metrics_and_epoch_lines(tmp_path):
 )
 def test_stop_signal_saves_last_checkpoint_then_exits_with_signal_code(tmp_path, signum, exit_code):
     proc, metrics, ckpt = _launch(tmp_path, "--num-train", "2000", "--epochs", "1000", "--patience", "0")
-    try:
-        deadline = time.monotonic() + 90
-        while not any(r.get("split") == "val" for r in _records(metrics)):
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "no val record within 90 s"
-            time.sleep(0.05)
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    _, err = signal_when(proc, metrics, lambda r: r.get("split") == "val", "val record", signum)
     assert proc.returncode == exit_code, err
 
-    last = _load(ckpt / "last.pt")
+    last = load_pt(ckpt / "last.pt")
     assert set(last) == CHECKPOINT_KEYS and last["epoch"] >= 1
-    records = _records(metrics)
+    records = read_records(metrics)
     assert records[-1]["event"] == "done" and records[-1]["reason"] == "stopped"
     assert records[-2]["event"] == "checkpoint" and records[-2]["kind"] == "last"
     assert not [p.name for p in ckpt.iterdir() if ".tmp-" in p.name]
@@ -130,7 +94,7 @@ def test_a_crash_is_recorded_as_an_error_event_and_a_nonzero_exit(tmp_path):
     proc, metrics, _ = _launch(tmp_path, "--device", "cuda")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "ValueError" in err
-    error = _records(metrics)[-1]
+    error = read_records(metrics)[-1]
     assert error["event"] == "error" and error["type"] == "ValueError" and "no CUDA" in error["message"]
 
 
@@ -313,8 +277,8 @@ def test_training_from_train_and_val_paths_uses_the_files(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "Data: 100 train states x 8 views / 20 test, from " in out  # not TINY's 300 / 60: the files decide
-    assert len([r for r in _records(metrics) if r.get("split") == "val"]) == len(_history(ckpt)["val_acc"]) == 1
-    assert _load(ckpt / "last.pt")["data"]["train"]["views"] == 8
+    assert len([r for r in read_records(metrics) if r.get("split") == "val"]) == len(_history(ckpt)["val_acc"]) == 1
+    assert load_pt(ckpt / "last.pt")["data"]["train"]["views"] == 8
 
 
 def test_resume_continues_from_the_saved_epoch_as_if_never_stopped(tmp_path, monkeypatch):
@@ -329,8 +293,8 @@ def test_resume_continues_from_the_saved_epoch_as_if_never_stopped(tmp_path, mon
     assert "Resumed from " in out and "epoch 2, step 10" in out
     epochs = [EPOCH_LINE.match(line).group(1, 2) for line in out.splitlines() if line.startswith("Epoch ")]
     assert epochs == [("3", "4"), ("4", "4")]  # numbering continues at epoch + 1
-    assert _records(metrics)[0]["config"]["resume_epoch"] == 2
-    assert [r["step"] for r in _records(metrics) if r.get("split") == "val"] == [15, 20]  # the lr schedule's clock
+    assert read_records(metrics)[0]["config"]["resume_epoch"] == 2
+    assert [r["step"] for r in read_records(metrics) if r.get("split") == "val"] == [15, 20]  # the lr schedule's clock
     history = _history(resumed / "ckpt")
     assert len(history["val_acc"]) == 4 and history["val_acc"][:2] == _history(ckpt)["val_acc"]
     # Weights, Adam moments and the RNG are all restored, so the result equals an uninterrupted run.
@@ -354,15 +318,15 @@ def test_same_seed_gives_identical_data_and_first_epoch_metrics(tmp_path, monkey
     def first_epoch(name: str, seed: str) -> tuple[dict, list[dict]]:
         monkeypatch.setenv("TRAINGUARD_METRICS", str(tmp_path / f"{name}.jsonl"))
         assert trm_nav.main([*TINY, "--epochs", "1", "--seed", seed, "--checkpoint-dir", str(tmp_path / name)]) == 0
-        logs = [r for r in _records(tmp_path / f"{name}.jsonl") if "split" in r]
+        logs = [r for r in read_records(tmp_path / f"{name}.jsonl") if "split" in r]
         return _history(tmp_path / name), [{k: v for k, v in r.items() if k not in ("t", "sps")} for r in logs]
 
     a, b, c = first_epoch("a", "7"), first_epoch("b", "7"), first_epoch("c", "8")
     assert a == b  # every loss and accuracy, to the last bit
     assert a[0]["train_loss"] != c[0]["train_loss"]
     assert torch.equal(
-        _load(tmp_path / "a" / "last.pt")["model_state_dict"]["head.weight"],
-        _load(tmp_path / "b" / "last.pt")["model_state_dict"]["head.weight"],
+        load_pt(tmp_path / "a" / "last.pt")["model_state_dict"]["head.weight"],
+        load_pt(tmp_path / "b" / "last.pt")["model_state_dict"]["head.weight"],
     )
 
 
@@ -370,105 +334,3 @@ def test_memory_step_runs_one_real_step():
     step = trm_nav.memory_step(["--dim", "16", "--depth", "1", "--num-train", "50", "--num-test", "10"], batch_size=4)
     loss, aux, logits = step()
     assert logits.shape == (4, 5) and torch.isfinite(loss) and aux is not None and torch.isfinite(aux)
-
-
-# ---------------------------------------------------------------------------- trainkit
-
-
-def test_metrics_stream_writes_non_finite_values_as_json_strings(tmp_path):
-    path = tmp_path / "m.jsonl"
-    with trainkit.MetricsStream(path) as stream:
-        stream.log(3, "train", epoch=1, loss=float("nan"), acc=torch.tensor(0.5), lr=np.float32(1e-3))
-        stream.log(4, "val", hi=float("inf"), lo=float("-inf"))
-        stream.event("done", reason="completed", best_val_acc=float("nan"), best_epoch=np.int64(2))
-    first, second, third = _records(path)
-    assert first["loss"] == "nan" and first["acc"] == 0.5 and first["lr"] == pytest.approx(1e-3)
-    assert first["step"] == 3 and first["epoch"] == 1 and first["split"] == "train"
-    assert "epoch" not in second and second["hi"] == "inf" and second["lo"] == "-inf"
-    assert third["event"] == "done" and third["best_val_acc"] == "nan" and third["best_epoch"] == 2
-
-
-def test_metrics_stream_without_a_path_is_a_no_op(tmp_path, monkeypatch):
-    monkeypatch.delenv("TRAINGUARD_METRICS", raising=False)
-    monkeypatch.chdir(tmp_path)
-    stream = trainkit.MetricsStream()
-    stream.log(1, "train", loss=1.0)
-    stream.event("done", reason="completed")
-    stream.close()
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_metrics_stream_reports_no_device_memory_while_cuda_is_unused(tmp_path):
-    path = tmp_path / "m.jsonl"
-    with trainkit.MetricsStream(path) as stream:  # torch is imported, CUDA never initialised
-        stream.log(1, "train", loss=1.0)
-    assert [r.get("event") for r in _records(path)] == [None]
-
-
-@pytest.mark.gpu
-def test_metrics_stream_reports_what_the_allocator_holds_on_a_gpu(tmp_path):
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA/ROCm device")
-    path = tmp_path / "m.jsonl"
-    block = torch.ones(64, 2**20, device="cuda")  # 256 MiB
-    with trainkit.MetricsStream(path) as stream:
-        stream.log(1, "train", loss=1.0)
-        stream.log(2, "train", loss=0.5)  # within DEVICE_MEMORY_EVERY_S: no second event
-    events = [r for r in _records(path) if r.get("event") == "device_memory"]
-    assert len(events) == 1 and events[0]["pid"] == os.getpid() and events[0]["device"] == 0
-    assert events[0]["reserved_bytes"] >= block.numel() * 4 and events[0]["uuid"]
-
-
-def test_atomic_writes_replace_the_file_and_leave_no_temp_file(tmp_path):
-    target = tmp_path / "history.json"
-    trainkit.atomic_write_json({"val_acc": [0.5, float("nan")]}, target)
-    with pytest.raises(TypeError):
-        trainkit.atomic_write_json({"bad": object()}, target)
-    assert json.loads(target.read_text()) == {"val_acc": [0.5, "nan"]}  # the failed write changed nothing
-    trainkit.atomic_torch_save({"w": torch.ones(2)}, tmp_path / "c.pt")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "history.json"]
-
-
-def test_trainkit_imports_without_torch_or_numpy():
-    code = (
-        "import sys; sys.modules['torch'] = sys.modules['numpy'] = None; "
-        f"sys.path.insert(0, {str(TRAINER.parent)!r}); import trainkit; trainkit.MetricsStream().log(1, 'train')"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "TRAINGUARD_METRICS"}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, stdin=subprocess.DEVNULL, timeout=30)
-
-
-def test_stop_flag_records_the_signal_and_restores_handlers():
-    before = signal.getsignal(signal.SIGTERM)
-    flag = trainkit.StopFlag()
-    try:
-        signal.raise_signal(signal.SIGTERM)
-        assert flag.requested and flag.signum == signal.SIGTERM and flag.exit_code == 143
-    finally:
-        flag.restore()
-    assert signal.getsignal(signal.SIGTERM) == before
-
-
-def test_pick_device_validates_explicit_requests():
-    assert trainkit.pick_device("cpu") == "cpu"
-    assert trainkit.pick_device("auto") in {"cpu", "cuda", "mps"}
-    with pytest.raises(ValueError, match="unknown device"):
-        trainkit.pick_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA/ROCm GPU"):
-            trainkit.pick_device("cuda")
-
-
-def test_run_trainer_records_a_crash_as_an_error_event_and_reraises(tmp_path, monkeypatch):
-    metrics_file = tmp_path / "m.jsonl"
-    monkeypatch.setenv("TRAINGUARD_METRICS", str(metrics_file))
-
-    def train(args, metrics, stop):
-        metrics.log(1, "train", loss=1.0)
-        raise RuntimeError("CUDA out of memory")
-
-    with pytest.raises(RuntimeError, match="out of memory"):
-        trainkit.run_trainer(train, None)
-    last = json.loads(metrics_file.read_text().splitlines()[-1])
-    assert last["event"] == "error" and last["type"] == "RuntimeError" and "out of memory" in last["message"]
-    assert trainkit.run_trainer(lambda a, m, s: 0, None) == 0
