@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from mcp_server import compare, gpu, paths, prepare, registry, runs, safefiles, scratchpad, textlog, trainer_env
 from mcp_server.backends.model import Resources
-from mcp_server.curves.analysis import MetricStats, Point
+from mcp_server.curves.stats import MetricStats, Point
 from mcp_server.curves.summary import CurveSummary
 from mcp_server.errors import InvalidInput, TrainguardError
 from mcp_server.preflight import PreflightReport, estimate_memory, run_preflight

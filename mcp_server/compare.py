@@ -13,8 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from mcp_server import budget, paths
-from mcp_server.curves.analysis import direction_of, metric_stats
 from mcp_server.curves.load import loaded
+from mcp_server.curves.names import direction_of
+from mcp_server.curves.stats import metric_stats
 from mcp_server.curves.summary import find_metric
 from mcp_server.errors import InvalidInput
 from mcp_server.rundir import open_run

@@ -4,7 +4,7 @@
   trainers write ("nan", "inf", "-inf", "+inf", and "NaN", "Infinity", "-Infinity" as
   JavaScript and Python's json print them), read by `number`.
 - Names: `tokens` splits a name into lower-case words at "/", "_", ".", "-", ":" and spaces, so
-  "val/acc", "val_acc", "Val Acc" and "val-acc" are one name, `key` of it; `split_role` tells a
+  "val/acc", "val_acc", "Val Acc" and "val-acc" are one name (`key`, `find`); `split_role` tells a
   train series from a validation one; `direction_of` whether lower or higher is better.
 """
 
@@ -51,8 +51,8 @@ def tokens(name: str) -> list[str]:
 
 
 def key(name: str) -> str:
-    """The name as one spelling: 'val/acc', 'val_acc', 'Val Acc' -> 'val_acc'."""
-    return "_".join(tokens(name))
+    """The name as one spelling: 'val/acc', 'val_acc', 'Val Acc', 'valAcc' -> 'valacc'."""
+    return "".join(tokens(name))
 
 
 def find(names: Iterable[str], wanted: str) -> str | None:

@@ -9,24 +9,20 @@ in a million points is still drawn; non-finite values are marked where they star
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 
+from mcp_server.curves import names
 from mcp_server.curves.store import Curves, Series
 
 POINTS = 2000  # buckets per series; each keeps its min and max
 MAX_PANELS = 4
-SPLITS = ("train", "val", "valid", "validation", "eval", "test")
 
 
 def panel_key(name: str) -> str:
     """The axes a metric is drawn on: train/loss and val/loss (or train_loss, eval_loss) share one."""
-    base = name.rsplit("/", 1)[-1].lower()
-    for split in SPLITS:
-        base = re.sub(rf"^{split}[_ ]", "", base)
-    return base
+    return names.base(name) or names.key(name)
 
 
 def envelope(series: Series) -> tuple[np.ndarray, np.ndarray]:
@@ -91,9 +87,9 @@ def plot_curves(curves: Curves, metrics: list[str], title: str, out: Path) -> li
 
 def default_metrics(curves: Curves, primary: str | None, limit: int = MAX_PANELS) -> list[str]:
     """What to draw when nothing is asked: the primary metric's panel first, then losses, then the rest."""
-    names = [n for n, s in curves.series.items() if len(s) > 1 and np.isfinite(s.values()).any()]
+    drawable = [n for n, s in curves.series.items() if len(s) > 1 and np.isfinite(s.values()).any()]
     keys: list[str] = []
-    ordered = sorted(names, key=lambda n: (n != primary and panel_key(n) != panel_key(primary or ""),
+    ordered = sorted(drawable, key=lambda n: (n != primary and panel_key(n) != panel_key(primary or ""),
                                            "loss" not in n.lower(), n))
     for name in ordered:
         if panel_key(name) not in keys:

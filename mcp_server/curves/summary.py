@@ -1,8 +1,8 @@
 """A run's curves in at most about 1,500 tokens, whatever its length: what `summarize_run` returns.
 
 The primary metric first, then its train/val partner, the losses and the rest, each as
-fixed-size statistics (`analysis.MetricStats`); metrics that do not fit in the budget are
-named, not dropped silently. Diagnoses come from every value (`analysis.diagnose`), never a
+fixed-size statistics (`stats.MetricStats`); metrics that do not fit in the budget are
+named, not dropped silently. Diagnoses come from every value (`findings.diagnose`), never a
 sample, so a single spike or NaN in a million points is reported.
 """
 
@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, Field
 
 from mcp_server import budget
-from mcp_server.curves.analysis import Finding, MetricStats, diagnose, direction_of, metric_stats, pair_series
+from mcp_server.curves import names
+from mcp_server.curves.findings import Finding, diagnose
 from mcp_server.curves.load import Loaded, loaded
+from mcp_server.curves.names import direction_of, pair_series
+from mcp_server.curves.stats import MetricStats, metric_stats
 from mcp_server.curves.store import Curves
 
 if TYPE_CHECKING:
@@ -47,27 +50,20 @@ class CurveSummary(BaseModel):
 def resolve_metric(curves: Curves, wanted: str | None) -> str | None:
     """`wanted` itself or its spelling in this file ('val/acc' is 'val_acc' in a CSV); without
     one, the metric a person would look at first: validation loss or accuracy, then any loss."""
-    names = list(curves.series)
+    logged = list(curves.series)
     if wanted and (match := find_metric(curves, wanted)):
         return match
     for test in (lambda n: "val" in n.lower() and "loss" in n.lower(), lambda n: "eval_loss" in n.lower(),
                  lambda n: "val" in n.lower() and "acc" in n.lower(), lambda n: "loss" in n.lower()):
-        match = next((n for n in names if test(n)), None)
+        match = next((n for n in logged if test(n)), None)
         if match:
             return match
-    return names[0] if names else None
+    return logged[0] if logged else None
 
 
 def find_metric(curves: Curves, wanted: str) -> str | None:
     """`wanted` itself, or the series spelled the same but for case and separators, or None."""
-    if wanted in curves.series:
-        return wanted
-    norm = _norm(wanted)
-    return next((n for n in curves.series if _norm(n) == norm), None)
-
-
-def _norm(name: str) -> str:
-    return "".join(ch for ch in name.lower() if ch.isalnum())
+    return names.find(curves.series, wanted)
 
 
 def _order(curves: Curves, primary: str | None) -> list[str]:

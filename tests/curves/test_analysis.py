@@ -1,5 +1,5 @@
 """Labelled synthetic curves for every diagnosis rule, clean curves that must raise nothing, and
-the size bounds of the statistics (mcp_server/curves/analysis.py)."""
+the size bounds of the statistics (mcp_server/curves/stats.py, findings.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from mcp_server.curves.analysis import (
-    MAX_FINDINGS,
-    SPARK_CHARS,
-    Finding,
-    diagnose,
-    direction_of,
-    metric_stats,
-    pair_series,
-)
+from mcp_server.curves.findings import MAX_FINDINGS, Finding, diagnose
+from mcp_server.curves.names import direction_of, pair_series
+from mcp_server.curves.stats import SPARK_CHARS, metric_stats
 from mcp_server.curves.store import Curves
 
 

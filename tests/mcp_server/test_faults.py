@@ -17,8 +17,8 @@ import pytest
 
 from conftest import wait_until, write_experiment
 from mcp_server import paths, procs, runs
-from mcp_server.curves.analysis import metric_stats
 from mcp_server.curves.load import loaded
+from mcp_server.curves.stats import metric_stats
 from mcp_server.rundir import TERMINAL, open_run
 
 

@@ -140,8 +140,8 @@ def test_resume_run_continues_a_stopped_trm_run_from_its_last_checkpoint(project
     final = wait_until(lambda: (s := runs.status(resumed.run_id)).status in TERMINAL and s, 120, "the resumed run")
     assert final.status == "succeeded", final
     run = open_run(paths.runs_root(), resumed.run_id)
-    from mcp_server.curves.analysis import metric_stats
     from mcp_server.curves.load import loaded
+    from mcp_server.curves.stats import metric_stats
 
     with loaded(run.path) as found:
         acc = metric_stats(found.curves.series["val/acc"])

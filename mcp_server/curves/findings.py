@@ -1,14 +1,10 @@
-"""Per-metric statistics and diagnoses of a run's curves, bounded whatever the run's length.
+"""Diagnoses of a run's curves: which rule fires, on what metric, from where, and the fix.
 
-`metric_stats` condenses one `Series` (possibly millions of points) into a fixed-size
-`MetricStats`: first / last / best, non-finite values, a robust tail level, the recent slope,
-throughput and a spike-preserving sparkline. `diagnose` reads a whole `Curves` and returns at
-most `MAX_FINDINGS` `Finding`s, most severe first, each with its evidence and a remedy taken
-from the users' own training guides (the seeds) where they give one.
+`diagnose` reads a whole `Curves` and returns at most `MAX_FINDINGS` `Finding`s, most severe
+first, each with its evidence and a remedy taken from the users' own training guides (the seeds)
+where they give one. Everything is vectorised numpy, bounded whatever the run's length.
+Conventions used throughout:
 
-Everything is vectorised numpy. Conventions used throughout:
-
-* Only finite values enter the statistics; non-finite ones are counted and located.
 * A metric is analysed in a *transformed, oriented* space where lower is better: log10 of the
   value for positive metrics that are not maximised (losses span decades, and a relative change
   means the same early and late), the value itself otherwise, negated for "max" metrics.
@@ -21,35 +17,22 @@ Everything is vectorised numpy. Conventions used throughout:
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
+from mcp_server.curves.names import Direction, direction_of, is_acc, is_lr, is_rl, pair_series, split_role
+from mcp_server.curves.names import find as find_name
+from mcp_server.curves.stats import SLOPE_FRAC, TAIL_FRAC, Number, _fmt, _fmt_step, _num, _slope, _tail_start, _use_log
 from mcp_server.curves.store import Curves, Series
 
-Direction = Literal["min", "max"]
 Severity = Literal["fail", "warn", "info"]
-Number = int | float
 
 # ---------------------------------------------------------------------------------------------
 # Thresholds. Each one is a named constant with the reason for its value.
 # ---------------------------------------------------------------------------------------------
-
-HIGHER_IS_BETTER = ("acc", "psnr", "reward", "return", "f1", "iou", "auc", "score", "ssim", "food")
-LOWER_IS_BETTER = ("loss", "err", "perplexity", "ppl", "mse", "mae", "nll", "poison")
-
-SIG_FIGS = 4  # 4 significant figures: enough to compare runs, short in JSON
-SPARK_BUCKETS = 32  # sparkline width: 32 characters read at a glance and cost ~30 tokens
-SPARK_CHARS = "▁▂▃▄▅▆▇█"
-SPARK_EMPTY = "·"  # a bucket with no finite value
-SPARK_LOG_RATIO = 10.0  # a positive curve spanning >= 1 decade is drawn on a log scale, else its tail is flat
-TAIL_FRAC = 0.05  # the tail level is the median of the last 5% of finite values (robust to a final spike)
-SLOPE_FRAC = 0.25  # the slope is fitted to the last 25%: recent enough to be current, long enough to beat noise
-THROUGHPUT_FRAC = 0.25  # steps/s over the last 25% of timed points: the current speed, for an ETA
 
 MIN_POINTS = 6  # with 5 points or fewer, say nothing (but non-finite values): too few to judge a trend
 LEVEL_BLOCKS = 20  # levels are medians of 20 blocks (5% of the run each)
@@ -101,16 +84,11 @@ CHANCE_K = range(2, 11)
 LR_MIN_POINTS = 20  # the slow-LR rule fits slopes: it needs a few levels
 LR_LOW_DECADES_PER_RUN = 0.3  # at the current rate, under 2x per run length: 10x needs > 3 runs
 LR_STEADY_FRAC = 0.5  # steady, not converging: the recent rate is at least half the run's average
-
 MAX_FINDINGS = 8
 SEVERITY_ORDER = {"fail": 0, "warn": 1, "info": 2}
 # One trend finding per metric: the first rule in this order that fires explains the curve.
 TREND_PRIORITY = ("divergence", "overfitting", "chance", "underfitting", "no_progress", "lr_too_low", "plateau")
 RULE_ORDER = ("nonfinite", *TREND_PRIORITY, "spike")
-
-TRAIN_WORDS = ("train", "training", "tr")
-VAL_WORDS = ("val", "valid", "validation", "eval", "evaluation", "dev", "test")  # preferred first
-LR_NAMES = ("lr", "learning_rate", "learningrate")
 
 REMEDIES = {
     "nonfinite": "lower the learning rate (seed 001: --lr 1e-4), keep gradient clipping on (seed 003: 0.5), "
@@ -134,50 +112,6 @@ REMEDIES = {
 # Reinforcement learning (seed 004, PPO): a reward that stalls is about exploration, not capacity.
 RL_REMEDY = ("PPO (seed 004): check entropy has not collapsed (entropy 0.1 -> 0.001 schedule, keep a floor), "
              "learning_rate 3e-4, more updates; compare several seeds")
-RL_WORDS = ("reward", "return", "food", "episode")
-
-
-# ---------------------------------------------------------------------------------------------
-# Models
-# ---------------------------------------------------------------------------------------------
-
-
-class Point(BaseModel):
-    """One logged value and where it was logged (value None when non-finite)."""
-
-    value: float | None
-    step: Number | None
-    epoch: Number | None = None
-
-
-class MetricStats(BaseModel):
-    """Fixed-size statistics of one metric, however many points it has."""
-
-    name: str
-    count: int
-    direction: Direction | None
-    first: Point | None = None
-    last: Point | None = None
-    best: Point | None = Field(None, description="the first time the best finite value was reached")
-    nonfinite: int = 0
-    first_nonfinite_step: Number | None = None
-    tail_median: float | None = Field(None, description="median of the last 5% of finite values")
-    slope_per_1k_steps: float | None = Field(
-        None, description="least-squares slope over the last 25% of finite points, per 1,000 steps")
-    slope_scale: Literal["log10", "linear"] | None = Field(
-        None, description="log10: decades per 1k steps (positive metrics not maximised); linear: units per 1k")
-    steps_per_second: float | None = Field(None, description="over the last 25% of points with a wall time")
-    spark: str = Field("", description="bucket means, oldest left; '·' = no finite value")
-    spark_worst: str = Field(
-        "", description="bucket worst values (max for min/unknown metrics, min for max metrics): shows spikes")
-    spark_scale: Literal["log10", "linear"] = "linear"
-    spark_range: tuple[float, float] | None = Field(None, description="[lowest, highest] finite value drawn")
-
-    def eta_seconds(self, target_step: float) -> float | None:
-        """Seconds until `target_step` at the current throughput, None when it is unknown."""
-        if not self.steps_per_second or self.last is None or self.last.step is None:
-            return None
-        return max(0.0, float(target_step) - float(self.last.step)) / self.steps_per_second
 
 
 class Finding(BaseModel):
@@ -189,207 +123,6 @@ class Finding(BaseModel):
     step: Number | None
     evidence: str
     remedy: str
-
-
-@dataclass(frozen=True)
-class Downsampled:
-    """A curve cut into buckets of consecutive points; NaN where a bucket has no finite value."""
-
-    first_step: np.ndarray
-    last_step: np.ndarray
-    mins: np.ndarray
-    maxs: np.ndarray
-    means: np.ndarray
-
-
-# ---------------------------------------------------------------------------------------------
-# Small helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def direction_of(name: str) -> Direction | None:
-    """Whether lower or higher is better for a metric, guessed from its name (last path part)."""
-    base = name.rsplit("/", 1)[-1].lower()
-    if any(k in base for k in HIGHER_IS_BETTER):
-        return "max"
-    if any(k in base for k in LOWER_IS_BETTER):
-        return "min"
-    return None
-
-
-def _r(x: float | None) -> float | None:
-    """`x` rounded to SIG_FIGS significant figures; None for None or a non-finite value."""
-    if x is None or not math.isfinite(x):
-        return None
-    return float(f"{x:.{SIG_FIGS}g}")
-
-
-def _num(x: float) -> Number | None:
-    """A step or epoch: an int when integral, else rounded; None when unknown."""
-    if not math.isfinite(x):
-        return None
-    return int(x) if float(x).is_integer() else _r(x)
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.{SIG_FIGS}g}"
-
-
-def _fmt_step(x: Number | None) -> str:
-    if x is None:
-        return "?"
-    return f"{x:,}" if isinstance(x, int) else _fmt(x)
-
-
-def _use_log(values: np.ndarray, direction: Direction | None) -> bool:
-    """Positive metrics that are not maximised are analysed on a log10 scale."""
-    return direction != "max" and values.size > 0 and bool(np.all(values > 0))
-
-
-def _slope(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Least-squares slope of y on x; None when x does not vary."""
-    if x.size < 2:
-        return None
-    xc = x - x.mean()
-    den = float(np.dot(xc, xc))
-    return float(np.dot(xc, y - y.mean()) / den) if den > 0 else None
-
-
-def _tail_start(n: int, frac: float, at_least: int) -> int:
-    return max(0, n - max(at_least, int(math.ceil(n * frac))))
-
-
-# ---------------------------------------------------------------------------------------------
-# Downsampling and the sparkline
-# ---------------------------------------------------------------------------------------------
-
-
-def downsample(values: np.ndarray, steps: np.ndarray, buckets: int = SPARK_BUCKETS) -> Downsampled:
-    """Min, max and mean of each of `buckets` runs of consecutive points (NaN-aware, inf ignored).
-
-    The min and max keep every spike: a single point far from its neighbours is the max (or
-    min) of its bucket whatever the bucket's length.
-    """
-    n = values.size
-    k = min(buckets, n)
-    if k == 0:
-        empty = np.empty(0)
-        return Downsampled(empty, empty, empty, empty, empty)
-    edges = np.linspace(0, n, k + 1).astype(np.int64)
-    starts = edges[:-1]
-    finite = np.isfinite(values)
-    if finite.all():  # the common case, without the NaN bookkeeping
-        mins, maxs = np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts)
-        means = np.add.reduceat(values, starts) / np.diff(edges)
-    else:
-        clean = np.where(finite, values, np.nan)
-        mins = np.fmin.reduceat(clean, starts)
-        maxs = np.fmax.reduceat(clean, starts)
-        counts = np.add.reduceat(finite.astype(np.int64), starts)
-        sums = np.add.reduceat(np.where(finite, values, 0.0), starts)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-    return Downsampled(steps[starts], steps[edges[1:] - 1], mins, maxs, means)
-
-
-def _spark_line(levels: np.ndarray, lo: float, hi: float) -> str:
-    """One character per level on [lo, hi] (already on the drawing scale)."""
-    top = len(SPARK_CHARS) - 1
-    span = hi - lo
-    chars = []
-    for x in levels.tolist():
-        if not math.isfinite(x):
-            chars.append(SPARK_EMPTY)
-        elif span <= 0:
-            chars.append(SPARK_CHARS[0])
-        else:
-            chars.append(SPARK_CHARS[min(top, max(0, int(round((x - lo) / span * top))))])
-    return "".join(chars)
-
-
-def sparklines(ds: Downsampled, direction: Direction | None) -> tuple[str, str, str, tuple[float, float] | None]:
-    """(means line, worst-values line, scale, (lo, hi)) sharing one scale.
-
-    The worst line draws each bucket's max (its min for "max" metrics), so a one-point spike in a
-    million points is a full-height character in its bucket.
-    """
-    if ds.means.size == 0 or not np.isfinite(ds.mins).any():
-        return SPARK_EMPTY * ds.means.size, SPARK_EMPTY * ds.means.size, "linear", None
-    lo, hi = float(np.nanmin(ds.mins)), float(np.nanmax(ds.maxs))
-    worst = ds.mins if direction == "max" else ds.maxs
-    means = ds.means
-    scale = "linear"
-    if lo > 0 and hi / lo >= SPARK_LOG_RATIO:
-        scale = "log10"
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means, worst = np.log10(means), np.log10(worst)
-        draw_lo, draw_hi = math.log10(lo), math.log10(hi)
-    else:
-        draw_lo, draw_hi = lo, hi
-    return (_spark_line(means, draw_lo, draw_hi), _spark_line(worst, draw_lo, draw_hi), scale,
-            (_r(lo) or 0.0, _r(hi) or 0.0))
-
-
-# ---------------------------------------------------------------------------------------------
-# metric_stats
-# ---------------------------------------------------------------------------------------------
-
-
-def _point(values: np.ndarray, steps: np.ndarray, epochs: np.ndarray, i: int) -> Point:
-    return Point(value=_r(float(values[i])), step=_num(float(steps[i])), epoch=_num(float(epochs[i])))
-
-
-def _throughput(steps: np.ndarray, times: np.ndarray) -> float | None:
-    """Steps per second over the last THROUGHPUT_FRAC of the points with a wall time."""
-    known = np.isfinite(times)
-    timed = np.arange(times.size) if known.all() else np.flatnonzero(known)
-    if timed.size < 2:
-        return None
-    recent = timed[_tail_start(timed.size, THROUGHPUT_FRAC, 2):]
-    dt = float(times[recent[-1]] - times[recent[0]])
-    ds = float(steps[recent[-1]] - steps[recent[0]])
-    return _r(ds / dt) if dt > 0 and ds > 0 else None
-
-
-def metric_stats(series: Series, direction: Direction | None | Literal["auto"] = "auto",
-                 buckets: int = SPARK_BUCKETS) -> MetricStats:
-    """Fixed-size statistics of one series; `direction` "auto" guesses it from the name."""
-    if direction == "auto":
-        direction = direction_of(series.name)
-    values, steps, epochs = series.values(), series.steps(), series.epochs()
-    n = values.size
-    stats = MetricStats(name=series.name, count=n, direction=direction)
-    if n == 0:
-        return stats
-    finite = np.isfinite(values)
-    fidx = np.flatnonzero(finite)
-    stats.first = _point(values, steps, epochs, 0)
-    stats.last = _point(values, steps, epochs, n - 1)
-    stats.nonfinite = int(n - fidx.size)
-    if stats.nonfinite:
-        stats.first_nonfinite_step = _num(float(steps[int(np.argmin(finite))]))
-    if fidx.size:
-        fv = values[fidx]
-        if direction is not None:
-            j = int(np.argmin(fv) if direction == "min" else np.argmax(fv))  # argmin/argmax: the first
-            stats.best = _point(values, steps, epochs, int(fidx[j]))
-        stats.tail_median = _r(float(np.median(fv[_tail_start(fv.size, TAIL_FRAC, 1):])))
-        t0 = _tail_start(fv.size, SLOPE_FRAC, 2)
-        log = _use_log(fv[t0:], direction)
-        ys = np.log10(fv[t0:]) if log else fv[t0:]
-        slope = _slope(steps[fidx[t0:]], ys)
-        if slope is not None:
-            stats.slope_per_1k_steps = _r(slope * 1000.0)
-            stats.slope_scale = "log10" if log else "linear"
-    stats.steps_per_second = _throughput(steps, series.times())
-    spark, worst, scale, rng = sparklines(downsample(values, steps, buckets), direction)
-    stats.spark, stats.spark_worst, stats.spark_scale, stats.spark_range = spark, worst, scale, rng
-    return stats
-
-
-# ---------------------------------------------------------------------------------------------
-# The analysed form of a curve
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -492,78 +225,9 @@ def _curve(series: Series, direction: Direction | None) -> _Curve | None:
     return _Curve(series.name, direction, v, s, e, y, log, levels, edges, noise)
 
 
-# ---------------------------------------------------------------------------------------------
-# Pairing train and validation series
-# ---------------------------------------------------------------------------------------------
-
-
-def _tokens(name: str) -> list[str]:
-    """Lower-case words of a metric name: 'Train Loss', 'train/loss', 'train_loss' -> ['train', 'loss']."""
-    return [t for t in re.split(r"[/_\s.\-:]+", name.lower()) if t]
-
-
-def split_role(name: str) -> tuple[str, str]:
-    """(role, key): role "train", "val" or "" (none named), key the name without its role word."""
-    words = _tokens(name)
-    role = ""
-    rest = []
-    for w in words:
-        if not role and w in TRAIN_WORDS:
-            role = "train"
-        elif not role and w in VAL_WORDS:
-            role = "val:" + w
-        else:
-            rest.append(w)
-    return role, "_".join(rest)
-
-
-def pair_series(names: Iterable[str]) -> list[tuple[str, str]]:
-    """(train, val) pairs: train/loss-val/loss, train_loss-val_loss, Train Loss-Val Loss, loss-eval_loss.
-
-    A series without a role word is the training one when no explicit train series has its key
-    (Hugging Face logs "loss" beside "eval_loss"). Among several validation names the first of
-    VAL_WORDS wins ("val" before "test").
-    """
-    train: dict[str, str] = {}
-    implicit: dict[str, str] = {}
-    val: dict[str, tuple[int, str]] = {}
-    for name in names:
-        role, key = split_role(name)
-        if not key:
-            continue
-        if role == "train":
-            train.setdefault(key, name)
-        elif role.startswith("val:"):
-            rank = VAL_WORDS.index(role[4:])
-            if key not in val or rank < val[key][0]:
-                val[key] = (rank, name)
-        else:
-            implicit.setdefault(key, name)
-    pairs = []
-    for key, (_, vname) in val.items():
-        tname = train.get(key) or implicit.get(key)
-        if tname:
-            pairs.append((tname, vname))
-    return pairs
-
-
-def _lr_series(curves: Curves) -> str | None:
-    """The learning-rate series: 'lr', 'train/lr', 'lr-Adam', 'learning_rate', 'Learning Rate'."""
-    for name in curves.series:
-        words = _tokens(name)
-        joined = {"_".join(words[i:i + 2]) for i in range(len(words))}
-        if joined & set(LR_NAMES):
-            return name
-    return None
-
-
-def _is_acc(name: str) -> bool:
-    return "acc" in (_tokens(name) or [""])[-1] or any(t.startswith("acc") for t in _tokens(name))
-
-
 def _acc_values(c: _Curve) -> np.ndarray | None:
     """An accuracy's values as fractions (percentages divided by 100), None if not an accuracy."""
-    if not _is_acc(c.name) or c.v.min() < 0:
+    if not is_acc(c.name) or c.v.min() < 0:
         return None
     top = float(c.v.max())
     if top <= 1.0:
@@ -579,7 +243,7 @@ def _acc_values(c: _Curve) -> np.ndarray | None:
 def _finding(rule: str, severity: Severity, c: _Curve | str, step: Number | None, evidence: str) -> Finding:
     name = c if isinstance(c, str) else c.name
     remedy = REMEDIES[rule]
-    if rule in ("plateau", "no_progress", "divergence") and any(w in name.lower() for w in RL_WORDS):
+    if rule in ("plateau", "no_progress", "divergence") and is_rl(name):
         remedy = RL_REMEDY
     return Finding(rule=rule, severity=severity, metric=name, step=step, evidence=evidence, remedy=remedy)
 
@@ -921,14 +585,6 @@ def rule_lr_too_low(c: _Curve, lr_text: str) -> Finding | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _find_name(curves: Curves, name: str) -> str | None:
-    """`name` itself, or the series whose normalised name matches ('val/acc' finds 'val_acc')."""
-    if name in curves.series:
-        return name
-    want = "_".join(_tokens(name))
-    return next((n for n in curves.series if "_".join(_tokens(n)) == want), None)
-
-
 def _sort_key(f: Finding) -> tuple[int, int, float]:
     step = float(f.step) if f.step is not None else math.inf
     return SEVERITY_ORDER[f.severity], RULE_ORDER.index(f.rule), step
@@ -949,7 +605,7 @@ def diagnose(curves: Curves, primary: str, mode: Direction | None = None,
     if nf:
         findings.append(nf)
 
-    primary_name = _find_name(curves, primary) or primary
+    primary_name = find_name(curves.series, primary) or primary
     cache: dict[str, _Curve | None] = {}
 
     def curve(name: str) -> _Curve | None:
@@ -998,7 +654,7 @@ def diagnose(curves: Curves, primary: str, mode: Direction | None = None,
             offer(rule_divergence(c))
         offer(rule_plateau(c))
     for name in curves.series:
-        c = curve(name) if _is_acc(name) else None
+        c = curve(name) if is_acc(name) else None
         if c is not None:
             offer(rule_chance(c, chance))
     pc = curve(primary_name)
@@ -1025,7 +681,7 @@ def diagnose(curves: Curves, primary: str, mode: Direction | None = None,
 
 
 def _lr_text(curves: Curves) -> str:
-    name = _lr_series(curves)
+    name = next((n for n in curves.series if is_lr(n)), None)
     if name is None:
         return ""
     values = curves.series[name].values()
