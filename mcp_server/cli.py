@@ -17,12 +17,14 @@ Long waits show a live line on a terminal and stay quiet when piped.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 from pydantic import BaseModel
 
 from mcp_server import compare, gpu, paths, prepare, registry, runs, safefiles, scratchpad, textlog, trainer_env
@@ -114,8 +116,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_preflight(report)
         if report.verdict == "fail":
             return 1
-    result = runs.launch(args.experiment, overrides, note=args.note, acknowledge=args.acknowledge,
-                         dry_run=args.dry_run, backend=args.backend, resources=resources)
+    result = runs.launch(
+        args.experiment,
+        overrides,
+        note=args.note,
+        acknowledge=args.acknowledge,
+        dry_run=args.dry_run,
+        backend=args.backend,
+        resources=resources,
+    )
     if args.json:
         _emit_json(result)
         if args.detach or args.dry_run:
@@ -139,10 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _wait(run_id: str) -> str:
-    run = open_run(paths.runs_root(), run_id)
-    while (state := runs.refresh(run)).status not in TERMINAL:
-        time.sleep(0.5)
-    return state.status
+    return anyio.run(functools.partial(runs.wait, run_id, None, 0.5, stop_on_event=False)).run.status
 
 
 def _resources(pairs: list[str]) -> dict[str, Any] | None:
@@ -152,14 +158,20 @@ def _resources(pairs: list[str]) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     for name, value in _parse_sets(pairs).items():
         kind = Resources.model_fields[name].annotation if name in Resources.model_fields else str
-        out[name] = (value.lower() in ("true", "1", "yes") if kind is bool
-                     else int(value) if value.isdigit() and "int" in str(kind) else value)
+        out[name] = (
+            value.lower() in ("true", "1", "yes")
+            if kind is bool
+            else int(value)
+            if value.isdigit() and "int" in str(kind)
+            else value
+        )
     return out
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
-    report, _, _ = run_preflight(args.experiment, _parse_sets(args.set), backend=args.backend,
-                                 resources=_resources(args.resource))
+    report, _, _ = run_preflight(
+        args.experiment, _parse_sets(args.set), backend=args.backend, resources=_resources(args.resource)
+    )
     _emit_json(report) if args.json else _print_preflight(report)
     return 1 if report.verdict == "fail" else 0
 
@@ -194,11 +206,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    rows, offset = [], 0
-    while offset is not None:  # every page: a person's terminal has no answer budget
-        page = registry.experiment_page(limit=100, offset=offset)
-        rows += page.experiments
-        offset = page.next_offset
+    rows = registry.list_experiments()  # every one, whole: a person's terminal has no answer budget
     if args.json:
         _emit_json(rows)
         return 0
@@ -260,18 +268,9 @@ def _stats_line(m: MetricStats) -> str:
     return f"{m.name:<16} {m.spark}  {value(m.first)} -> {value(m.last)}{best}{bad} ({m.count:,} points)"
 
 
-class Plotted(BaseModel):
-    run_id: str
-    path: str
-    metrics: list[str]
-
-
 def cmd_plot(args: argparse.Namespace) -> int:
-    out, drawn = runs.plot(args.run_id, args.metric or None)
-    if args.json:
-        _emit_json(Plotted(run_id=args.run_id, path=str(out), metrics=drawn))
-    else:
-        print(f"{out} ({', '.join(drawn)})")
+    result = runs.plot_result(args.run_id, args.metric or None)
+    _emit_json(result) if args.json else print(f"{result.path} ({', '.join(result.metrics)})")
     return 0
 
 
@@ -280,19 +279,15 @@ def _is_run(target: str) -> bool:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    if not _is_run(args.target):  # a log folder or file of the user's own
-        summ = runs.summarize_path(args.target, args.metric)
-        if args.json:
-            _emit_json(summ)
-        else:
-            print(f"{args.target}: {summ.headline}")
-            _print_stats(summ)
-        return 0
+    is_run = _is_run(args.target)  # else a log folder or file of the user's own
     if args.json:
-        info, summ = runs.summary(args.target, primary_metric=args.metric)
-        print('{"run": ' + info.model_dump_json() + ', "summary": ' + summ.model_dump_json(indent=2) + "}")
-    else:
+        _emit_json(runs.summarize_target(args.target if is_run else None, None if is_run else args.target, args.metric))
+    elif is_run:
         _print_summary(args.target)
+    else:
+        summ = runs.summarize_path(args.target, args.metric)
+        print(f"{args.target}: {summ.headline}")
+        _print_stats(summ)
     return 0
 
 
@@ -356,13 +351,14 @@ class _Live:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    live, t0 = _Live(), time.monotonic()
-    st = runs.status(args.run_id)
-    while st.status not in TERMINAL and time.monotonic() - t0 < args.timeout:
+    live = _Live()
+
+    async def progress(st: runs.RunStatus, waited: float) -> None:
         epoch = f" epoch {st.epoch}/{st.epochs or '?'}" if st.epoch is not None else ""
-        live.show(f"{st.run_id}: {st.status}{epoch}, {time.monotonic() - t0:.0f} s: {st.headline}")
-        time.sleep(1.0)
-        st = runs.status(args.run_id)
+        live.show(f"{st.run_id}: {st.status}{epoch}, {waited:.0f} s: {st.headline}")
+
+    # Only the run's end (or the timeout) ends a person's wait; wait_run also returns on a watchdog event.
+    st = anyio.run(functools.partial(runs.wait, args.run_id, args.timeout, 1.0, progress, stop_on_event=False)).run
     live.done()
     if args.json:
         _emit_json(st)
@@ -372,30 +368,29 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    result = runs.resume_run(args.run_id, _parse_sets(args.set), note=args.note, acknowledge=args.acknowledge,
-                             dry_run=args.dry_run)
+    result = runs.resume_run(
+        args.run_id, _parse_sets(args.set), note=args.note, acknowledge=args.acknowledge, dry_run=args.dry_run
+    )
     if args.json:
         _emit_json(result)
     elif args.dry_run:
         print("Dry run, nothing started. Would run:\n  " + " ".join(result.argv))
     else:
-        print(f"Resumed {args.run_id} as {result.run_id} ({result.status}); follow with: trainguard wait "
-              f"{result.run_id}")
+        print(
+            f"Resumed {args.run_id} as {result.run_id} ({result.status}); follow with: trainguard wait {result.run_id}"
+        )
     return 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     sampler = gpu.shared_sampler(paths.runs_root(paths.project_root()))
-    live, reports, t0 = _Live(), [], time.monotonic()
-    while True:
-        reports.append(sampler.sample())
-        elapsed = time.monotonic() - t0
-        if elapsed + args.interval > args.seconds:
-            break
-        live.show(f"sampling the GPUs: {len(reports)} samples, {elapsed:.0f}/{args.seconds:g} s")
-        time.sleep(args.interval)
+    live = _Live()
+
+    async def progress(samples: int, elapsed: float) -> None:
+        live.show(f"sampling the GPUs: {samples} samples, {elapsed:.0f}/{args.seconds:g} s")
+
+    watch = anyio.run(gpu.watch, sampler, args.seconds, args.interval, progress)
     live.done()
-    watch = gpu.summarize_samples(reports, round(time.monotonic() - t0, 1), args.interval)
     if args.json:
         _emit_json(watch)
     else:
@@ -406,28 +401,22 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_scratchpad(args: argparse.Namespace) -> int:
     project = paths.project_root()
     if args.append:
-        path = scratchpad.append(project, args.agent, args.append, kind=args.kind)
-        if args.json:
-            _emit_json(Appended(path=str(path), agent=args.agent, kind=args.kind))
-        else:
-            print(f"appended to {path}")
+        appended = scratchpad.record(project, args.agent, args.append, kind=args.kind)
+        _emit_json(appended) if args.json else print(f"appended to {appended.path}")
         return 0
     view = scratchpad.view(project, args.agent, args.coordinator, args.max_chars)
     if args.json:
         _emit_json(view)
         return 0
-    for title, found in (("coordinator", view.coordinator_latest), ("today", view.own_today),
-                         ("previous day", view.own_previous_day)):
+    for title, found in (
+        ("coordinator", view.coordinator_latest),
+        ("today", view.own_today),
+        ("previous day", view.own_previous_day),
+    ):
         if found:
             print(f"== {title}: {found.path}\n{found.text}")
     print(view.hint)
     return 0
-
-
-class Appended(BaseModel):
-    path: str
-    agent: str
-    kind: str
 
 
 def cmd_gpu(args: argparse.Namespace) -> int:
@@ -439,11 +428,15 @@ def cmd_gpu(args: argparse.Namespace) -> int:
     for d in report.devices:
         mem = (
             f"{d.memory_used_bytes / 2**30:.1f}/{d.memory_total_bytes / 2**30:.1f} GiB"
-            if d.memory_used_bytes is not None and d.memory_total_bytes is not None else "memory ?"
+            if d.memory_used_bytes is not None and d.memory_total_bytes is not None
+            else "memory ?"
         )
         throttled = d.clocks.throttle_reasons if d.clocks and d.clocks.throttle_reasons else []
-        print(f"  GPU {d.index} {d.name}: {mem}, util {d.utilization_percent}%, {d.temperature_c} C"
-              + (f", {d.gfx}" if d.gfx else "") + (f", throttled: {', '.join(throttled)}" if throttled else ""))
+        print(
+            f"  GPU {d.index} {d.name}: {mem}, util {d.utilization_percent}%, {d.temperature_c} C"
+            + (f", {d.gfx}" if d.gfx else "")
+            + (f", throttled: {', '.join(throttled)}" if throttled else "")
+        )
         for p in d.processes:
             used = f"{p.used_memory_bytes / 2**30:.1f} GiB" if p.used_memory_bytes is not None else "memory ?"
             what = f"run {p.run_id}" if p.run_id else (p.command or p.name or "")
@@ -451,8 +444,10 @@ def cmd_gpu(args: argparse.Namespace) -> int:
     for h in report.held:
         print(f"  held on GPU {h.gpu}: {h.why}. Fix: {h.fix}")
     h = report.host
-    print(f"Host: {h.cpu_count} CPUs at {h.cpu_percent:.0f}%, load {h.load_avg_1m:.2f}, "
-          f"RAM {h.ram_used_bytes / 2**30:.1f}/{h.ram_total_bytes / 2**30:.1f} GiB")
+    print(
+        f"Host: {h.cpu_count} CPUs at {h.cpu_percent:.0f}%, load {h.load_avg_1m:.2f}, "
+        f"RAM {h.ram_used_bytes / 2**30:.1f}/{h.ram_total_bytes / 2**30:.1f} GiB"
+    )
     return 0
 
 
@@ -470,8 +465,10 @@ def cmd_install_torch(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.project is not None:
         if not args.project.is_dir():
-            print(f"trainguard serve: --project {args.project} is not a folder; pass your project's folder.",
-                  file=sys.stderr)
+            print(
+                f"trainguard serve: --project {args.project} is not a folder; pass your project's folder.",
+                file=sys.stderr,
+            )
             return 2
         os.environ["TRAINGUARD_PROJECT_DIR"] = str(args.project.resolve())
     from mcp_server.server import serve  # the MCP SDK is only imported to serve
@@ -492,25 +489,41 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("serve", cmd_serve, "serve MCP over stdio (what the Claude Code plugin starts)").add_argument(
-        "--project", type=Path, help="the project folder (default: $CLAUDE_PROJECT_DIR, else the working directory)")
-    for name, fn, help_ in (("train", cmd_train, "pre-flight, launch and follow an experiment"),
-                            ("preflight", cmd_preflight, "run the pre-flight checks only"),
-                            ("memory", cmd_memory, "estimate peak memory and the largest batch that fits"),
-                            ("prepare", cmd_prepare, "create the data an experiment needs, if missing")):
+        "--project", type=Path, help="the project folder (default: $CLAUDE_PROJECT_DIR, else the working directory)"
+    )
+    for name, fn, help_ in (
+        ("train", cmd_train, "pre-flight, launch and follow an experiment"),
+        ("preflight", cmd_preflight, "run the pre-flight checks only"),
+        ("memory", cmd_memory, "estimate peak memory and the largest batch that fits"),
+        ("prepare", cmd_prepare, "create the data an experiment needs, if missing"),
+    ):
         p = add(name, fn, help_)
         p.add_argument("experiment", help="N, NNN or NNN-slug")
         p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a parameter")
         if name in ("train", "preflight"):
-            p.add_argument("--backend", choices=("local", "torchrun", "slurm"),
-                           help="where it runs (default: the experiment's [run] table)")
-            p.add_argument("--resource", action="append", default=[], metavar="NAME=VALUE",
-                           help="a resource: nproc=2, partition=gpu, time=4:00:00, gpus=4, requeue=true ...")
+            p.add_argument(
+                "--backend",
+                choices=("local", "torchrun", "slurm"),
+                help="where it runs (default: the experiment's [run] table)",
+            )
+            p.add_argument(
+                "--resource",
+                action="append",
+                default=[],
+                metavar="NAME=VALUE",
+                help="a resource: nproc=2, partition=gpu, time=4:00:00, gpus=4, requeue=true ...",
+            )
         if name == "memory":
             p.add_argument("--gpu-gib", type=float, help="plan for a GPU with this much free memory (e.g. 16)")
         if name == "train":
             p.add_argument("--note", default="", help="why you launch it (goes to the scratchpad)")
-            p.add_argument("--acknowledge", action="append", default=[], metavar="RULE_ID",
-                           help="run despite this danger rule (pre-flight names the ones that fire)")
+            p.add_argument(
+                "--acknowledge",
+                action="append",
+                default=[],
+                metavar="RULE_ID",
+                help="run despite this danger rule (pre-flight names the ones that fire)",
+            )
             p.add_argument("--detach", action="store_true", help="return after launching; the run goes on")
             p.add_argument("--dry-run", action="store_true", help="show the command without starting it")
     add("experiments", cmd_experiments, "list experiments")
@@ -525,7 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="RUN|PATH")
     p.add_argument("--metric", help="the metric to centre on (default: the run's primary)")
     add("diagnose", cmd_diagnose, "why a run failed, with the lines that show it and the remedies").add_argument(
-        "run_id")
+        "run_id"
+    )
     p = add("compare", cmd_compare, "several runs on one metric, best first, with what differs")
     p.add_argument("run_ids", nargs="+", metavar="RUN")
     p.add_argument("--metric")
@@ -559,8 +573,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("gpu", cmd_gpu, "GPUs and host status")
     p = add("install-torch", cmd_install_torch, "install torch for the trainers (minutes; GBs for a GPU build)")
     p.add_argument("--torch", default="cpu", choices=["cpu", "cuda", "rocm"], help="which build (default cpu)")
-    p.add_argument("--target", default="auto", choices=["auto", "plugin", "project"],
-                   help="auto: trainguard's own environment unless the project has a .venv (then say so)")
+    p.add_argument(
+        "--target",
+        default="auto",
+        choices=["auto", "plugin", "project"],
+        help="auto: trainguard's own environment unless the project has a .venv (then say so)",
+    )
     return parser
 
 

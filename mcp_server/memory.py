@@ -27,8 +27,8 @@ from mcp_server.specs import TrainerSpec, build_argv, expand
 MIB = 2**20
 GIB = 2**30
 # A GPU process holds its runtime before the first tensor: the CUDA/HIP context, kernels and
-# cuBLAS/cuDNN handles, 0.3-0.7 GB by card and version (DESIGN.md). The CPU runtime of torch
-# is smaller. Calibrate with bench/bench_memory.py on a real GPU.
+# cuBLAS/cuDNN handles, 0.3-0.7 GB by card and version (bench/bench_memory.py measures it on a
+# real GPU: calibrate with it). The CPU runtime of torch is smaller.
 CONTEXT_BYTES = {"gpu": 512 * MIB, "cpu": 256 * MIB}
 # The caching allocator rounds blocks up and fragments; tensors alone undercount the reserve.
 ALLOCATOR_MARGIN = 0.10

@@ -26,6 +26,7 @@ EXPERIMENT_DIR_RE = re.compile(r"(\d{3})-([a-z0-9][a-z0-9-]*)")  # every name pa
 REF_RE = re.compile(r"(\d{1,3})(?:-([a-z0-9][a-z0-9-]*))?")
 TRAINER_NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
 MAX_FILE_BYTES = 1 * 2**20  # an experiment.toml, hypothesis or trainer spec is a few KB
+PAGE_LIMIT = 100  # list_experiments: most rows a page may ask for
 
 
 class ExperimentFile(BaseModel):
@@ -148,14 +149,8 @@ def load_experiment(ref: str, project: Path | None = None) -> Experiment:
     )
 
 
-def list_experiments(project: Path | None = None) -> list[Experiment | tuple[Path, str]]:
-    """Every experiment, loaded; a broken one is returned as (folder, error) instead of hiding it."""
-    project = project or paths.project_root()
-    return [_load_or_error(folder, project) for _, folder in _experiment_dirs(project)]
-
-
 class ExperimentInfo(BaseModel):
-    """One row of `list_experiments`; a broken experiment carries its error and fix instead."""
+    """One experiment as `list_experiments` shows it; a broken one carries its error and fix instead."""
 
     id: str
     title: str
@@ -166,6 +161,12 @@ class ExperimentInfo(BaseModel):
     error: str | None = None
 
 
+def list_experiments(project: Path | None = None) -> list[ExperimentInfo]:
+    """Every experiment, whole (nothing cut); a broken one is listed with its error instead of hiding it."""
+    project = project or paths.project_root()
+    return [_info(folder, project) for _, folder in _experiment_dirs(project)]
+
+
 class ExperimentPage(BaseModel):
     experiments: list[ExperimentInfo]
     total: int
@@ -174,14 +175,29 @@ class ExperimentPage(BaseModel):
     project_dir: str
 
 
-def _row(exp: Experiment | tuple[Path, str]) -> ExperimentInfo:
-    if isinstance(exp, tuple):
-        folder, error = exp
-        return ExperimentInfo(id=folder.name, title="(invalid)", trainer=None, source=None, description="", args={},
-                              error=budget.clip(error, 500))
-    args = {k: budget.clip(v, 80) if isinstance(v, str) else v for k, v in list(exp.args.items())[:24]}
-    return ExperimentInfo(id=exp.id, title=budget.clip(exp.title, 120) or "", trainer=exp.trainer, source=exp.source,
-                          description=budget.clip(exp.description, 200) or "", args=args)
+def _info(folder: Path, project: Path) -> ExperimentInfo:
+    try:
+        exp = load_experiment(folder.name, project)
+    except TrainguardError as exc:  # one broken experiment never hides the others
+        return ExperimentInfo(
+            id=folder.name, title="(invalid)", trainer=None, source=None, description="", args={}, error=str(exc)
+        )
+    return ExperimentInfo(
+        id=exp.id, title=exp.title, trainer=exp.trainer, source=exp.source, description=exp.description, args=exp.args
+    )
+
+
+def _clipped(info: ExperimentInfo) -> ExperimentInfo:
+    """A row within the answer budget: long texts cut, the first 24 arguments."""
+    args = {k: budget.clip(v, 80) if isinstance(v, str) else v for k, v in list(info.args.items())[:24]}
+    return info.model_copy(
+        update={
+            "title": budget.clip(info.title, 120) or "",
+            "args": args,
+            "description": budget.clip(info.description, 200) or "",
+            "error": budget.clip(info.error, 500),
+        }
+    )
 
 
 def experiment_page(project: Path | None = None, limit: int = 50, offset: int = 0) -> ExperimentPage:
@@ -189,16 +205,10 @@ def experiment_page(project: Path | None = None, limit: int = 50, offset: int = 
     rows until the budget is spent (`next_offset` says where the next page starts)."""
     project = project or paths.project_root()
     folders = [folder for _, folder in _experiment_dirs(project)]
-    rows, next_offset = budget.page(folders, offset, limit, lambda folder: _row(_load_or_error(folder, project)))
-    return ExperimentPage(experiments=rows, total=len(folders), offset=offset, next_offset=next_offset,
-                          project_dir=str(project))
-
-
-def _load_or_error(folder: Path, project: Path) -> Experiment | tuple[Path, str]:
-    try:
-        return load_experiment(folder.name, project)
-    except TrainguardError as exc:  # one broken experiment never hides the others
-        return folder, str(exc)
+    rows, next_offset = budget.page(folders, offset, limit, lambda folder: _clipped(_info(folder, project)))
+    return ExperimentPage(
+        experiments=rows, total=len(folders), offset=offset, next_offset=next_offset, project_dir=str(project)
+    )
 
 
 def load_trainer(name: str, project: Path | None = None) -> TrainerSpec:

@@ -17,9 +17,12 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
+import anyio
+import anyio.to_thread
 from pydantic import BaseModel
 
 from mcp_server import (
@@ -46,6 +49,7 @@ from mcp_server.rundir import (
     Manifest,
     RunDir,
     RunState,
+    Status,
     all_runs,
     create_run_dir,
     open_run,
@@ -63,7 +67,7 @@ class LaunchResult(BaseModel):
     """What `launch_run` did (or, with dry_run, would do)."""
 
     run_id: str | None
-    status: str
+    status: Status | Literal["dry_run"]
     dry_run: bool
     run_dir: str
     argv: list[str]
@@ -81,7 +85,7 @@ class RunInfo(BaseModel):
 
     run_id: str
     experiment: str
-    status: str
+    status: Status | Literal["damaged"]  # damaged: the folder cannot be read (see `error`)
     created_at: str
     elapsed_s: float | None
     pid: int | None
@@ -114,8 +118,10 @@ class RunStatus(RunInfo):
 
 
 class StopResult(BaseModel):
+    """`stop_run`: how the run was stopped, and whether anything of it is left."""
+
     run_id: str
-    status: str
+    status: Status
     how: str
     processes_left: int
     message: str
@@ -512,10 +518,11 @@ def diagnose_run(run_id: str, project: Path | None = None) -> diagnose.Diagnosis
     return diagnose.diagnose(run, refresh(run))
 
 
-LOG_STREAMS = ("stderr", "stdout", "metrics", "supervisor")
+LogStream = Literal["stderr", "stdout", "metrics", "supervisor"]
+LOG_STREAMS: tuple[str, ...] = get_args(LogStream)
 
 
-def tail_log(run_id: str, stream: str = "stderr", lines: int = 50, pattern: str | None = None,
+def tail_log(run_id: str, stream: LogStream = "stderr", lines: int = 50, pattern: str | None = None,
              project: Path | None = None) -> textlog.LogTail:
     """The last `lines` lines of one of the run's logs (matching `pattern`), bounded and cleaned.
 
@@ -578,3 +585,88 @@ def resume_run(
     why = f"resume of {run_id} from {checkpoint.name}" + (f"; {note}" if note else "")
     return launch(manifest.experiment, merged, note=why, agent=agent, acknowledge=acks, dry_run=dry_run,
                   project=project, backend=manifest.backend, resources=manifest.resources.model_dump())
+
+
+class RunSummaryResult(BaseModel):
+    """`summarize_run` (and `trainguard summary --json`): the run, and its curves' summary."""
+
+    run: RunInfo | None  # None when a folder or file was summarised
+    summary: CurveSummary
+
+
+def summarize_target(run_id: str | None = None, path: str | None = None, primary_metric: str | None = None,
+                     project: Path | None = None) -> RunSummaryResult:
+    """The summary of one run (`run_id`) or of a log folder or file of the user's own (`path`).
+
+    Raises:
+        InvalidInput: unless exactly one of `run_id` and `path` is given.
+    """
+    if (run_id is None) == (path is None):
+        raise InvalidInput("Give either run_id (see list_runs) or path (a log folder or file in the project).")
+    if run_id is not None:
+        info, summ = summary(run_id, project, primary_metric)
+        return RunSummaryResult(run=info, summary=summ)
+    assert path is not None
+    return RunSummaryResult(run=None, summary=summarize_path(path, primary_metric, project))
+
+
+class PlotResult(BaseModel):
+    """`plot_run`: where the PNG went, and what it shows."""
+
+    run_id: str
+    path: str  # the PNG, in the run's folder
+    metrics: list[str]  # drawn, in panel order
+
+
+def plot_result(run_id: str, metrics: list[str] | None = None, project: Path | None = None) -> PlotResult:
+    """`plot`, as the model the tool and the CLI return."""
+    out, drawn = plot(run_id, metrics, project)
+    return PlotResult(run_id=run_id, path=str(out), metrics=drawn)
+
+
+MAX_GRACE_S = 600.0  # stop_run: SIGTERM to SIGKILL at most this long
+MAX_WAIT_S = 3600.0  # wait_run's longest wait
+POLL_S = (0.1, 60.0)  # wait_run's poll interval, least and most
+
+
+class WaitResult(BaseModel):
+    """`wait_run`: why the wait ended, and the run's status then."""
+
+    reason: Literal["finished", "event", "timeout"]
+    waited_s: float
+    new_events: list[dict[str, Any]]
+    run: RunStatus
+
+
+Progress = Callable[[RunStatus, float], Awaitable[None]]  # the status, seconds waited so far
+
+
+async def wait(run_id: str, timeout_s: float | None, poll_s: float, progress: Progress | None = None, *,
+               stop_on_event: bool = True, project: Path | None = None) -> WaitResult:
+    """Poll the run's status every `poll_s` until it ends, a watchdog event is recorded (with
+    `stop_on_event`) or `timeout_s` passes (None: no limit). `progress` hears each status that
+    does not end the wait. Statuses are read in a worker thread: the event loop keeps serving."""
+    t0 = time.monotonic()
+
+    def read() -> RunStatus:
+        return status(run_id, project)
+
+    st = await anyio.to_thread.run_sync(read)
+    seen = len(st.events)
+    while True:
+        waited = time.monotonic() - t0
+        if st.status in TERMINAL:
+            reason: Literal["finished", "event", "timeout"] = "finished"
+            break
+        if stop_on_event and len(st.events) > seen:
+            reason = "event"
+            break
+        if timeout_s is not None and waited >= timeout_s:
+            reason = "timeout"
+            break
+        if progress is not None:
+            await progress(st, waited)
+        left = poll_s if timeout_s is None else max(0.05, timeout_s - waited)
+        await anyio.sleep(min(poll_s, left))
+        st = await anyio.to_thread.run_sync(read)
+    return WaitResult(reason=reason, waited_s=round(time.monotonic() - t0, 1), new_events=st.events[seen:], run=st)

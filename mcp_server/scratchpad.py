@@ -22,6 +22,7 @@ AGENT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # matched whole (fullmatch):
 DATE_FILE_RE = re.compile(r"\d{4}-\d{2}-\d{2}\.md")
 KIND_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 MAX_ENTRY_CHARS = 4000
+VIEW_CHARS = (300, 5000)  # what `scratchpad_read` may return, least and most (shared between its files)
 
 
 class ScratchpadFile(BaseModel):
@@ -52,6 +53,19 @@ def clean_text(text: str, limit: int = MAX_ENTRY_CHARS) -> str:
     if len(text) > limit:
         raise InvalidInput(f"entry is {len(text)} characters; keep it under {limit} (summarise, don't paste logs).")
     return text
+
+
+class AppendResult(BaseModel):
+    """`scratchpad_append` (and `trainguard scratchpad --append --json`): where the entry went."""
+
+    path: str
+    agent: str
+    kind: str
+
+
+def record(project: Path, agent: str, text: str, kind: str = "note") -> AppendResult:
+    """`append`, as the model the tool and the CLI return."""
+    return AppendResult(path=str(append(project, agent, text, kind=kind)), agent=agent, kind=kind)
 
 
 def append(project: Path, agent: str, text: str, kind: str = "note", now: dt.datetime | None = None) -> Path:
@@ -88,15 +102,17 @@ def _read_tail(agent: str, path: Path, max_chars: int) -> ScratchpadFile:
         size = fh.seek(0, 2)
         fh.seek(max(0, size - MAX_READ_BYTES))
         text = fh.read().decode("utf-8", errors="replace")
-    return trimmed(ScratchpadFile(agent=agent, date=path.stem, path=str(path), text=text,
-                                  truncated=size > MAX_READ_BYTES), max_chars)
+    return trimmed(
+        ScratchpadFile(agent=agent, date=path.stem, path=str(path), text=text, truncated=size > MAX_READ_BYTES),
+        max_chars,
+    )
 
 
 def trimmed(found: ScratchpadFile | None, max_chars: int) -> ScratchpadFile | None:
     """The file's last `max_chars` characters (its newest entries), marked as truncated if cut."""
     if found is None or len(found.text) <= max_chars:
         return found
-    return found.model_copy(update={"text": "...\n" + found.text[-max(0, max_chars - 4):], "truncated": True})
+    return found.model_copy(update={"text": "...\n" + found.text[-max(0, max_chars - 4) :], "truncated": True})
 
 
 def day_files(project: Path, agent: str) -> list[Path]:
@@ -134,12 +150,17 @@ def view(project: Path, agent: str, coordinator: str, max_chars: int, now: dt.da
     """The coordinator's latest day and the agent's today and previous day, `max_chars` shared
     between the files found, each trimmed to its end (the newest entries)."""
     today_ = now or dt.date.today()
-    found = [latest(project, coordinator, None, 10**9), today(project, agent, 10**9, today_),
-             latest(project, agent, today_, 10**9)]
+    found = [
+        latest(project, coordinator, None, 10**9),
+        today(project, agent, 10**9, today_),
+        latest(project, agent, today_, 10**9),
+    ]
     share = max_chars // max(1, sum(f is not None for f in found))
     coordinator_latest, own_today, own_previous_day = (trimmed(f, share) for f in found)
     return ScratchpadView(
-        coordinator_latest=coordinator_latest, own_today=own_today, own_previous_day=own_previous_day,
+        coordinator_latest=coordinator_latest,
+        own_today=own_today,
+        own_previous_day=own_previous_day,
         hint="Nothing written yet: start today's file with scratchpad_append."
         if not (coordinator_latest or own_today or own_previous_day)
         else "Check runs your previous day left running with list_runs before launching more.",

@@ -1,8 +1,11 @@
 """The MCP server: a thin registry of tools over the plain modules of this package.
 
-Each tool validates nothing itself and knows no paths: it calls one function, and turns a
-`TrainguardError` into a `ToolError` whose message tells the calling model what to do.
-Nothing here writes to stdout (the MCP wire) or imports torch (start-up must stay fast).
+Each tool knows no paths and holds no loop: it calls one function of the module that does the
+work (the CLI calls the same ones), and turns a `TrainguardError` into a `ToolError` whose
+message tells the calling model what to do. Limits and enums live in the tools' schemas
+(`Annotated[..., Field(...)]`, `Literal`), so a client sees them in list_tools, and a value out
+of range is refused with the range (`_argument_error`), never clamped. Nothing here writes to
+stdout (the MCP wire) or imports torch (start-up must stay fast).
 """
 
 from __future__ import annotations
@@ -11,17 +14,14 @@ import base64
 import functools
 import inspect
 import logging
-import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
-import anyio
-import anyio.to_thread
 import orjson
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp.types import CallToolResult, ImageContent, InputRequiredResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field, ValidationError
 
 from mcp_server import (
     __version__,
@@ -38,13 +38,12 @@ from mcp_server import (
     trainer_env,
 )
 from mcp_server.backends.model import BackendName
-from mcp_server.compare import Comparison
+from mcp_server.compare import MAX_RUNS, Comparison
 from mcp_server.compare import compare_runs as _compare_runs
-from mcp_server.curves.summary import CurveSummary
-from mcp_server.errors import InvalidInput, TrainguardError
+from mcp_server.errors import TrainguardError
+from mcp_server.gpu.sampling import INTERVAL_S, WATCH_S
 from mcp_server.preflight import PreflightReport, run_preflight
 from mcp_server.preflight import estimate_memory as _estimate_memory
-from mcp_server.rundir import TERMINAL
 from mcp_server.specs import Scalar
 
 log = logging.getLogger("trainguard.server")
@@ -55,7 +54,69 @@ preflight(N) -> fix any 'fail' -> launch_run(N) -> run_status(run_id) every few 
 summarize_run(run_id) when it ends. Never read raw training logs: summarize_run and run_status
 are bounded. Log what you launch and learn with scratchpad_append; read scratchpad_read first."""
 
-mcp = MCPServer(name="trainguard", version=__version__, instructions=INSTRUCTIONS)
+
+def _bounds(schema: dict[str, Any]) -> str:
+    """The range a parameter's schema allows, as the error states it: "1 to 100", "more than 0
+    and at most 3600", or its choices."""
+    for option in [schema, *schema.get("anyOf", [])]:
+        if "enum" in option:
+            return f"one of {option['enum']}"
+        lo, lo_open = option.get("minimum", option.get("exclusiveMinimum")), "exclusiveMinimum" in option
+        hi, hi_open = option.get("maximum", option.get("exclusiveMaximum")), "exclusiveMaximum" in option
+        if lo is not None and hi is not None and not lo_open and not hi_open:
+            return f"{lo:g} to {hi:g}"
+        parts = ([f"{'more than' if lo_open else 'at least'} {lo:g}"] if lo is not None else []) + (
+            [f"{'less than' if hi_open else 'at most'} {hi:g}"] if hi is not None else []
+        )
+        if parts:
+            return " and ".join(parts)
+    return ""
+
+
+def _argument_error(name: str, exc: ValidationError, schema: dict[str, Any]) -> ToolError:
+    """What a client reads when its arguments fail the tool's schema: each wrong argument, the
+    value given and the range or choices the schema allows (the SDK's own text is pydantic's
+    report under "Error executing tool ..."; this one says what to pass instead)."""
+    props = schema.get("properties", {})
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "arguments"
+        given = budget.clip(repr(err.get("input")), 80)
+        allowed = _bounds(props.get(str(err["loc"][0]), {})) if err["loc"] else ""
+        if err["type"] == "missing":
+            parts.append(f"{where} is required")
+        elif err["type"] in ("literal_error", "enum"):
+            parts.append(f"{where} {given} is not {allowed or 'an allowed value'}")
+        elif allowed and err["type"] in (
+            "greater_than",
+            "greater_than_equal",
+            "less_than",
+            "less_than_equal",
+            "finite_number",
+        ):
+            parts.append(f"{where} is {given}; pass {allowed}")
+        else:
+            parts.append(f"{where} is {given}: {err['msg']}" + (f" (pass {allowed})" if allowed else ""))
+    more = f" ({len(exc.errors()) - 3} more)" if len(exc.errors()) > 3 else ""
+    return ToolError(f"{name}: " + "; ".join(parts) + more + ". list_tools has every parameter's range.")
+
+
+class _Server(MCPServer):
+    """The SDK's server, with argument errors that state the allowed range (`_argument_error`)."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if not isinstance(exc.__cause__, ValidationError):
+                raise
+            schemas = {t.name: t.input_schema for t in await self.list_tools()}
+            raise _argument_error(name, exc.__cause__, schemas.get(name, {})) from exc.__cause__
+
+
+mcp = _Server(name="trainguard", version=__version__, instructions=INSTRUCTIONS)
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
@@ -70,15 +131,18 @@ def _answer(result: Any) -> Any:
     (`budget.fit` cuts, and says what it cut, if a tool's own bounds were not enough)."""
     if isinstance(result, CallToolResult) or not isinstance(result, BaseModel):
         return result  # built by the tool itself (plot_run's image)
-    text, cuts = budget.fit(result.model_dump(mode="json", by_alias=True, exclude_none=True),
-                            limit=budget.ANSWER_CHARS - 400)  # room for the note of what was cut
+    text, cuts = budget.fit(
+        result.model_dump(mode="json", by_alias=True, exclude_none=True), limit=budget.ANSWER_CHARS - 400
+    )  # room for the note of what was cut
     if cuts:
-        log.warning("%s: answer cut to fit the budget (%d cuts): %s", type(result).__name__, len(cuts),
-                    "; ".join(cuts[:4]))
+        log.warning(
+            "%s: answer cut to fit the budget (%d cuts): %s", type(result).__name__, len(cuts), "; ".join(cuts[:4])
+        )
         text = {**text, "cut": [budget.clip(c, 90) for c in cuts[:4]]} if isinstance(text, dict) else text
     structured, _ = budget.fit(result.model_dump(mode="json", by_alias=True), limit=2 * budget.ANSWER_CHARS)
-    return CallToolResult(content=[TextContent(type="text", text=orjson.dumps(text).decode())],
-                          structured_content=structured)
+    return CallToolResult(
+        content=[TextContent(type="text", text=orjson.dumps(text).decode())], structured_content=structured
+    )
 
 
 def _tool_error(name: str, exc: BaseException) -> ToolError:
@@ -86,8 +150,10 @@ def _tool_error(name: str, exc: BaseException) -> ToolError:
     if isinstance(exc, TrainguardError):
         return ToolError(str(exc))
     log.exception("tool %s failed", name)
-    return ToolError(f"{name} failed unexpectedly ({type(exc).__name__}: {str(exc)[:300]}). This is a trainguard bug; "
-                     "the server's log (stderr) has the traceback. Try the call again, or the CLI's same command.")
+    return ToolError(
+        f"{name} failed unexpectedly ({type(exc).__name__}: {str(exc)[:300]}). This is a trainguard bug; "
+        "the server's log (stderr) has the traceback. Try the call again, or the CLI's same command."
+    )
 
 
 def tool(annotations: ToolAnnotations) -> Callable[[F], F]:
@@ -119,20 +185,19 @@ def tool(annotations: ToolAnnotations) -> Callable[[F], F]:
     return register
 
 
-class RunSummaryResult(BaseModel):
-    run: runs.RunInfo | None  # None when a folder or file was summarised
-    summary: CurveSummary
-
-
-class AppendResult(BaseModel):
-    path: str
-    agent: str
-    kind: str
+Limit = Annotated[
+    int,
+    Field(
+        ge=1, le=100, description="rows on this page at most (a page may stop early to stay within the answer budget)"
+    ),
+]
+Offset = Annotated[int, Field(ge=0, description="rows to skip: pass the previous page's next_offset")]
+RunId = Annotated[str, Field(description="a run id, as list_runs shows it")]
+Agent = Annotated[str, Field(description="a scratchpad name: lower-case letters, digits, '-' or '_'")]
 
 
 @tool(READ_ONLY)
-def list_experiments(limit: Annotated[int, Field(ge=1, le=100)] = 50,
-                     offset: Annotated[int, Field(ge=0)] = 0) -> registry.ExperimentPage:
+def list_experiments(limit: Limit = 50, offset: Offset = 0) -> registry.ExperimentPage:
     """List the experiments `/train N` can run: the project's `experiments/NNN-slug/` first, then
     the bundled examples. Each has a title, its trainer and its arguments; a broken one is listed
     with the error that says how to fix it. Pages: `total`, and `next_offset` to pass as `offset`
@@ -141,8 +206,12 @@ def list_experiments(limit: Annotated[int, Field(ge=1, le=100)] = 50,
 
 
 @tool(RUNS_CODE)
-def preflight(experiment: str | int, overrides: dict[str, Scalar] | None = None,
-              backend: BackendName | None = None, resources: dict[str, Any] | None = None) -> PreflightReport:
+def preflight(
+    experiment: str | int,
+    overrides: dict[str, Scalar] | None = None,
+    backend: BackendName | None = None,
+    resources: dict[str, Any] | None = None,
+) -> PreflightReport:
     """Check an experiment before launching it, changing no file. `experiment` is N, NNN or
     NNN-slug; `overrides` maps parameter names to values (e.g. {"lr": 0.0005}). Returns each check
     (experiment, parameters, interpreter, torch, device, data, output, gpu) as pass/warn/fail with
@@ -183,8 +252,9 @@ async def prepare_data(experiment: str | int, overrides: dict[str, Scalar] | Non
 
 
 @tool(WRITES)
-async def install_torch(build: Literal["cpu", "cuda", "rocm"] = "cpu",
-                  target: Literal["auto", "plugin", "project"] = "auto") -> trainer_env.TorchInstall:
+async def install_torch(
+    build: Literal["cpu", "cuda", "rocm"] = "cpu", target: Literal["auto", "plugin", "project"] = "auto"
+) -> trainer_env.TorchInstall:
     """Install torch for the trainers when pre-flight's torch check fails because nothing has it (a
     fresh install). ASK THE USER FIRST: it takes minutes and, for a GPU build, gigabytes. `build`:
     cpu (default), cuda (NVIDIA) or rocm (AMD). `target`: auto makes trainguard's own trainers
@@ -217,13 +287,20 @@ def launch_run(
     Slurm partition, account, qos, time, gpus, cpus_per_task, mem, constraint, nodes, requeue,
     extra; `batch_size` stays the global batch. Default: the experiment's [run] table. Then
     poll run_status; never tail logs."""
-    return runs.launch(str(experiment), overrides, note=note, agent=agent, acknowledge=acknowledge, dry_run=dry_run,
-                       backend=backend, resources=resources)
+    return runs.launch(
+        str(experiment),
+        overrides,
+        note=note,
+        agent=agent,
+        acknowledge=acknowledge,
+        dry_run=dry_run,
+        backend=backend,
+        resources=resources,
+    )
 
 
 @tool(READ_ONLY)
-def list_runs(limit: Annotated[int, Field(ge=1, le=100)] = 20,
-              offset: Annotated[int, Field(ge=0)] = 0) -> runs.RunPage:
+def list_runs(limit: Limit = 20, offset: Offset = 0) -> runs.RunPage:
     """List runs, newest first: id, experiment, status (queued with its position, running,
     succeeded, failed, stopped, lost; a damaged folder with its error), elapsed time, exit code
     and a one-line headline of the primary metric. Pages: `total` runs in all, and
@@ -232,7 +309,7 @@ def list_runs(limit: Annotated[int, Field(ge=1, le=100)] = 20,
 
 
 @tool(READ_ONLY)
-def run_status(run_id: str) -> runs.RunStatus:
+def run_status(run_id: RunId) -> runs.RunStatus:
     """Status of one run: status, epoch of epochs, the latest value of each metric, checkpoints
     written, and, if it failed, the last lines of its stderr (bounded, cleaned). Cheap; poll it
     every few minutes while a run trains, instead of reading logs."""
@@ -240,16 +317,22 @@ def run_status(run_id: str) -> runs.RunStatus:
 
 
 @tool(DESTRUCTIVE)
-def stop_run(run_id: str, grace_seconds: float = 30.0) -> runs.StopResult:
+def stop_run(
+    run_id: RunId,
+    grace_seconds: Annotated[
+        float, Field(ge=0, le=runs.MAX_GRACE_S, description="seconds between SIGTERM and SIGKILL")
+    ] = 30.0,
+) -> runs.StopResult:
     """Stop a running run: SIGTERM to its process group (the trainer saves a checkpoint and exits),
     then SIGKILL to whatever is left after `grace_seconds`. Returns when no process of the run is
     left. Stopping a run that already ended changes nothing."""
-    return runs.stop(run_id, grace_s=max(0.0, min(float(grace_seconds), 600.0)))
+    return runs.stop(run_id, grace_s=grace_seconds)
 
 
 @tool(READ_ONLY)
-def summarize_run(run_id: str | None = None, path: str | None = None, primary_metric: str | None = None
-                  ) -> RunSummaryResult:
+def summarize_run(
+    run_id: str | None = None, path: str | None = None, primary_metric: str | None = None
+) -> runs.RunSummaryResult:
     """Summarise a run's curves in at most ~1,500 tokens, however long it ran, from whatever it
     writes (our metrics stream, TensorBoard events, CSV, history.json, trainer_state.json or
     'Epoch N - Loss: x' lines). Per metric: first, last, best (step, epoch), tail median,
@@ -258,16 +341,15 @@ def summarize_run(run_id: str | None = None, path: str | None = None, primary_me
     underfitting, accuracy at chance, learning rate too low, no progress. Give `run_id`, or `path`
     (a folder or log file inside the project, e.g. a run of your own outside trainguard).
     Repeated calls on a growing run read only the new bytes. Use this, never the raw logs."""
-    if (run_id is None) == (path is None):
-        raise InvalidInput("Give either run_id (see list_runs) or path (a log folder or file in the project).")
-    if run_id is not None:
-        info, summary = runs.summary(run_id, primary_metric=primary_metric)
-        return RunSummaryResult(run=info, summary=summary)
-    return RunSummaryResult(run=None, summary=runs.summarize_path(path, primary_metric))
+    return runs.summarize_target(run_id, path, primary_metric)
 
 
 @tool(READ_ONLY)
-def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | None = None) -> Comparison:
+def compare_runs(
+    run_ids: Annotated[list[str], Field(min_length=2, max_length=MAX_RUNS)],
+    metric: str | None = None,
+    baseline: str | None = None,
+) -> Comparison:
     """Compare 2-20 runs on one metric (default: the first run's primary metric): a table, best
     first, with each run's best (and its step/epoch), last value, and the hyperparameters that
     differ between the runs. `baseline` is one of the run ids or a number (e.g. 20.47 for a
@@ -275,29 +357,27 @@ def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | 
     return _compare_runs(run_ids, metric, baseline)
 
 
-class PlotResult(BaseModel):
-    run_id: str
-    path: str  # the PNG, in the run's folder
-    metrics: list[str]  # drawn, in panel order
-
-
 @tool(WRITES)
-def plot_run(run_id: str, metrics: list[str] | None = None) -> Annotated[CallToolResult, PlotResult]:
+def plot_run(run_id: RunId, metrics: list[str] | None = None) -> Annotated[CallToolResult, runs.PlotResult]:
     """A PNG of a run's curves (up to 4 panels; train and val of one metric share a panel; long
     runs drawn as min/max envelopes so spikes survive; NaN onsets marked), returned as an image
     and saved in the run's folder as plot.png. `metrics` defaults to the primary metric and the
     losses. Costs an image's tokens: prefer summarize_run unless a picture is needed."""
-    saved, drawn = runs.plot(run_id, metrics)
-    result = PlotResult(run_id=run_id, path=str(saved), metrics=drawn)
-    return CallToolResult(content=[
-        TextContent(type="text", text=f"{run_id}: {', '.join(drawn)}; saved to {saved}"),
-        ImageContent(type="image", data=base64.b64encode(saved.read_bytes()).decode(), mime_type="image/png"),
-    ], structured_content=result.model_dump())
+    result = runs.plot_result(run_id, metrics)
+    with open(result.path, "rb") as fh:
+        png = fh.read()
+    return CallToolResult(
+        content=[
+            TextContent(type="text", text=f"{run_id}: {', '.join(result.metrics)}; saved to {result.path}"),
+            ImageContent(type="image", data=base64.b64encode(png).decode(), mime_type="image/png"),
+        ],
+        structured_content=result.model_dump(),
+    )
 
 
 @tool(WRITES)
 def resume_run(
-    run_id: str,
+    run_id: RunId,
     overrides: dict[str, Scalar] | None = None,
     note: str = "",
     agent: str = "training-runner",
@@ -314,7 +394,7 @@ def resume_run(
 
 
 @tool(READ_ONLY)
-def diagnose_run(run_id: str) -> diagnose.Diagnosis:
+def diagnose_run(run_id: RunId) -> diagnose.Diagnosis:
     """Why a run failed (or ended, or looks unhealthy): the failure class (gpu_out_of_memory,
     hip_missing_override, hip_error, device_mismatch, wrong_dtype, nonfinite_loss, import_error,
     missing_file, disk_full, host_out_of_memory, killed_by_kernel_oom, stalled, timeout, user_stop, crash,
@@ -324,7 +404,12 @@ def diagnose_run(run_id: str) -> diagnose.Diagnosis:
 
 
 @tool(READ_ONLY)
-def tail_log(run_id: str, stream: str = "stderr", lines: int = 50, pattern: str | None = None) -> textlog.LogTail:
+def tail_log(
+    run_id: RunId,
+    stream: runs.LogStream = "stderr",
+    lines: Annotated[int, Field(ge=1, le=textlog.MAX_LINES)] = 50,
+    pattern: Annotated[str | None, Field(description="RE2 syntax: no backreferences or lookaround")] = None,
+) -> textlog.LogTail:
     """The last `lines` (1-500) lines of a run's log: stream is stderr, stdout, metrics or
     supervisor. `pattern` (a regular expression in RE2 syntax: no backreferences or lookaround)
     keeps only matching lines, searched in the last 8 MiB. At most ~4,500 characters (the newest
@@ -334,41 +419,21 @@ def tail_log(run_id: str, stream: str = "stderr", lines: int = 50, pattern: str 
     return runs.tail_log(run_id, stream, lines, pattern)
 
 
-class WaitResult(BaseModel):
-    """`wait_run`: why the wait ended, and the run's status then."""
-
-    reason: str  # finished | event | timeout
-    waited_s: float
-    new_events: list[dict[str, Any]]
-    run: runs.RunStatus
-
-
 @tool(READ_ONLY)
-async def wait_run(run_id: str, ctx: Context, timeout_seconds: float = 300.0, poll_seconds: float = 2.0) -> WaitResult:
+async def wait_run(
+    run_id: RunId,
+    ctx: Context,
+    timeout_seconds: Annotated[float, Field(gt=0, le=runs.MAX_WAIT_S)] = 300.0,
+    poll_seconds: Annotated[float, Field(ge=runs.POLL_S[0], le=runs.POLL_S[1])] = 2.0,
+) -> runs.WaitResult:
     """Wait for a run to finish, for a watchdog event, or for `timeout_seconds` (at most 3600),
     whichever comes first, sending MCP progress notifications (epoch of epochs, headline) while
     it waits. Returns the run's status. Cheaper for your context than polling run_status."""
-    if not 0 < timeout_seconds <= 3600 or not 0.1 <= poll_seconds <= 60:
-        raise InvalidInput("timeout_seconds takes 0-3600 and poll_seconds 0.1-60.")
-    t0 = time.monotonic()
-    first = await anyio.to_thread.run_sync(runs.status, run_id)
-    seen = len(first.events)
-    st = first
-    while True:
-        if st.status in TERMINAL:
-            reason = "finished"
-            break
-        if len(st.events) > seen:
-            reason = "event"
-            break
-        if time.monotonic() - t0 >= timeout_seconds:
-            reason = "timeout"
-            break
-        done, total = (st.epoch or 0), st.epochs
-        await ctx.report_progress(done, total, f"{st.status}: {st.headline}"[:200])
-        await anyio.sleep(min(poll_seconds, max(0.05, timeout_seconds - (time.monotonic() - t0))))
-        st = await anyio.to_thread.run_sync(runs.status, run_id)
-    return WaitResult(reason=reason, waited_s=round(time.monotonic() - t0, 1), new_events=st.events[seen:], run=st)
+
+    async def progress(st: runs.RunStatus, waited: float) -> None:
+        await ctx.report_progress(st.epoch or 0, st.epochs, f"{st.status}: {st.headline}"[:200])
+
+    return await runs.wait(run_id, timeout_seconds, poll_seconds, progress)
 
 
 @tool(READ_ONLY)
@@ -383,30 +448,27 @@ def gpu_status() -> gpu.GpuReport:
 
 
 @tool(READ_ONLY)
-async def gpu_watch(ctx: Context, seconds: float = 10.0, interval: float = 1.0) -> gpu.GpuWatch:
+async def gpu_watch(
+    ctx: Context,
+    seconds: Annotated[float, Field(gt=0, le=WATCH_S)] = 10.0,
+    interval: Annotated[float, Field(ge=INTERVAL_S[0], le=INTERVAL_S[1])] = 1.0,
+) -> gpu.GpuWatch:
     """Sample the GPUs every `interval` seconds (0.2-60) for `seconds` (at most 300) and return
     min / mean / max of memory, utilisation, temperature and power per GPU, and the GPU memory
     of each of our runs: `nvidia-smi -l 1` in a few hundred tokens. Reports progress while it
     samples. Use it to see whether a run keeps the GPU busy or creeps towards its memory limit."""
-    if not 0 < seconds <= 300 or not 0.2 <= interval <= 60:
-        raise InvalidInput("seconds takes 0-300 and interval 0.2-60.")
-    sampler = gpu.shared_sampler(paths.runs_root(paths.project_root()))
-    reports = []
-    t0 = time.monotonic()
-    while True:
-        reports.append(await anyio.to_thread.run_sync(sampler.sample))
-        elapsed = time.monotonic() - t0
-        if elapsed + interval > seconds:
-            break
-        await ctx.report_progress(elapsed, seconds, f"{len(reports)} samples")
-        await anyio.sleep(interval)
-    return gpu.summarize_samples(reports, round(time.monotonic() - t0, 1), interval)
+
+    async def progress(samples: int, elapsed: float) -> None:
+        await ctx.report_progress(elapsed, seconds, f"{samples} samples")
+
+    return await gpu.watch(gpu.shared_sampler(paths.runs_root(paths.project_root())), seconds, interval, progress)
 
 
 @tool(READ_ONLY)
 def scratchpad_read(
-    agent: str = "training-runner", coordinator: str = "coordinator",
-    max_chars: Annotated[int, Field(ge=300, le=5000)] = 4000,
+    agent: Agent = "training-runner",
+    coordinator: Agent = "coordinator",
+    max_chars: Annotated[int, Field(ge=scratchpad.VIEW_CHARS[0], le=scratchpad.VIEW_CHARS[1])] = 4000,
 ) -> scratchpad.ScratchpadView:
     """Read the scratchpad before starting work (seed 002's protocol): the coordinator's latest day
     (what to train), and your own today's and previous day's files (runs you launched earlier).
@@ -416,13 +478,18 @@ def scratchpad_read(
 
 
 @tool(WRITES)
-def scratchpad_append(text: str, agent: str = "training-runner", kind: str = "note") -> AppendResult:
+def scratchpad_append(
+    text: Annotated[str, Field(description=f"the entry, under {scratchpad.MAX_ENTRY_CHARS:,} characters")],
+    agent: Agent = "training-runner",
+    kind: Annotated[
+        str, Field(description="one short lower-case word: note, gpu, loss, error, observation, summary")
+    ] = "note",
+) -> scratchpad.AppendResult:
     """Append a timestamped entry to today's scratchpad of `agent`. Log launches, GPU figures, loss
     summaries, errors and cross-agent observations; end your work with a 2-3 line entry of
     kind 'summary'. `kind` is one short word (note, gpu, loss, error, observation, summary). Keep
     entries short (under 4,000 characters): summaries, never pasted logs."""
-    path = scratchpad.append(paths.project_root(), agent, text, kind=kind)
-    return AppendResult(path=str(path), agent=agent, kind=kind)
+    return scratchpad.record(paths.project_root(), agent, text, kind=kind)
 
 
 def serve() -> None:

@@ -22,8 +22,26 @@ from mcp_server.rules import DangerRule, KnownGood
 Scalar = bool | int | float | str
 FLAG_RE = re.compile(r"^--?[A-Za-z0-9][A-Za-z0-9_-]*$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+# What `expand` fills in a command template; `{value}` (the path) only in a `prepare` template.
 PLACEHOLDERS = ("{python}", "{trainer_dir}", "{project_dir}")
+PREPARE_PLACEHOLDERS = (*PLACEHOLDERS, "{value}")
+PLACEHOLDER_RE = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")  # what reads as one: `{name}`
 MAX_STR_LEN = 1024
+
+
+def check_placeholders(template: list[str], allowed: tuple[str, ...], where: str) -> list[str]:
+    """`template` unchanged if every `{name}` in it is one `expand` fills: an unknown one (a typo
+    such as `{project}` or `{trainerdir}`) would otherwise reach the command line as it is.
+
+    Raises:
+        ValueError: naming the placeholder and the allowed ones (pydantic reports it as a spec error).
+    """
+    for part in template:
+        for found in PLACEHOLDER_RE.findall(part):
+            if found not in allowed:
+                raise ValueError(f"{where} uses the unknown placeholder {found} in {part!r}; "
+                                 f"the placeholders are {', '.join(allowed)}")
+    return template
 
 
 class ParamSpec(BaseModel):
@@ -65,6 +83,8 @@ class ParamSpec(BaseModel):
             raise ValueError("a path is either an input (must_exist) or an output, not both")
         if self.prepare is not None and (self.type != "path" or not self.prepare):
             raise ValueError("prepare is an argv template for a path parameter, e.g. [\"{python}\", ...]")
+        if self.prepare is not None:
+            check_placeholders(self.prepare, PREPARE_PLACEHOLDERS, "prepare")
         if self.default is not None:
             coerce_value("default", self, self.default, project=None)
         return self
@@ -79,6 +99,11 @@ class MemorySpec(BaseModel):
     function: str = Field(default="memory_step", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     batch_param: str = Field(default="batch_size", description="the int parameter the estimate varies")
     batch_default: int | None = Field(default=None, ge=1, description="its value when the config leaves it unset")
+
+    @field_validator("script")
+    @classmethod
+    def _script_placeholders(cls, script: str) -> str:
+        return check_placeholders([script], PLACEHOLDERS, "memory.script")[0]
 
 
 class TrainerSpec(BaseModel):
@@ -110,6 +135,11 @@ class TrainerSpec(BaseModel):
         description="chance level of an accuracy metric, by name (e.g. {'val/acc' = 0.2}); else inferred as 1/k",
     )
     source: Path | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _command_placeholders(cls, command: list[str]) -> list[str]:
+        return check_placeholders(command, PLACEHOLDERS, "command")
 
     @field_validator("params")
     @classmethod

@@ -37,6 +37,7 @@ from mcp_server.gpu.sampling import (
     summarize_samples,
     uuid_key,
     visible_devices,
+    watch,
 )
 
 __all__ = [
@@ -72,4 +73,5 @@ __all__ = [
     "summarize_samples",
     "uuid_key",
     "visible_devices",
+    "watch",
 ]

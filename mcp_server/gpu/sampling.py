@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
@@ -119,6 +120,31 @@ def summarize_samples(reports: list[GpuReport], seconds: float, interval: float)
         runs={r: stat(v) for r, v in per_run.items()},
         note=note,
     )
+
+
+WATCH_S = 300.0  # gpu_watch's longest watch
+INTERVAL_S = (0.2, 60.0)  # its sampling interval, least and most
+WatchProgress = Callable[[int, float], Awaitable[None]]  # samples taken, seconds elapsed
+
+
+async def watch(sampler: Sampler, seconds: float, interval: float, progress: WatchProgress | None = None) -> GpuWatch:
+    """Sample every `interval` seconds for `seconds` (one sample at least), then aggregate
+    (`summarize_samples`). `progress` hears each sample but the last. Samples are taken in a
+    worker thread, so the event loop keeps serving while a slow backend answers."""
+    import anyio  # here, not at the top: the supervisor and the watchdog import this module and never watch
+    import anyio.to_thread
+
+    reports: list[GpuReport] = []
+    t0 = time.monotonic()
+    while True:
+        reports.append(await anyio.to_thread.run_sync(sampler.sample))
+        elapsed = time.monotonic() - t0
+        if elapsed + interval > seconds:
+            break
+        if progress is not None:
+            await progress(len(reports), elapsed)
+        await anyio.sleep(interval)
+    return summarize_samples(reports, round(time.monotonic() - t0, 1), interval)
 
 
 # ---------------------------------------------------------------------------- which GPU a run sees

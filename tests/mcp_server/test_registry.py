@@ -72,14 +72,14 @@ def test_unknown_top_level_key_and_bad_toml(project):
 def test_list_shows_broken_experiments_with_their_error(project):
     write_experiment(project, "005-nohyp", "trm_nav", {}, hypothesis=None)
     listed = registry.list_experiments()
-    broken = [e for e in listed if isinstance(e, tuple)]
-    assert [f.name for f, _ in broken] == ["005-nohyp"]
-    assert any(not isinstance(e, tuple) and e.id == "001-trm-fast-dev" for e in listed)
+    broken = [e for e in listed if e.error is not None]
+    assert [e.id for e in broken] == ["005-nohyp"]
+    assert any(e.error is None and e.id == "001-trm-fast-dev" for e in listed)
 
 
 def test_every_bundled_experiment_and_trainer_spec_is_valid(project):
     listed = registry.list_experiments()
-    broken = [f"{e[0].name}: {e[1]}" for e in listed if isinstance(e, tuple)]
+    broken = [f"{e.id}: {e.error}" for e in listed if e.error is not None]
     assert broken == []
     assert {e.trainer for e in listed} <= set(registry.known_trainers(project))
     for name in registry.known_trainers(project):

@@ -8,12 +8,27 @@ from conftest import error, ok
 from mcp_server.server import mcp
 
 TOOLS = {
-    "list_experiments", "preflight", "launch_run", "list_runs", "run_status", "stop_run",
-    "summarize_run", "gpu_status", "scratchpad_read", "scratchpad_append", "prepare_data", "estimate_memory",
-    "diagnose_run", "tail_log", "wait_run", "resume_run", "gpu_watch", "compare_runs", "plot_run", "install_torch",
+    "list_experiments",
+    "preflight",
+    "launch_run",
+    "list_runs",
+    "run_status",
+    "stop_run",
+    "summarize_run",
+    "gpu_status",
+    "scratchpad_read",
+    "scratchpad_append",
+    "prepare_data",
+    "estimate_memory",
+    "diagnose_run",
+    "tail_log",
+    "wait_run",
+    "resume_run",
+    "gpu_watch",
+    "compare_runs",
+    "plot_run",
+    "install_torch",
 }
-
-
 
 
 def test_every_tool_is_listed_with_schema_docstring_and_annotations():
@@ -96,3 +111,41 @@ def test_scratchpad_append_then_read(project):
     view = ok("scratchpad_read")
     assert "train exp 1" in view["coordinator_latest"]["text"]
     assert "[launch] started" in view["own_today"]["text"] and view["own_previous_day"] is None
+
+
+@pytest.mark.parametrize(
+    ("tool", "args", "needle"),
+    [
+        ("list_runs", {"limit": 1000}, "limit is 1000; pass 1 to 100"),
+        ("list_experiments", {"offset": -1}, "offset is -1; pass at least 0"),
+        ("stop_run", {"run_id": "nope", "grace_seconds": 10**6}, "grace_seconds is 1000000; pass 0 to 600"),
+        ("scratchpad_read", {"max_chars": 100000}, "max_chars is 100000; pass 300 to 5000"),
+        (
+            "wait_run",
+            {"run_id": "nope", "timeout_seconds": 0},
+            "timeout_seconds is 0; pass more than 0 and at most 3600",
+        ),
+        ("gpu_watch", {"seconds": 1, "interval": 0.01}, "interval is 0.01; pass 0.2 to 60"),
+        ("tail_log", {"run_id": "nope", "stream": "env"}, "stream 'env' is not one of ['stderr', 'stdout'"),
+        ("install_torch", {"build": "tpu"}, "build 'tpu' is not one of ['cpu', 'cuda', 'rocm']"),
+        ("run_status", {}, "run_id is required"),
+    ],
+)
+def test_an_argument_out_of_range_is_refused_with_the_range_never_clamped(project, tool, args, needle):
+    text = error(tool, args)
+    assert needle in text and text.startswith(f"{tool}: "), text
+    assert "Error executing tool" not in text and "errors.pydantic.dev" not in text
+
+
+def test_limits_and_enums_are_in_the_schemas_a_client_lists():
+    async def go():
+        async with Client(mcp) as client:
+            return {t.name: t.input_schema["properties"] for t in (await client.list_tools()).tools}
+
+    props = anyio.run(go)
+    assert (props["list_runs"]["limit"]["minimum"], props["list_runs"]["limit"]["maximum"]) == (1, 100)
+    assert props["stop_run"]["grace_seconds"]["maximum"] == 600
+    assert props["wait_run"]["timeout_seconds"]["exclusiveMinimum"] == 0
+    assert props["tail_log"]["stream"]["enum"] == ["stderr", "stdout", "metrics", "supervisor"]
+    assert props["scratchpad_read"]["max_chars"]["maximum"] == 5000
+    assert props["gpu_watch"]["seconds"]["maximum"] == 300

@@ -76,3 +76,53 @@ def test_an_override_of_one_exclusive_parameter_clears_the_other(project):
     assert config["timesteps"] == 50000 and config["updates"] is None
     with pytest.raises(InvalidInput, match="set only one of"):
         resolve_config(spec, [("overrides", {"timesteps": 1, "updates": 2})], project)
+
+
+PLACEHOLDER_SPEC = """
+name = "typo"
+description = "A spec whose template names a placeholder expand does not fill."
+command = {command}
+
+[params.data_dir]
+type = "path"
+flag = "--data-dir"
+default = "data"
+help = "Data."
+{prepare}
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "prepare", "needle"),
+    [
+        (
+            '["{python}", "{trainer_dir}/train.py", "--root", "{project}"]',
+            "",
+            "command uses the unknown placeholder {project}",
+        ),
+        ('["{python}", "{trainerdir}/train.py"]', "", "unknown placeholder {trainerdir}"),
+        (
+            '["{python}", "train.py"]',
+            'prepare = ["{python}", "make.py", "{path}"]',
+            "prepare uses the unknown placeholder {path}",
+        ),
+    ],
+)
+def test_an_unknown_placeholder_is_refused_at_spec_load_naming_the_allowed_ones(project, command, prepare, needle):
+    folder = project / "experiments" / "trainers"
+    folder.mkdir(parents=True)
+    (folder / "typo.toml").write_text(PLACEHOLDER_SPEC.format(command=command, prepare=prepare))
+    with pytest.raises(InvalidInput) as raised:
+        registry.load_trainer("typo", project)
+    assert needle in str(raised.value) and "{python}, {trainer_dir}, {project_dir}" in str(raised.value)
+
+
+def test_known_placeholders_and_other_braces_load(project):
+    folder = project / "experiments" / "trainers"
+    folder.mkdir(parents=True)
+    command = '["{python}", "-c", "import sys; print({1: 2})", "{trainer_dir}", "{project_dir}"]'
+    (folder / "typo.toml").write_text(
+        PLACEHOLDER_SPEC.format(command=command, prepare='prepare = ["{python}", "{project_dir}/make.py", "{value}"]')
+    )
+    spec = registry.load_trainer("typo", project)
+    assert spec.command[2] == "import sys; print({1: 2})" and spec.params["data_dir"].prepare[-1] == "{value}"
