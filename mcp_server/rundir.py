@@ -59,6 +59,7 @@ class RunState(BaseModel):
     slurm_state: str | None = None  # Slurm's state of the job when last seen (PENDING, RUNNING, TIMEOUT...)
     slurm_reason: str | None = None  # Slurm's reason a pending job waits (Priority, Resources, BeginTime...)
     requeues: int = 0  # times the job went back to Slurm's queue (time limit, preemption) and resumed
+    headline: str | None = None  # the curves' final headline, written with the outcome: list_runs reads no log
 
     @field_validator("job_id")
     @classmethod

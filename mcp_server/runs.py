@@ -327,9 +327,14 @@ def refresh(run: RunDir) -> RunState:
     return _backend(run).refresh(run, state)
 
 
-def _info_fields(run: RunDir, manifest: Manifest, state: RunState) -> tuple[dict[str, Any], CurveSummary]:
+def _info_fields(run: RunDir, manifest: Manifest, state: RunState,
+                 summary: CurveSummary | None = None) -> dict[str, Any]:
+    """A run's row. Its headline is the one its supervisor recorded at the end, else that of
+    `summary` or of the run's curves (summarised again only when a log changed)."""
     end = state.finished_at or time.time()
-    summary = summarize_run_dir(run.path, manifest)
+    if summary is None and not (state.status in TERMINAL and state.headline is not None):
+        summary = summarize_run_dir(run.path, manifest)
+    headline = summary.headline if summary is not None else state.headline or ""
     return {
         "run_id": run.run_id,
         "experiment": manifest.experiment,
@@ -346,11 +351,11 @@ def _info_fields(run: RunDir, manifest: Manifest, state: RunState) -> tuple[dict
         "exit_code": state.exit_code,
         "signal": state.signal,
         "failure": budget.clip(state.failure, 300),
-        "headline": budget.clip(summary.headline, 240),
+        "headline": budget.clip(headline, 240),
         "queue_position": (len(slots.queued_before(run.path.parent, run.run_id, state.resource or "cpu",
                                                     state.queued_at or time.time())) + 1
                            if state.status == "queued" and manifest.backend != "slurm" else None),
-    }, summary
+    }
 
 
 class RunPage(BaseModel):
@@ -374,7 +379,7 @@ def _info(run: RunDir) -> RunInfo:
     """One run's row; a damaged run is a row that says what is wrong and what to do."""
     try:
         manifest = run.read_manifest()
-        fields, _ = _info_fields(run, manifest, refresh(run))
+        fields = _info_fields(run, manifest, refresh(run))
         return RunInfo(**fields)
     except TrainguardError as exc:
         return RunInfo(run_id=run.run_id, experiment="?", status="damaged", created_at="", elapsed_s=None, pid=None,
@@ -397,7 +402,8 @@ def status(run_id: str, project: Path | None = None) -> RunStatus:
     """Status of one run: state, latest metric values, checkpoints; stderr's end if it failed."""
     run = open_run(paths.runs_root(project or paths.project_root()), run_id)
     manifest, state = run.read_manifest(), refresh(run)
-    fields, summary = _info_fields(run, manifest, state)
+    summary = summarize_run_dir(run.path, manifest)
+    fields = _info_fields(run, manifest, state, summary)
     shown = ([summary.primary] if summary.primary else []) + summary.metrics
     latest = {budget.clip(m.name, 80): m.last.value for m in shown[:MAX_LATEST] if m.last is not None}
     omitted = len(shown) - min(len(shown), MAX_LATEST) + len(summary.omitted_metrics)
@@ -441,7 +447,8 @@ def summary(run_id: str, project: Path | None = None, primary_metric: str | None
     """The run and its curves' summary (around `primary_metric` if given, else the spec's)."""
     run = open_run(paths.runs_root(project or paths.project_root()), run_id)
     manifest, state = run.read_manifest(), refresh(run)
-    fields, summ = _info_fields(run, manifest, state)
+    summ = summarize_run_dir(run.path, manifest)
+    fields = _info_fields(run, manifest, state, summ)
     if primary_metric and primary_metric != manifest.primary_metric:
         with curves_load.loaded(run.path) as found:
             summ = summarize(found, primary_metric)

@@ -331,8 +331,13 @@ def _scratchpad_event(run: RunDir, manifest: Manifest, event: dict) -> None:
 
 
 def _finish(run: RunDir, manifest: Manifest, state: RunState) -> None:
-    """Write the scratchpad's finish entry, then the terminal state: once a reader sees the
-    run ended, everything about its end is on disk."""
+    """Write the scratchpad's finish entry, then the terminal state with the curves' final
+    headline: once a reader sees the run ended, everything about its end is on disk, and
+    `list_runs` shows it without reading its logs again."""
+    try:
+        state.headline = _final_headline(run, manifest)
+    except (OSError, ValueError, TrainguardError) as exc:  # the outcome must be recorded even so
+        log.warning("final headline not computed: %s", exc)
     try:
         _scratchpad_finish(run, manifest, state)
     except (OSError, TrainguardError) as exc:  # the outcome must be recorded even so
@@ -354,20 +359,24 @@ def _write_outcome(run: RunDir, state: RunState) -> None:
         run.write_state(state)
 
 
-def _scratchpad_finish(run: RunDir, manifest: Manifest, state: RunState) -> None:
-    # Imported only now, the trainer gone: numpy starts a BLAS thread, and while the trainer
-    # runs the supervisor must stay one thread. Linux sends the leash's death signal each time
-    # the thread the trainer is reparented to ends, so a second thread means a second SIGTERM,
-    # which trainers (trainkit's StopFlag) take as "stop now, no checkpoint".
+def _final_headline(run: RunDir, manifest: Manifest) -> str:
+    # Imported only now, the trainer gone: numpy starts a BLAS thread (polars a pool), and while
+    # the trainer runs the supervisor must stay one thread. Linux sends the leash's death signal
+    # each time the thread the trainer is reparented to ends, so a second thread means a second
+    # SIGTERM, which trainers (trainkit's StopFlag) take as "stop now, no checkpoint".
+    from mcp_server import budget
     from mcp_server.curves.summary import summarize_run_dir
 
-    summary = summarize_run_dir(run.path, manifest)
+    return budget.clip(summarize_run_dir(run.path, manifest).headline, 240) or ""
+
+
+def _scratchpad_finish(run: RunDir, manifest: Manifest, state: RunState) -> None:
     line = f"run {run.run_id} {state.status}"
     if state.failure:
         line += f" ({state.failure})"
     if state.started_at and state.finished_at:
         line += f" after {state.finished_at - state.started_at:.0f} s"
-    line += f": {summary.headline}"
+    line += f": {state.headline or 'no summary'}"
     scratchpad.append(Path(manifest.project_dir), manifest.agent, line, kind="finish")
 
 

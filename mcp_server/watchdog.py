@@ -17,7 +17,6 @@ it in a `[watchdog]` table of its experiment.toml.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -28,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_server import safefiles
+from mcp_server.curves import names, records
 
 Action = Literal["stop", "warn", "off"]
 
@@ -58,7 +58,7 @@ class Watchdog:
     def __init__(self, config: WatchdogConfig, metrics_path: Path, primary_metric: str, now: float | None = None):
         self.config = config
         self.path = metrics_path
-        self.primary = primary_metric
+        self.primary = names.key(primary_metric)
         self.offset = 0
         self.partial = b""
         self.started = time.monotonic() if now is None else now
@@ -73,6 +73,8 @@ class Watchdog:
         return {"t": time.time(), "kind": kind, "action": action, "detail": detail}
 
     def _new_records(self) -> list[dict[str, Any]]:
+        """The metric records appended since the last poll, parsed as every JSONL reader parses them
+        (a malformed line is the curve reader's to count, not a firing)."""
         try:
             with safefiles.open_read(self.path, follow_links=False) as fh:
                 fh.seek(self.offset)
@@ -80,17 +82,9 @@ class Watchdog:
         except (FileNotFoundError, safefiles.NotRegular):
             return []
         self.offset += len(data)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()  # a torn last line waits for the rest
-        out = []
-        for line in lines:
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue  # a malformed line is the reader's problem, not a firing
-            if isinstance(obj, dict) and "event" not in obj:
-                out.append(obj)
-        return out
+        lines, self.partial = records.complete_lines(self.partial + data)  # a torn last line waits
+        parsed, _ = records.parse_lines(lines)
+        return [r for r in parsed if "event" not in r]
 
     def poll(self, now: float | None = None) -> list[dict[str, Any]]:
         now = time.monotonic() if now is None else now
@@ -100,20 +94,21 @@ class Watchdog:
             self.timeout_fired = True
             events.append(self._event("timeout", self.config.timeout,
                                       f"ran {now - self.started:.0f} s, past its budget of {budget:g} s"))
-        records = self._new_records()
-        for record in records:
+        new = self._new_records()
+        for record in new:
             split = record.get("split")
             for key, value in record.items():
                 name = f"{split}/{key}" if split else key
-                if key in ("t", "step", "epoch", "split") or ("loss" not in key and name != self.primary):
+                watched = names.is_loss(key) or names.key(name) == self.primary
+                if key in ("t", "step", "epoch", "split") or not watched:
                     continue
-                number = _number(value)
+                number = names.number(value)
                 if number is not None and not math.isfinite(number) and name not in self.nonfinite_fired:
                     self.nonfinite_fired.add(name)
                     if self.config.nonfinite != "off":
                         events.append(self._event("nonfinite", self.config.nonfinite,
                                                   f"{name} is {value} at step {record.get('step')}"))
-        if records:
+        if new:
             if self.last_metric is not None:
                 self.intervals.append(now - self.last_metric)
             self.last_metric = now
@@ -149,12 +144,3 @@ class Watchdog:
                                       f"{c.temperature_c:g} C"))
         return events
 
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and value.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
-        return float(value)
-    return None

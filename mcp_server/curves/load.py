@@ -22,7 +22,7 @@ from pathlib import Path
 from mcp_server.curves.readers import detect, discover
 from mcp_server.curves.store import Curves, Reader
 
-CACHE_RUNS = 8  # folders kept read
+CACHE_RUNS = 24  # folders kept read (list_runs shows 20; a finished run needs none: its headline is in state.json)
 CACHE_POINTS = 20_000_000  # and at most this many points in all (32 bytes each: about 640 MB)
 
 

@@ -48,6 +48,7 @@ import orjson
 from mcp_server import safefiles
 from mcp_server.curves import columnar
 from mcp_server.curves.names import number as _number
+from mcp_server.curves.records import parse_lines as _parse_json_lines
 from mcp_server.curves.store import Curves, Reader
 
 _LOADS: Callable[[bytes], Any] = orjson.loads  # about 4 times json's speed; json re-reads what it refuses
@@ -190,35 +191,8 @@ def _chunks(block: bytes, size: int) -> Iterator[bytes]:
 
 
 def _parse_lines(chunk: bytes) -> tuple[list[dict[str, Any]], int]:
-    """The JSON objects of a run of complete lines, and how many lines were not one.
-
-    The whole chunk goes through one `loads` call as a JSON array; only when that fails (a bad
-    or blank line, a bare NaN that orjson refuses) are its lines parsed one by one.
-    """
-    lines = chunk.count(b"\n")
-    try:
-        records = _LOADS(b"[" + chunk[:-1].replace(b"\n", b",") + b"]")
-    except (ValueError, RecursionError):
-        records = None
-    # One value per line: a line holding two values ("1, 2") makes the count differ, unless a record
-    # also spans two lines, which only a hand-made file does.
-    if isinstance(records, list) and len(records) == lines and set(map(type, records)) == {dict}:
-        return records, 0
-    good: list[dict[str, Any]] = []
-    bad = 0
-    for line in chunk.split(b"\n")[:-1]:
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except (ValueError, RecursionError):
-            bad += 1
-            continue
-        if isinstance(obj, dict):
-            good.append(obj)
-        else:
-            bad += 1
-    return good, bad
+    """The JSON objects of a run of complete lines, and how many lines were not one (curves.records)."""
+    return _parse_json_lines(chunk, _LOADS)
 
 
 def _by_split(records: list[dict[str, Any]], keys: set[str]) -> Iterator[tuple[str | None, list[dict[str, Any]]]]:
@@ -757,6 +731,27 @@ _JSON_READERS: dict[str, Callable[[Path], Reader]] = {
 NOT_LOG_FILES = frozenset({"stderr.log", "supervisor.log", "requirements.txt"})
 
 
+def log_files(folder: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
+    """The files `discover` considers in a folder: (logs by their name, files that may be logs by
+    their first bytes). Of several trainer_state.json only the newest is kept."""
+    found: list[Path] = []
+    guessed: list[Path] = []
+    hf_states: list[Path] = []
+    for path in safefiles.walk(Path(folder), MAX_DEPTH, MAX_FILES):
+        name = path.name
+        if name == "trainer_state.json":
+            hf_states.append(path)
+        elif name in ("metrics.jsonl", "history.json", "stdout.log") or name.endswith(".csv") or (
+            name.startswith("events.out.tfevents.")
+        ):
+            found.append(path)
+        elif name.endswith((".jsonl", ".log", ".out", ".txt")) and name not in NOT_LOG_FILES:
+            guessed.append(path)  # a user's own log: kept only if its first bytes look like one
+    if hf_states:
+        found.append(max(hf_states, key=_newest_state))
+    return sorted(found), sorted(guessed)
+
+
 def discover(folder: str | os.PathLike[str]) -> list[Reader]:
     """Readers for the training logs in a run folder (or any folder), best source first.
 
@@ -769,23 +764,24 @@ def discover(folder: str | os.PathLike[str]) -> list[Reader]:
     if folder.is_file():
         reader = detect(folder)
         return [reader] if reader is not None else []
-    found: list[Path] = []
-    guessed: list[Path] = []
-    hf_states: list[Path] = []
-    for path in safefiles.walk(folder, MAX_DEPTH, MAX_FILES):
-        name = path.name
-        if name == "trainer_state.json":
-            hf_states.append(path)
-        elif name in ("metrics.jsonl", "history.json", "stdout.log") or name.endswith(".csv") or (
-            name.startswith("events.out.tfevents.")
-        ):
-            found.append(path)
-        elif name.endswith((".jsonl", ".log", ".out", ".txt")) and name not in NOT_LOG_FILES:
-            guessed.append(path)  # a user's own log: kept only if its first bytes look like one
-    if hf_states:
-        found.append(max(hf_states, key=_newest_state))
-    readers = [r for r in [*map(detect, sorted(found)), *map(_sniff, sorted(guessed))] if r is not None]
+    found, guessed = log_files(folder)
+    readers = [r for r in [*map(detect, found), *map(_sniff, guessed)] if r is not None]
     return sorted(readers, key=lambda r: KIND_ORDER.index(r.kind) if r.kind in KIND_ORDER else len(KIND_ORDER))
+
+
+def signature(folder: str | os.PathLike[str]) -> tuple:
+    """What changes when any log of the folder does: each candidate file's path, size, mtime and
+    inode (a few stat calls: how a summary knows, without reading, that it is still current)."""
+    folder = Path(folder)
+    files = [folder] if folder.is_file() else [p for group in log_files(folder) for p in group]
+    out = []
+    for path in files:
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            continue
+        out.append((str(path), st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
 
 
 def _newest_state(path: Path) -> tuple[int, int]:

@@ -8,6 +8,8 @@ sample, so a single spike or NaN in a million points is reported.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -18,6 +20,7 @@ from mcp_server.curves import names
 from mcp_server.curves.findings import Finding, diagnose
 from mcp_server.curves.load import Loaded, loaded
 from mcp_server.curves.names import direction_of, pair_series
+from mcp_server.curves.readers import signature
 from mcp_server.curves.stats import MetricStats, metric_stats
 from mcp_server.curves.store import Curves
 
@@ -104,11 +107,32 @@ def summarize(loaded: Loaded, primary_metric: str | None, mode: Literal["min", "
     return summary
 
 
+CACHED_SUMMARIES = 256  # run folders whose last summary is kept (about 6 KB each)
+_summaries: OrderedDict[tuple, tuple[tuple, CurveSummary]] = OrderedDict()
+_summaries_lock = threading.Lock()
+
+
 def summarize_run_dir(run_dir: Path, manifest: Manifest) -> CurveSummary:
     """A launched run's curves, from whatever its trainer writes (our metrics stream first), with
-    the primary metric of its spec; a repeated call reads only what was appended since the last."""
+    the primary metric of its spec. While no log of the run changed (`readers.signature`: a few
+    stat calls) the last summary is returned as it was; after a change only what was appended is
+    read."""
+    chance = manifest.chance or None
+    key = (str(run_dir), manifest.primary_metric, manifest.primary_mode, tuple(sorted((chance or {}).items())))
+    mark = signature(run_dir)
+    with _summaries_lock:
+        kept = _summaries.get(key)
+        if kept is not None and kept[0] == mark:
+            _summaries.move_to_end(key)
+            return kept[1].model_copy(deep=True)
     with loaded(run_dir) as curves:
-        return summarize(curves, manifest.primary_metric, manifest.primary_mode, chance=manifest.chance or None)
+        summary = summarize(curves, manifest.primary_metric, manifest.primary_mode, chance=chance)
+    with _summaries_lock:
+        _summaries[key] = (mark, summary)
+        _summaries.move_to_end(key)
+        while len(_summaries) > CACHED_SUMMARIES:
+            _summaries.popitem(last=False)
+    return summary.model_copy(deep=True)
 
 
 def headline(curves: Curves, name: str, primary: MetricStats | None, findings: list[Finding]) -> str:

@@ -4,7 +4,6 @@ time, which GPU a run sees, and memory nobody uses.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import psutil
 
+from mcp_server.curves import records
 from mcp_server.errors import TrainguardError
 from mcp_server.gpu.amd import AmdSmiBackend, AmdSmiCliBackend, AmdSysfsBackend
 from mcp_server.gpu.model import (
@@ -379,15 +379,10 @@ def run_memory_figures(runs_root: Path) -> dict[str, int]:
             tail = read_tail(run.metrics, 64 * 1024)
         except (OSError, TrainguardError):  # a damaged run: list_runs shows it, here it is skipped
             continue
-        for line in reversed(tail.splitlines()):
-            if '"device_memory"' in line:
-                try:
-                    reserved = json.loads(line).get("reserved_bytes")
-                except ValueError:
-                    continue
-                if isinstance(reserved, int) and reserved > 0:
-                    out[run.run_id] = reserved
-                break
+        record = records.last_record(tail.encode(), b'"device_memory"')
+        reserved = record.get("reserved_bytes") if record else None
+        if isinstance(reserved, int) and reserved > 0:
+            out[run.run_id] = reserved
     return out
 
 

@@ -268,7 +268,7 @@ def test_gpu_watch_tool_samples_over_time_with_progress(monkeypatch, scripted):
     assert 4 <= watch["samples"] <= 6 and watch["backend"] == "fake"
     temps = watch["devices"][0]["metrics"]["temperature_c"]
     assert temps["min"] == 31 and temps["max"] == 30 + watch["samples"]
-    assert "seconds takes 0-300" in call("gpu_watch", {"seconds": 1000}).content[0].text
+    assert "seconds is 1000; pass more than 0 and at most 300" in call("gpu_watch", {"seconds": 1000}).content[0].text
 
 
 def test_gpu_status_names_the_run_a_gpu_process_belongs_to(monkeypatch, scripted):
