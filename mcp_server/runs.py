@@ -50,8 +50,8 @@ from mcp_server.rundir import (
     RunDir,
     RunState,
     Status,
-    all_runs,
     create_run_dir,
+    newest_runs,
     open_run,
     write_json_atomic,
 )
@@ -368,13 +368,6 @@ class RunPage(BaseModel):
     runs_dir: str
 
 
-def _created(run: RunDir) -> float:
-    try:
-        return os.lstat(run.manifest).st_mtime
-    except OSError:
-        return 0.0
-
-
 def _info(run: RunDir) -> RunInfo:
     """One run's row; a damaged run is a row that says what is wrong and what to do."""
     try:
@@ -390,8 +383,8 @@ def list_runs(project: Path | None = None, limit: int = 20, offset: int = 0) -> 
     """A page of the runs, newest first, within the answer budget (a page may hold fewer than
     `limit` runs; `next_offset` says where the next one starts)."""
     root = paths.runs_root(project or paths.project_root())
-    found = sorted(all_runs(root), key=_created, reverse=True)
-    rows, next_offset = budget.page(found, offset, limit, _info)
+    found = newest_runs(root)
+    rows, next_offset = budget.page(found, offset, limit, lambda path: _info(RunDir(Path(path))))
     return RunPage(runs=rows, total=len(found), offset=offset, next_offset=next_offset, runs_dir=str(root))
 
 

@@ -9,8 +9,8 @@ way. So whatever this path adds means what the line-by-line way would have added
 
 The checks, on the raw bytes and the parsed frame:
 
-- JSON: polars infers the columns from the first `INFER_ROWS` lines, so a key that first appears
-  later would be dropped silently. Every ':' of the block must be accounted for: one per non-null
+- JSON: polars infers the columns from the first lines (`INFER_ROWS`), so a key that first
+  appears later would be dropped silently. Every ':' of the block must be accounted for: one per non-null
   value of a column (plus the colons in its name), plus those inside string values. A key polars
   did not keep, a repeated key, an explicit null or a nested object leaves colons unaccounted.
 - JSON: a column where numbers and strings mix comes back as strings ("2" for 2); such a
@@ -34,7 +34,7 @@ import numpy as np
 from mcp_server.curves.names import NONFINITE
 from mcp_server.curves.store import Curves
 
-INFER_ROWS = 1000  # lines polars infers the column types from (a later type change is refused)
+INFER_ROWS = (10_000, 200_000, None)  # lines polars infers the columns from, until every key is kept (None: all)
 _NONFINITE_WORDS = list(NONFINITE)
 
 
@@ -158,12 +158,14 @@ def _parse_jsonl(block: bytes, schema: dict[str, Any]) -> Any | None:
     """The block as a frame whose columns hold every key of it, or None.
 
     With the columns of the blocks before (`schema`, updated here) polars infers nothing; when a
-    key is new, or without them, it infers from the first INFER_ROWS lines, then from every line.
+    key is new, or without them, it infers from the first 10,000 lines, then from more (each try
+    costs about its share of the block: a validation record every few thousand steps is found by
+    the first).
     """
     pl = _polars()
     assert pl is not None
     tries = [{"schema": dict(schema)}] if schema else []
-    tries += [{"infer_schema_length": INFER_ROWS}, {"infer_schema_length": None}]
+    tries += [{"infer_schema_length": rows} for rows in INFER_ROWS]
     for options in tries:
         try:
             frame = pl.read_ndjson(block, **options)
@@ -193,7 +195,7 @@ def take_jsonl(block: bytes, curves: Curves, reserved: frozenset[str], step_keys
         if split_off is None:
             return False
         block, events = split_off
-    if block.strip():
+    if block and not block.isspace():  # isspace stops at the first other byte; strip would copy
         frame = _parse_jsonl(block, schema)
         if frame is None:
             return False

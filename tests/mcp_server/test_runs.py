@@ -129,3 +129,28 @@ def test_log_tail_is_bounded_and_clean(tmp_path):
     log.write_bytes(b"\x1b[31mred\x1b[0m\x07 line\n" + b"x" * 100000 + b"\nlast\n")
     text = textlog.tail(log, lines=5, max_chars=300)
     assert len(text) <= 300 and text.endswith("last") and "\x1b" not in text
+
+
+def test_a_finished_run_is_listed_from_its_state_without_reading_its_logs(scripted, monkeypatch):
+    """The supervisor records the final headline; list_runs then reads no log of the run, and a
+    live run's summary is kept while its logs' stat signature holds, and redone when it changes."""
+    from mcp_server.curves import summary as curves_summary
+
+    result = runs.launch("901")
+    wait_done(result.run_id)
+    run = open_run(paths.runs_root(), result.run_id)
+    state = run.read_state()
+    assert state.headline and "best val/acc 0.9 at epoch 5" in state.headline
+    calls = []
+    real = curves_summary.summarize
+    monkeypatch.setattr(curves_summary, "summarize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    row = runs.list_runs().runs[0]
+    assert row.headline == state.headline and calls == []
+    first = runs.status(result.run_id)  # summarised by wait_done at the end: kept while nothing changes
+    again = runs.status(result.run_id)
+    assert calls == [] and again.latest == first.latest
+    before = len(calls)
+    with run.metrics.open("a") as fh:
+        fh.write('{"t": 1e9, "step": 6, "epoch": 6, "split": "val", "acc": 0.95}\n')
+    assert runs.status(result.run_id).latest["val/acc"] == pytest.approx(0.95)
+    assert len(calls) == before + 1
