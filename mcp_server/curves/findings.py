@@ -85,6 +85,7 @@ LR_MIN_POINTS = 20  # the slow-LR rule fits slopes: it needs a few levels
 LR_LOW_DECADES_PER_RUN = 0.3  # at the current rate, under 2x per run length: 10x needs > 3 runs
 LR_STEADY_FRAC = 0.5  # steady, not converging: the recent rate is at least half the run's average
 MAX_FINDINGS = 8
+LR_LAST_WINDOW = 4096  # the LR's last finite value is looked for this many points at a time, from the end
 SEVERITY_ORDER = {"fail": 0, "warn": 1, "info": 2}
 # One trend finding per metric: the first rule in this order that fires explains the curve.
 TREND_PRIORITY = ("divergence", "overfitting", "chance", "underfitting", "no_progress", "lr_too_low", "plateau")
@@ -269,6 +270,16 @@ def rule_nonfinite(curves: Curves) -> Finding | None:
     return _finding("nonfinite", "fail", name, _num(step), text)
 
 
+def _row_medians(rows: np.ndarray) -> np.ndarray:
+    """np.median(rows, axis=1) of finite values, by sorting each short row: 4-5 times faster than
+    the two-index partition np.median does on (20,000, 17) windows."""
+    ordered = np.sort(rows, axis=1)
+    k = ordered.shape[1]
+    if k % 2:
+        return ordered[:, k // 2]
+    return 0.5 * (ordered[:, k // 2 - 1] + ordered[:, k // 2])
+
+
 def _spike_window(n: int) -> int:
     return int(min(SPIKE_WINDOW, max(10, n // 10)))
 
@@ -289,8 +300,8 @@ def _spike_screen(c: _Curve, w: int, stride: int) -> tuple[np.ndarray, np.ndarra
     nb = n // w
     blocks = y[: nb * w].reshape(nb, w)
     sample = blocks[:, ::stride]
-    med = np.median(sample, axis=1)
-    sig = 1.4826 * np.median(np.abs(sample - med[:, None]), axis=1)
+    med = _row_medians(sample)
+    sig = 1.4826 * _row_medians(np.abs(sample - med[:, None]))
     floor_sig, _ = _spike_floor(c, med)
     scale = np.maximum(sig, floor_sig)
     # One threshold per window: the loose rule (a), or the loose rule (b) where it is lower.
@@ -310,9 +321,9 @@ def _spike_score(c: _Curve, w: int, pos: np.ndarray) -> tuple[np.ndarray, np.nda
     the exact statistics of the full window before its own (the last full one at the ragged end)."""
     ref = np.minimum(pos // w - 1, c.n // w - 1)
     rows = c.y[ref[:, None] * w + np.arange(w)[None, :]]
-    ref_med = np.median(rows, axis=1)
+    ref_med = _row_medians(rows)
     floor_sig, min_exc = _spike_floor(c, ref_med)
-    sig = np.maximum(1.4826 * np.median(np.abs(rows - ref_med[:, None]), axis=1), floor_sig)
+    sig = np.maximum(1.4826 * _row_medians(np.abs(rows - ref_med[:, None])), floor_sig)
     exc = c.y[pos] - ref_med
     z = exc / sig
     spike = (z >= SPIKE_Z) & (exc >= min_exc)
@@ -349,7 +360,7 @@ def rule_spike(c: _Curve) -> Finding | None:
     ref_med, z, spike = _spike_score(c, w, pos)
     pos, ref_med, z = pos[spike], ref_med[spike], z[spike]
     nxt = np.minimum(pos[:, None] + np.arange(1, w + 1)[None, :], n - 1)
-    after = np.median(c.y[nxt], axis=1) if pos.size else np.empty(0)
+    after = _row_medians(c.y[nxt]) if pos.size else np.empty(0)
     back = after <= ref_med + SPIKE_RECOVERY * (c.y[pos] - ref_med)
     pos, ref_med, z = pos[back], ref_med[back], z[back]
     if pos.size == 0:
@@ -685,5 +696,9 @@ def _lr_text(curves: Curves) -> str:
     if name is None:
         return ""
     values = curves.series[name].values()
-    finite = values[np.isfinite(values)]
-    return f"; {name} = {_fmt(float(finite[-1]))}" if finite.size else ""
+    for start in range(values.size, 0, -LR_LAST_WINDOW):  # the last finite value, from the end
+        window = values[max(0, start - LR_LAST_WINDOW):start]
+        finite = np.flatnonzero(np.isfinite(window))
+        if finite.size:
+            return f"; {name} = {_fmt(float(window[finite[-1]]))}"
+    return ""

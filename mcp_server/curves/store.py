@@ -74,11 +74,12 @@ def as_floats(values: Iterable[float] | np.ndarray) -> np.ndarray:
 class Series:
     """One metric's values in the order they were logged, with their step, epoch and wall time."""
 
-    __slots__ = ("name", "_values", "_steps", "_epochs", "_times")
+    __slots__ = ("name", "_values", "_steps", "_epochs", "_times", "_steps_known")
 
     def __init__(self, name: str):
         self.name = name
         self._values, self._steps, self._epochs, self._times = _Column(), _Column(), _Column(), _Column()
+        self._steps_known = True  # no point without a step so far: steps() is a plain view
 
     def __len__(self) -> int:
         return self._values.size
@@ -86,6 +87,8 @@ class Series:
     def append(self, value: float, step: float | None = None, epoch: float | None = None,
                t: float | None = None) -> None:
         self._values.append(value)
+        if step is None or step != step:
+            self._steps_known = False
         self._steps.append(NAN if step is None else step)
         self._epochs.append(NAN if epoch is None else epoch)
         self._times.append(NAN if t is None else t)
@@ -99,6 +102,8 @@ class Series:
         if any(c is not None and c.size != new.size for c in given):
             raise ValueError(f"{self.name}: columns of different lengths")
         self._values.extend(new)
+        if given[0] is None or (given[0].size and np.isnan(given[0]).any()):
+            self._steps_known = self._steps_known and new.size == 0
         for column, values_of in zip((self._steps, self._epochs, self._times), given, strict=True):
             if values_of is None:
                 column.fill(NAN, new.size)
@@ -109,6 +114,7 @@ class Series:
         """Forget every point (a whole-file reader re-reads a rewritten file)."""
         for column in (self._values, self._steps, self._epochs, self._times):
             column.clear()
+        self._steps_known = True
 
     def values(self) -> np.ndarray:
         return self._values.view()
@@ -116,7 +122,7 @@ class Series:
     def steps(self) -> np.ndarray:
         """The logged step of each point; where none was logged, its position (0, 1, 2, ...)."""
         steps = self._steps.view()
-        if steps.size and np.isnan(steps).any():
+        if not self._steps_known and np.isnan(steps).any():
             steps = np.where(np.isnan(steps), np.arange(steps.size, dtype=np.float64), steps)
         return steps
 
