@@ -8,6 +8,7 @@ sample, so a single spike or NaN in a million points is reported.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -77,12 +78,13 @@ def _order(curves: Curves, primary: str | None) -> list[str]:
 
 
 def summarize(loaded: Loaded, primary_metric: str | None, mode: Literal["min", "max"] | None = None,
-              chance: dict[str, float] | None = None) -> CurveSummary:
-    """Summarise curves read by `load.load` within BUDGET_CHARS of JSON."""
+              chance: Mapping[str, float] | None = None, remedies: Mapping[str, str] | None = None) -> CurveSummary:
+    """Summarise curves read by `load.load` within BUDGET_CHARS of JSON; `chance` and `remedies`
+    (the run's trainer spec's, by rule id) go to `findings.diagnose`."""
     curves = loaded.curves
     name = resolve_metric(curves, primary_metric)
     primary = metric_stats(curves.series[name], mode or "auto") if name else None
-    findings = diagnose(curves, name, mode, chance) if name else []
+    findings = diagnose(curves, name, mode, chance, remedies) if name else []
     summary = CurveSummary(
         headline=headline(curves, name or primary_metric or "?", primary, findings),
         source=loaded.source, also_found=loaded.also_found, records=curves.records, skipped_lines=curves.skipped,
@@ -108,7 +110,8 @@ def summarize_run_dir(run_dir: Path, manifest: Manifest) -> CurveSummary:
     """A launched run's curves, from whatever its trainer writes (our metrics stream first), with
     the primary metric of its spec; a repeated call reads only what was appended since the last."""
     with loaded(run_dir) as curves:
-        return summarize(curves, manifest.primary_metric, manifest.primary_mode, chance=manifest.chance or None)
+        return summarize(curves, manifest.primary_metric, manifest.primary_mode, chance=manifest.chance or None,
+                         remedies=manifest.remedies)
 
 
 def headline(curves: Curves, name: str, primary: MetricStats | None, findings: list[Finding]) -> str:
