@@ -4,6 +4,9 @@ the size bounds of the statistics (mcp_server/curves/stats.py, findings.py)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,8 @@ from mcp_server.curves.names import direction_of, pair_series
 from mcp_server.curves.stats import SPARK_CHARS, metric_stats
 from mcp_server.curves.store import Curves
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "curves"
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures" / "curves"
 # The bundled TRM trainer's own remedies, as a launched run of it carries them (manifest.remedies).
 TRM_REMEDIES = registry.load_trainer("trm_nav", Path("/nonexistent-project")).remedies
 
@@ -400,6 +404,29 @@ def test_lr_too_high_on_a_real_trm_run_at_lr_3():
         found = rules(diagnose(run.curves, "val/acc", "max", chance={"acc": 0.2}, remedies=TRM_REMEDIES))
     f = found["lr_too_high"]
     assert f.metric == "val/loss" and "train/lr = 3" in f.evidence and "--lr" in f.remedy
+    assert "no_progress" not in found
+
+
+def test_lr_too_high_on_a_live_trm_run_at_lr_3(tmp_path):
+    """The recorded run, trained now (about 6 s on a CPU): the sign is the trainer's, not the file's."""
+    # The fixture's run, 20 epochs instead of 30: the bounce shows from epoch 11 on.
+    args = "--num-train 300 --num-test 60 --dim 16 --depth 1 --device cpu --epochs 20 --patience 0 --lr 3"
+    args = [*args.split(), "--lr-schedule", "constant"]
+    env = {**os.environ, "TRAINGUARD_METRICS": str(tmp_path / "metrics.jsonl")}
+    env.pop("TRAINGUARD_RUN_DIR", None)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "trainers" / "trm_nav.py"), *args, "--checkpoint-dir", str(tmp_path / "ck")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    with loaded(tmp_path) as run:
+        found = rules(diagnose(run.curves, "val/acc", "max", chance={"acc": 0.2}, remedies=TRM_REMEDIES))
+    assert found["lr_too_high"].metric in ("train/loss", "val/loss") and "--lr" in found["lr_too_high"].remedy
     assert "no_progress" not in found
 
 
