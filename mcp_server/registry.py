@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mcp_server import budget, paths, safefiles
 from mcp_server.backends.model import Placement
 from mcp_server.errors import InvalidInput, NotFound, TrainguardError
-from mcp_server.specs import Scalar, TrainerSpec, resolve_config
+from mcp_server.specs import ChanceLevels, Scalar, TrainerSpec, resolve_config
 from mcp_server.watchdog import WatchdogConfig
 
 EXPERIMENT_DIR_RE = re.compile(r"(\d{3})-([a-z0-9][a-z0-9-]*)")  # every name pattern is matched whole
@@ -41,6 +41,11 @@ class ExperimentFile(BaseModel):
         default=None, description="Interpreter for the trainer, relative to the project (e.g. .venv/bin/python)."
     )
     args: dict[str, Scalar] = Field(default_factory=dict)
+    chance: ChanceLevels = Field(
+        default_factory=dict,
+        description="chance level of an accuracy metric, by name (e.g. {'val/acc' = 0.25}): the trainer spec's, "
+        "set or overridden per metric for this experiment (its data has that many classes)",
+    )
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     run: Placement = Field(default_factory=Placement, description="where it runs: backend and resources")
 
@@ -58,6 +63,7 @@ class Experiment(BaseModel):
     python: str | None
     args: dict[str, Scalar]
     hypothesis: str
+    chance: dict[str, float] = Field(default_factory=dict)  # experiment.toml's; the launch lays it over the spec's
     watchdog: WatchdogConfig
     placement: Placement = Field(default_factory=Placement)
 
@@ -144,6 +150,7 @@ def load_experiment(ref: str, project: Path | None = None) -> Experiment:
         python=spec_file.python,
         args=spec_file.args,
         hypothesis=hypothesis,
+        chance=spec_file.chance,
         watchdog=spec_file.watchdog,
         placement=spec_file.run,
     )

@@ -110,7 +110,8 @@ class Manifest(BaseModel):
     @classmethod
     def _valid_job_id(cls, value: str | None) -> str | None:
         return _job_id(value)
-    chance: dict[str, float] | None = None  # chance level of an accuracy metric, by name
+    chance: dict[str, float] | None = None  # chance level of an accuracy metric, by name (spec, then experiment)
+    remedies: dict[str, str] = Field(default_factory=dict)  # the trainer spec's own remedy per diagnosis rule
     git_commit: str | None = None
     versions: dict[str, Any] = Field(default_factory=dict)
     host: dict[str, Any] = Field(default_factory=dict)

@@ -235,7 +235,8 @@ def launch(
             resources=report.resources,
             resume_flag=spec.params["resume"].flag if "resume" in spec.params and spec.resume_checkpoint else None,
             resume_checkpoint=spec.resume_checkpoint,
-            chance=spec.chance or None,
+            chance=(spec.chance | exp.chance) or None,
+            remedies=spec.remedies,
             git_commit=_git_commit(project),
             versions={
                 "trainguard": __version__,
@@ -444,7 +445,7 @@ def summary(run_id: str, project: Path | None = None, primary_metric: str | None
     fields = _info_fields(run, manifest, state, summ)
     if primary_metric and primary_metric != manifest.primary_metric:
         with curves_load.loaded(run.path) as found:
-            summ = summarize(found, primary_metric)
+            summ = summarize(found, primary_metric, chance=manifest.chance or None, remedies=manifest.remedies)
     return RunInfo(**fields), summ
 
 

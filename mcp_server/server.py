@@ -338,7 +338,8 @@ def summarize_run(
     'Epoch N - Loss: x' lines). Per metric: first, last, best (step, epoch), tail median,
     log-scale slope, throughput, and sparklines that keep spikes. `findings` lists diagnoses with
     step, evidence and remedy: non-finite values, spikes, divergence, plateau, overfitting,
-    underfitting, accuracy at chance, learning rate too low, no progress. Give `run_id`, or `path`
+    underfitting, accuracy at chance, learning rate too high or too low, no progress; remedies
+    use the trainer spec's own flags where it gives them. Give `run_id`, or `path`
     (a folder or log file inside the project, e.g. a run of your own outside trainguard).
     Repeated calls on a growing run read only the new bytes. Use this, never the raw logs."""
     return runs.summarize_target(run_id, path, primary_metric)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from mcp_server.curves.remedies import REMEDY_MAX_CHARS, RULE_IDS
 from mcp_server.errors import InvalidInput
 from mcp_server.rules import DangerRule, KnownGood
 
@@ -27,6 +28,10 @@ PLACEHOLDERS = ("{python}", "{trainer_dir}", "{project_dir}")
 PREPARE_PLACEHOLDERS = (*PLACEHOLDERS, "{value}")
 PLACEHOLDER_RE = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")  # what reads as one: `{name}`
 MAX_STR_LEN = 1024
+# A flag in a remedy's text: `--name` not inside a word or a number (`1e-4` and `train-loss` are not flags).
+REMEDY_FLAG_RE = re.compile(r"(?<![\w-])--[A-Za-z0-9][A-Za-z0-9_-]*")
+# Chance level of accuracy metrics, by name: a trainer spec's, and an experiment's on top of it.
+ChanceLevels = dict[str, Annotated[float, Field(ge=0.0, le=1.0)]]
 
 
 def check_placeholders(template: list[str], allowed: tuple[str, ...], where: str) -> list[str]:
@@ -39,8 +44,10 @@ def check_placeholders(template: list[str], allowed: tuple[str, ...], where: str
     for part in template:
         for found in PLACEHOLDER_RE.findall(part):
             if found not in allowed:
-                raise ValueError(f"{where} uses the unknown placeholder {found} in {part!r}; "
-                                 f"the placeholders are {', '.join(allowed)}")
+                raise ValueError(
+                    f"{where} uses the unknown placeholder {found} in {part!r}; "
+                    f"the placeholders are {', '.join(allowed)}"
+                )
     return template
 
 
@@ -82,7 +89,7 @@ class ParamSpec(BaseModel):
         if self.output and self.must_exist:
             raise ValueError("a path is either an input (must_exist) or an output, not both")
         if self.prepare is not None and (self.type != "path" or not self.prepare):
-            raise ValueError("prepare is an argv template for a path parameter, e.g. [\"{python}\", ...]")
+            raise ValueError('prepare is an argv template for a path parameter, e.g. ["{python}", ...]')
         if self.prepare is not None:
             check_placeholders(self.prepare, PREPARE_PLACEHOLDERS, "prepare")
         if self.default is not None:
@@ -130,9 +137,14 @@ class TrainerSpec(BaseModel):
         default=None,
         description="glob, in a run's output folder, of the checkpoint resume_run passes to the `resume` parameter",
     )
-    chance: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+    chance: ChanceLevels = Field(
         default_factory=dict,
         description="chance level of an accuracy metric, by name (e.g. {'val/acc' = 0.2}); else inferred as 1/k",
+    )
+    remedies: dict[str, Annotated[str, Field(min_length=1, max_length=REMEDY_MAX_CHARS)]] = Field(
+        default_factory=dict,
+        description="this trainer's own remedy per diagnosis rule, with its flags (e.g. overfitting = "
+        "'--augment, --dropout 0.2'); replaces the generic advice in that rule's findings",
     )
     source: Path | None = None
 
@@ -140,6 +152,14 @@ class TrainerSpec(BaseModel):
     @classmethod
     def _command_placeholders(cls, command: list[str]) -> list[str]:
         return check_placeholders(command, PLACEHOLDERS, "command")
+
+    @field_validator("remedies")
+    @classmethod
+    def _remedy_rules(cls, remedies: dict[str, str]) -> dict[str, str]:
+        for rule in remedies:
+            if rule not in RULE_IDS:
+                raise ValueError(f"remedies names the rule {rule!r}; the rules are {', '.join(RULE_IDS)}")
+        return remedies
 
     @field_validator("params")
     @classmethod
@@ -167,9 +187,18 @@ class TrainerSpec(BaseModel):
                     raise ValueError(f"danger rule {rule.id!r} tests {name!r}, which is not a parameter")
         if self.resume_checkpoint and (self.params.get("resume") is None or self.params["resume"].type != "path"):
             raise ValueError("resume_checkpoint needs a path parameter named `resume`")
-        if self.memory and (self.memory.batch_param not in self.params
-                            or self.params[self.memory.batch_param].type != "int"):
+        if self.memory and (
+            self.memory.batch_param not in self.params or self.params[self.memory.batch_param].type != "int"
+        ):
             raise ValueError(f"memory.batch_param {self.memory.batch_param!r} must name an int parameter")
+        flags = {p.flag for p in self.params.values()}
+        for rule, text in self.remedies.items():
+            for flag in REMEDY_FLAG_RE.findall(text):
+                if flag not in flags:  # a flag the launcher cannot pass is advice no one can follow
+                    raise ValueError(
+                        f"remedies.{rule} suggests {flag}, which is no parameter's flag; "
+                        f"the flags are {', '.join(sorted(flags))}"
+                    )
         return self
 
     @property
@@ -202,9 +231,7 @@ def coerce_value(name: str, spec: ParamSpec, value: Any, project: Path | None) -
     try:
         typed = _ADAPTERS[spec.type].validate_python(value)
     except ValidationError:
-        raise InvalidInput(
-            f"parameter {name!r} takes {_a(spec.type)}, got {value!r}; {_expectation(spec)}."
-        ) from None
+        raise InvalidInput(f"parameter {name!r} takes {_a(spec.type)}, got {value!r}; {_expectation(spec)}.") from None
     if isinstance(typed, float) and not math.isfinite(typed):
         raise InvalidInput(f"parameter {name!r} must be a finite number, got {value!r}.")
     if isinstance(typed, str):

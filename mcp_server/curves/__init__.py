@@ -10,6 +10,7 @@ tfevents   TensorBoard event files, read without TensorBoard
 load       which of a run's files its curves come from, kept read between calls
 stats      per-metric statistics and the sparkline (`MetricStats`)
 findings   the diagnosis rules (`Finding`, `diagnose`)
+remedies   what to do about each finding: generic advice, or the trainer spec's own
 summary    a run's summary in budget (`CurveSummary`), cached while its logs do not change
 plot       the PNG of `plot_run`
 """

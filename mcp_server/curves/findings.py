@@ -1,9 +1,9 @@
 """Diagnoses of a run's curves: which rule fires, on what metric, from where, and the fix.
 
 `diagnose` reads a whole `Curves` and returns at most `MAX_FINDINGS` `Finding`s, most severe
-first, each with its evidence and a remedy taken from the users' own training guides (the seeds)
-where they give one. Everything is vectorised numpy, bounded whatever the run's length.
-Conventions used throughout:
+first, each with its evidence and a remedy: the trainer spec's own where it gives one, else
+advice in words from the users' own training guides (the seeds, `remedies.py`). Everything is
+vectorised numpy, bounded whatever the run's length. Conventions used throughout:
 
 * A metric is analysed in a *transformed, oriented* space where lower is better: log10 of the
   value for positive metrics that are not maximised (losses span decades, and a relative change
@@ -17,6 +17,7 @@ Conventions used throughout:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,6 +26,7 @@ from pydantic import BaseModel
 
 from mcp_server.curves.names import Direction, direction_of, is_acc, is_lr, is_rl, pair_series, split_role
 from mcp_server.curves.names import find as find_name
+from mcp_server.curves.remedies import RULE_IDS, remedy
 from mcp_server.curves.stats import SLOPE_FRAC, TAIL_FRAC, Number, _fmt, _fmt_step, _num, _slope, _tail_start, _use_log
 from mcp_server.curves.store import Curves, Series
 
@@ -84,35 +86,38 @@ CHANCE_K = range(2, 11)
 LR_MIN_POINTS = 20  # the slow-LR rule fits slopes: it needs a few levels
 LR_LOW_DECADES_PER_RUN = 0.3  # at the current rate, under 2x per run length: 10x needs > 3 runs
 LR_STEADY_FRAC = 0.5  # steady, not converging: the recent rate is at least half the run's average
+
+# Seed 001: "lr too high: loss oscillates wildly, doesn't converge". Judged on the last half of a
+# loss (the first half may hold the initial descent or blow-up), on the log10 scale.
+LR_HIGH_MIN_POINTS = 12  # the last half then has 6 points at least: 5 swings to take a median of
+LR_HIGH_TAIL_FRAC = 0.5  # oscillating for the last half of the run, not in a transient
+# "Wildly": the median jump between consecutive points (around the local trend) is 1.5x or more,
+# per-point noise of ~43%; minibatch noise of a healthy run is a few to ~20% (the clean corpus
+# of the tests goes to 16%, the very noisy spike test's 0.15 decades is a 1.33x median jump).
+LR_HIGH_SWING_DECADES = math.log10(1.5)
+# "Doesn't converge": the median of the last quarter of the run is less than one median jump
+# below the median of the quarter before: the loss bounces by more than it descends. A loss
+# still falling as fast as the test corpus' (e-fold in a quarter of the run) clears 1.5 jumps
+# even at 50% noise; the bouncing val losses of a TRM run at LR 3 or 10 sit at 0.3.
+LR_HIGH_FALL_SWINGS = 1.0
 MAX_FINDINGS = 8
 LR_LAST_WINDOW = 4096  # the LR's last finite value is looked for this many points at a time, from the end
 SEVERITY_ORDER = {"fail": 0, "warn": 1, "info": 2}
 # One trend finding per metric: the first rule in this order that fires explains the curve.
-TREND_PRIORITY = ("divergence", "overfitting", "chance", "underfitting", "no_progress", "lr_too_low", "plateau")
+# lr_too_high comes before the rules it explains: a loss bouncing at its level underfits, does not
+# progress and has plateaued because the LR is too high, and their remedies would send a user elsewhere.
+TREND_PRIORITY = (
+    "divergence",
+    "overfitting",
+    "lr_too_high",
+    "chance",
+    "underfitting",
+    "no_progress",
+    "lr_too_low",
+    "plateau",
+)
 RULE_ORDER = ("nonfinite", *TREND_PRIORITY, "spike")
-
-REMEDIES = {
-    "nonfinite": "lower the learning rate (seed 001: --lr 1e-4), keep gradient clipping on (seed 003: 0.5), "
-                 "check the data for NaN/inf; resume from a checkpoint before that step",
-    "spike": "check the batch at that step; if spikes recur, lower the LR, add warmup (seed 003: 3 epochs linear) "
-             "or clip gradients harder (0.5)",
-    "divergence": "the LR is too high (seed 001: loss oscillates, does not converge): lower it 3-10x, add warmup and "
-                  "gradient clipping; restart from the checkpoint at the best step",
-    "plateau": "stop and keep the best checkpoint, or decay the LR; if val plateaus without overfitting, "
-               "increase depth (seed 001)",
-    "overfitting": "seed 001, in order: --augment, dropout 0.2, weight decay 0.05, more data, smaller model; "
-                   "keep the best-val checkpoint (early stopping, --patience)",
-    "underfitting": "seed 001: bigger model (dim, depth), lower dropout, more epochs, lower weight decay",
-    "chance": "accuracy at chance (seed 001, 1/5 actions): check data generation (are labels/paths valid?), "
-              "check the encoding (tokens correct?), try a smaller model first to verify the pipeline",
-    "lr_too_low": "seed 003 (LR 1e-5 too conservative): raise the LR 3-10x (1e-5 -> 5e-5) with 3 epochs of linear "
-                  "warmup and AdamW; check it on a quick run (5% data) first",
-    "no_progress": "verify the pipeline: the model should overfit a tiny subset; check labels, loss wiring and "
-                   "that the LR is not 0 (seed 001: try a smaller model first)",
-}
-# Reinforcement learning (seed 004, PPO): a reward that stalls is about exploration, not capacity.
-RL_REMEDY = ("PPO (seed 004): check entropy has not collapsed (entropy 0.1 -> 0.001 schedule, keep a floor), "
-             "learning_rate 3e-4, more updates; compare several seeds")
+assert sorted(RULE_ORDER) == sorted(RULE_IDS), "every rule has a generic remedy in curves/remedies.py"
 
 
 class Finding(BaseModel):
@@ -148,7 +153,7 @@ class _Curve:
     def raw(self, y: float) -> float:
         """Back from the oriented, transformed space to the metric's own units."""
         x = -y if self.direction == "max" else y
-        return 10.0 ** x if self.log else x
+        return 10.0**x if self.log else x
 
     def scale(self) -> float:
         """The size of the metric's values (linear metrics): meaningful changes are relative to it."""
@@ -243,10 +248,9 @@ def _acc_values(c: _Curve) -> np.ndarray | None:
 
 def _finding(rule: str, severity: Severity, c: _Curve | str, step: Number | None, evidence: str) -> Finding:
     name = c if isinstance(c, str) else c.name
-    remedy = REMEDIES[rule]
-    if rule in ("plateau", "no_progress", "divergence") and is_rl(name):
-        remedy = RL_REMEDY
-    return Finding(rule=rule, severity=severity, metric=name, step=step, evidence=evidence, remedy=remedy)
+    return Finding(
+        rule=rule, severity=severity, metric=name, step=step, evidence=evidence, remedy=remedy(rule, is_rl(name))
+    )
 
 
 def rule_nonfinite(curves: Curves) -> Finding | None:
@@ -262,8 +266,9 @@ def rule_nonfinite(curves: Curves) -> Finding | None:
         return None
     hits.sort()
     step, i, name, value, count, total = hits[0]
-    text = (f"{name} = {value} at step {_fmt_step(_num(step))} (point {i + 1:,}); "
-            f"{count:,} of {total:,} points non-finite")
+    text = (
+        f"{name} = {value} at step {_fmt_step(_num(step))} (point {i + 1:,}); {count:,} of {total:,} points non-finite"
+    )
     others = [f"{h[2]} from step {_fmt_step(_num(h[0]))}" for h in hits[1:4]]
     if others:
         text += "; also " + ", ".join(others) + (f" (+{len(hits) - 4} more)" if len(hits) > 4 else "")
@@ -309,8 +314,10 @@ def _spike_screen(c: _Curve, w: int, stride: int) -> tuple[np.ndarray, np.ndarra
     if c.log and c.direction != "max":
         threshold = np.minimum(threshold, blocks.max(axis=1) + math.log10(SPIKE_MAX_FACTOR) / 2)
     # full windows 1..nb-1 against the window before; the ragged end against the last full window
-    hits = [np.flatnonzero(blocks[1:] >= threshold[:-1, None]) + w,
-            np.flatnonzero(y[nb * w:] >= threshold[-1]) + nb * w]
+    hits = [
+        np.flatnonzero(blocks[1:] >= threshold[:-1, None]) + w,
+        np.flatnonzero(y[nb * w :] >= threshold[-1]) + nb * w,
+    ]
     pos = np.concatenate(hits)
     ref = np.minimum(pos // w - 1, nb - 1)
     return pos, (y[pos] - med[ref]) / scale[ref]
@@ -372,15 +379,18 @@ def rule_spike(c: _Curve) -> Finding | None:
         if g not in best or z[k] > z[best[g]]:
             best[g] = k
     worst = sorted(best.values(), key=lambda k: -z[k])[:SPIKE_REPORTED]
-    parts = [f"step {_fmt_step(c.step_at(int(pos[k])))}: {_fmt(float(c.v[pos[k]]))} vs median "
-             f"{_fmt(c.raw(float(ref_med[k])))} (z {min(float(z[k]), 9999):.0f})" for k in worst]
+    parts = [
+        f"step {_fmt_step(c.step_at(int(pos[k])))}: {_fmt(float(c.v[pos[k]]))} vs median "
+        f"{_fmt(c.raw(float(ref_med[k])))} (z {min(float(z[k]), 9999):.0f})"
+        for k in worst
+    ]
     text = f"{len(best)} transient spike(s); worst " + "; ".join(parts)
     return _finding("spike", "warn", c, c.step_at(int(pos[worst[0]])), text)
 
 
 def _crossing(c: _Curve, after_block: int, threshold: float) -> int:
     """Index of the first point of the first level after `after_block` at or above `threshold`."""
-    later = np.flatnonzero(c.levels[after_block + 1:] >= threshold)
+    later = np.flatnonzero(c.levels[after_block + 1 :] >= threshold)
     block = after_block + 1 + int(later[0]) if later.size else min(after_block + 1, c.levels.size - 1)
     return int(c.edges[block])
 
@@ -402,9 +412,11 @@ def rule_divergence(c: _Curve) -> Finding | None:
     if slope is None or slope < 0:
         return None  # recovering
     i = _crossing(c, jb, best + lost / 2)
-    how = f"{10 ** lost:.3g}x" if c.log else f"{_fmt(abs(c.raw(tail) - c.raw(best)))} worse"
-    text = (f"level {_fmt(c.raw(best))} near {c.where(int(c.edges[jb]))}, now {_fmt(c.raw(tail))} ({how}) "
-            f"and not improving since {c.where(i)}")
+    how = f"{10**lost:.3g}x" if c.log else f"{_fmt(abs(c.raw(tail) - c.raw(best)))} worse"
+    text = (
+        f"level {_fmt(c.raw(best))} near {c.where(int(c.edges[jb]))}, now {_fmt(c.raw(tail))} ({how}) "
+        f"and not improving since {c.where(i)}"
+    )
     return _finding("divergence", "fail", c, c.step_at(i), text)
 
 
@@ -412,7 +424,7 @@ def _converged(c: _Curve) -> bool:
     """Obviously converged: an accuracy >= CONVERGED_ACC, or a loss that fell CONVERGED_DECADES."""
     acc = _acc_values(c)
     if acc is not None and c.direction == "max":
-        return float(np.median(acc[_tail_start(acc.size, TAIL_FRAC, 1):])) >= CONVERGED_ACC
+        return float(np.median(acc[_tail_start(acc.size, TAIL_FRAC, 1) :])) >= CONVERGED_ACC
     return c.log and float(c.levels[0] - c.levels.min()) >= CONVERGED_DECADES
 
 
@@ -439,8 +451,10 @@ def rule_plateau(c: _Curve) -> Finding | None:
     i = int(c.edges[j])
     frac = 1.0 - i / c.n
     best = c.raw(float(c.levels.min()))
-    text = (f"no meaningful improvement since {c.where(i)} ({frac:.0%} of the run): level "
-            f"{_fmt(c.level_raw(j))} then, {_fmt(c.level_raw(k - 1))} now, best level {_fmt(best)}")
+    text = (
+        f"no meaningful improvement since {c.where(i)} ({frac:.0%} of the run): level "
+        f"{_fmt(c.level_raw(j))} then, {_fmt(c.level_raw(k - 1))} now, best level {_fmt(best)}"
+    )
     return _finding("plateau", "warn" if frac >= PLATEAU_WARN_FRAC else "info", c, c.step_at(i), text)
 
 
@@ -451,8 +465,10 @@ def rule_no_progress(c: _Curve) -> Finding | None:
     start, tail = float(c.levels[0]), float(c.levels[-1])
     if start - tail >= c.meaningful():
         return None
-    text = (f"first 5% level {_fmt(c.raw(start))}, last 5% level {_fmt(c.raw(tail))} "
-            f"over {c.n:,} points (to {c.where(c.n - 1)})")
+    text = (
+        f"first 5% level {_fmt(c.raw(start))}, last 5% level {_fmt(c.raw(tail))} "
+        f"over {c.n:,} points (to {c.where(c.n - 1)})"
+    )
     return _finding("no_progress", "fail", c, c.step_at(0), text)
 
 
@@ -484,8 +500,8 @@ def rule_overfitting(t: _Curve, v: _Curve) -> Finding | None:
     fired = worse and early and train_gain >= t.meaningful()
     ta, va = _acc_values(t), _acc_values(v)
     if not fired and ta is not None and va is not None:
-        t_tail = float(np.median(ta[_tail_start(ta.size, TAIL_FRAC, 1):]))
-        v_tail = float(np.median(va[_tail_start(va.size, TAIL_FRAC, 1):]))
+        t_tail = float(np.median(ta[_tail_start(ta.size, TAIL_FRAC, 1) :]))
+        v_tail = float(np.median(va[_tail_start(va.size, TAIL_FRAC, 1) :]))
         since = _plateau_since(v)
         v_stalled = since is not None and since <= lv.size - OVERFIT_BEST_BEFORE
         fired = t_tail >= OVERFIT_TRAIN_FIT and t_tail - v_tail >= OVERFIT_ACC_GAP and v_stalled
@@ -493,8 +509,10 @@ def rule_overfitting(t: _Curve, v: _Curve) -> Finding | None:
         return None
     ib = int(np.argmin(v.y))  # the best raw point: where the best checkpoint is
     t_now, v_now = float(t.v[-1]), float(v.v[-1])
-    text = (f"{v.name} best {_fmt(float(v.v[ib]))} at {v.where(ib)}, now {_fmt(v_now)}; {t.name} now "
-            f"{_fmt(t_now)} (improved since); gap {_fmt(abs(v_now - t_now))}")
+    text = (
+        f"{v.name} best {_fmt(float(v.v[ib]))} at {v.where(ib)}, now {_fmt(v_now)}; {t.name} now "
+        f"{_fmt(t_now)} (improved since); gap {_fmt(abs(v_now - t_now))}"
+    )
     return _finding("overfitting", "warn", v, v.step_at(ib), text)
 
 
@@ -511,8 +529,8 @@ def rule_underfitting(t: _Curve, v: _Curve) -> Finding | None:
         since.append(int(c.edges[j]))
     ta, va = _acc_values(t), _acc_values(v)
     if ta is not None and va is not None:
-        t_tail = float(np.median(ta[_tail_start(ta.size, TAIL_FRAC, 1):]))
-        v_tail = float(np.median(va[_tail_start(va.size, TAIL_FRAC, 1):]))
+        t_tail = float(np.median(ta[_tail_start(ta.size, TAIL_FRAC, 1) :]))
+        v_tail = float(np.median(va[_tail_start(va.size, TAIL_FRAC, 1) :]))
         if max(t_tail, v_tail) >= UNDERFIT_MAX_ACC or t_tail - v_tail > UNDERFIT_MAX_GAP:
             return None
         what = f"accuracies end at train {_fmt(t_tail)}, val {_fmt(v_tail)} (< {UNDERFIT_MAX_ACC})"
@@ -522,15 +540,17 @@ def rule_underfitting(t: _Curve, v: _Curve) -> Finding | None:
             return None
         if abs(float(t.levels[-1] - v.levels[-1])) > UNDERFIT_MAX_LOSS_GAP:  # overfitting's business
             return None
-        what = (f"losses fell only {10 ** falls[0]:.3g}x / {10 ** falls[1]:.3g}x, now train "
-                f"{_fmt(t.level_raw(-1))}, val {_fmt(v.level_raw(-1))}")
+        what = (
+            f"losses fell only {10 ** falls[0]:.3g}x / {10 ** falls[1]:.3g}x, now train "
+            f"{_fmt(t.level_raw(-1))}, val {_fmt(v.level_raw(-1))}"
+        )
     else:
         return None
     text = f"{what}; flat since {t.where(since[0])} / {v.where(since[1])}"
     return _finding("underfitting", "warn", v, v.step_at(since[1]), text)
 
 
-def _chance_level(c: _Curve, acc: np.ndarray, given: dict[str, float] | None) -> tuple[float, str] | None:
+def _chance_level(c: _Curve, acc: np.ndarray, given: Mapping[str, float] | None) -> tuple[float, str] | None:
     """The chance level of an accuracy: given by name (or by its key, 'acc'), else inferred as 1/k."""
     for key in (c.name, split_role(c.name)[1]):
         if given and key in given:
@@ -545,7 +565,7 @@ def _chance_level(c: _Curve, acc: np.ndarray, given: dict[str, float] | None) ->
     return None
 
 
-def rule_chance(c: _Curve, given: dict[str, float] | None) -> Finding | None:
+def rule_chance(c: _Curve, given: Mapping[str, float] | None) -> Finding | None:
     """An accuracy that ends within CHANCE_MARGIN of chance and never rose 2 margins above it."""
     acc = _acc_values(c)
     if acc is None or c.n < MIN_POINTS:
@@ -558,8 +578,10 @@ def rule_chance(c: _Curve, given: dict[str, float] | None) -> Finding | None:
     tail = float(levels[-1])
     if tail > level + CHANCE_MARGIN or float(levels.max()) > level + 2 * CHANCE_MARGIN:
         return None
-    text = (f"last 5% level {_fmt(tail)}, never above {_fmt(float(levels.max()))} (5% levels); "
-            f"chance {_fmt(level)} ({how}) over {c.n:,} points")
+    text = (
+        f"last 5% level {_fmt(tail)}, never above {_fmt(float(levels.max()))} (5% levels); "
+        f"chance {_fmt(level)} ({how}) over {c.n:,} points"
+    )
     return _finding("chance", "fail", c, c.step_at(0), text)
 
 
@@ -586,9 +608,42 @@ def rule_lr_too_low(c: _Curve, lr_text: str) -> Finding | None:
     if average <= 0 or -slope < LR_STEADY_FRAC * average:
         return None
     runs = 1.0 / per_run
-    text = (f"falls {per_run:.3g} decades per run length ({-slope * 1000:.3g}/1k steps), steadily: a 10x lower loss "
-            f"needs ~{runs:.3g}x this run; now {_fmt(c.level_raw(-1))}{lr_text}")
+    text = (
+        f"falls {per_run:.3g} decades per run length ({-slope * 1000:.3g}/1k steps), steadily: a 10x lower loss "
+        f"needs ~{runs:.3g}x this run; now {_fmt(c.level_raw(-1))}{lr_text}"
+    )
     return _finding("lr_too_low", "warn", c, c.step_at(0), text)
+
+
+def rule_lr_too_high(c: _Curve, lr_text: str) -> Finding | None:
+    """A loss that oscillates wildly and does not converge (seed 001's sign of an LR too high).
+
+    On the log10 scale, over the last LR_HIGH_TAIL_FRAC of the points: the median jump between
+    consecutive points, around their median (a steady trend cancels), is LR_HIGH_SWING_DECADES
+    or more, and the median of that stretch's second half is less than LR_HIGH_FALL_SWINGS
+    jumps below the median of its first half. Medians: a single spike moves neither; a steady
+    divergence has small jumps (and is `divergence`'s, first in TREND_PRIORITY); a noisy loss
+    that still falls is left alone.
+    """
+    if not c.log or c.direction == "max" or c.n < LR_HIGH_MIN_POINTS:
+        return None
+    t0 = _tail_start(c.n, LR_HIGH_TAIL_FRAC, LR_HIGH_MIN_POINTS // 2)
+    y = c.y[t0:]
+    stride = -(-(y.size - 1) // NOISE_SAMPLE)
+    d = (y[1:] - y[:-1])[::stride]
+    swing = float(np.median(np.abs(d - np.median(d))))
+    if swing < LR_HIGH_SWING_DECADES:
+        return None
+    half = y.size // 2
+    stride = -(-half // LEVEL_SAMPLE)
+    first, second = float(np.median(y[:half:stride])), float(np.median(y[y.size - half :: stride]))
+    if first - second >= LR_HIGH_FALL_SWINGS * swing:
+        return None
+    text = (
+        f"since {c.where(t0)} it jumps a median {10**swing:.3g}x from one point to the next, while its "
+        f"median went from {_fmt(c.raw(first))} to {_fmt(c.raw(second))} (halves of that stretch){lr_text}"
+    )
+    return _finding("lr_too_high", "fail", c, c.step_at(t0), text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,15 +656,23 @@ def _sort_key(f: Finding) -> tuple[int, int, float]:
     return SEVERITY_ORDER[f.severity], RULE_ORDER.index(f.rule), step
 
 
-def diagnose(curves: Curves, primary: str, mode: Direction | None = None,
-             chance: dict[str, float] | None = None) -> list[Finding]:
+def diagnose(
+    curves: Curves,
+    primary: str,
+    mode: Direction | None = None,
+    chance: Mapping[str, float] | None = None,
+    remedies: Mapping[str, str] | None = None,
+) -> list[Finding]:
     """At most MAX_FINDINGS findings about a run's curves, most severe first.
 
     `primary` and `mode` name the metric the run optimises and its direction; `chance` maps
-    accuracy metrics (by name, or by key such as "acc") to their chance level when known.
-    Trend rules (divergence, plateau, lr_too_low, no_progress) look at the core metrics: the
-    primary, its train/val partner and the train/val loss; spikes at losses and the primary;
-    chance at every accuracy; overfitting and underfitting at every train/val pair.
+    accuracy metrics (by name, or by key such as "acc") to their chance level when known;
+    `remedies` maps rule ids to the trainer spec's own remedies, which replace the generic ones.
+    Trend rules (divergence, plateau, lr_too_high) look at the core metrics: the primary, its
+    train/val partner and the train/val loss; lr_too_low at the loss and the primary,
+    no_progress at the primary (unless a core loss is lr_too_high: that explains it); spikes
+    at losses and the primary; chance at every accuracy; overfitting and underfitting at
+    every train/val pair.
     """
     findings: list[Finding] = []
     nf = rule_nonfinite(curves)
@@ -668,19 +731,32 @@ def diagnose(curves: Curves, primary: str, mode: Direction | None = None,
         c = curve(name) if is_acc(name) else None
         if c is not None:
             offer(rule_chance(c, chance))
-    pc = curve(primary_name)
-    if pc is not None:
-        offer(rule_no_progress(pc))
     loss_name = next((t for t, _ in pairs if split_role(t)[1] == "loss"), None)
     if loss_name is None:
         loss_name = next((n for n in curves.series if split_role(n)[1] == "loss"), None)
+    lr_text = _lr_text(curves)
+    oscillating = False
+    for name in dict.fromkeys(n for n in (*core, loss_name) if n):
+        c = curve(name)
+        if c is not None:
+            high = rule_lr_too_high(c, lr_text)
+            offer(high)
+            oscillating |= high is not None and trend.get(name) is high
     for name in dict.fromkeys(n for n in (loss_name, primary_name) if n):
         c = curve(name)
         if c is not None:
-            offer(rule_lr_too_low(c, _lr_text(curves)))
+            offer(rule_lr_too_low(c, lr_text))
+    pc = curve(primary_name)
+    if pc is not None and not oscillating:  # a loss bouncing at its level explains a primary that does not progress
+        offer(rule_no_progress(pc))
     findings += list({id(f): f for f in trend.values()}.values())
 
-    spiky = [n for n in curves.series if n == primary_name or direction_of(n) == "min"]
+    # A loss bouncing wildly (lr_too_high) has big excursions by nature: they are not transient spikes.
+    spiky = [
+        n
+        for n in curves.series
+        if (n == primary_name or direction_of(n) == "min") and getattr(trend.get(n), "rule", None) != "lr_too_high"
+    ]
     for name in spiky:
         c = curve(name)
         if c is not None and (c.log or name == primary_name):
@@ -688,7 +764,11 @@ def diagnose(curves: Curves, primary: str, mode: Direction | None = None,
             if f:
                 findings.append(f)
     findings.sort(key=_sort_key)
-    return findings[:MAX_FINDINGS]
+    findings = findings[:MAX_FINDINGS]
+    if remedies:
+        for f in findings:
+            f.remedy = remedy(f.rule, is_rl(f.metric), remedies)
+    return findings
 
 
 def _lr_text(curves: Curves) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -80,12 +81,13 @@ def _order(curves: Curves, primary: str | None) -> list[str]:
 
 
 def summarize(loaded: Loaded, primary_metric: str | None, mode: Literal["min", "max"] | None = None,
-              chance: dict[str, float] | None = None) -> CurveSummary:
-    """Summarise curves read by `load.load` within BUDGET_CHARS of JSON."""
+              chance: Mapping[str, float] | None = None, remedies: Mapping[str, str] | None = None) -> CurveSummary:
+    """Summarise curves read by `load.load` within BUDGET_CHARS of JSON; `chance` and `remedies`
+    (the run's trainer spec's, by rule id) go to `findings.diagnose`."""
     curves = loaded.curves
     name = resolve_metric(curves, primary_metric)
     primary = metric_stats(curves.series[name], mode or "auto") if name else None
-    findings = diagnose(curves, name, mode, chance) if name else []
+    findings = diagnose(curves, name, mode, chance, remedies) if name else []
     summary = CurveSummary(
         headline=headline(curves, name or primary_metric or "?", primary, findings),
         source=loaded.source, also_found=loaded.also_found, records=curves.records, skipped_lines=curves.skipped,
@@ -118,7 +120,8 @@ def summarize_run_dir(run_dir: Path, manifest: Manifest) -> CurveSummary:
     stat calls) the last summary is returned as it was; after a change only what was appended is
     read."""
     chance = manifest.chance or None
-    key = (str(run_dir), manifest.primary_metric, manifest.primary_mode, tuple(sorted((chance or {}).items())))
+    key = (str(run_dir), manifest.primary_metric, manifest.primary_mode, tuple(sorted((chance or {}).items())),
+           tuple(sorted((manifest.remedies or {}).items())))
     mark = signature(run_dir)
     with _summaries_lock:
         kept = _summaries.get(key)
@@ -126,7 +129,8 @@ def summarize_run_dir(run_dir: Path, manifest: Manifest) -> CurveSummary:
             _summaries.move_to_end(key)
             return kept[1].model_copy(deep=True)
     with loaded(run_dir) as curves:
-        summary = summarize(curves, manifest.primary_metric, manifest.primary_mode, chance=chance)
+        summary = summarize(curves, manifest.primary_metric, manifest.primary_mode, chance=chance,
+                            remedies=manifest.remedies)
     with _summaries_lock:
         _summaries[key] = (mark, summary)
         _summaries.move_to_end(key)

@@ -4,14 +4,25 @@ the size bounds of the statistics (mcp_server/curves/stats.py, findings.py)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mcp_server import registry
 from mcp_server.curves.findings import MAX_FINDINGS, Finding, diagnose
+from mcp_server.curves.load import loaded
 from mcp_server.curves.names import direction_of, pair_series
 from mcp_server.curves.stats import SPARK_CHARS, metric_stats
 from mcp_server.curves.store import Curves
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures" / "curves"
+# The bundled TRM trainer's own remedies, as a launched run of it carries them (manifest.remedies).
+TRM_REMEDIES = registry.load_trainer("trm_nav", Path("/nonexistent-project")).remedies
 
 
 def add(curves: Curves, name: str, values, steps=None, epochs=None, times=None) -> None:
@@ -125,8 +136,20 @@ def test_stats_size_does_not_grow_with_the_run():
 
 def test_direction_and_train_val_pairing_by_name():
     assert direction_of("Val Acc") == "max" and direction_of("eval_loss") == "min" and direction_of("lr") is None
-    names = ["train/loss", "val/loss", "train_acc", "val_acc", "Train Loss", "Val Loss", "loss", "eval_loss",
-             "loss/train", "loss/val", "test/loss", "lr"]
+    names = [
+        "train/loss",
+        "val/loss",
+        "train_acc",
+        "val_acc",
+        "Train Loss",
+        "Val Loss",
+        "loss",
+        "eval_loss",
+        "loss/train",
+        "loss/val",
+        "test/loss",
+        "lr",
+    ]
     pairs = set(pair_series(names))
     assert ("train/loss", "val/loss") in pairs and ("train_acc", "val_acc") in pairs
     hf = set(pair_series(["loss", "eval_loss", "learning_rate"]))
@@ -149,9 +172,11 @@ def test_nonfinite_reports_the_first_step_and_the_other_series():
     grad[639] = np.inf
     add(c, "train/loss", loss, steps)
     add(c, "grad_norm", grad, steps)
-    f = by(diagnose(c, "train/loss", "min"), "nonfinite")
+    f = by(diagnose(c, "train/loss", "min", remedies=TRM_REMEDIES), "nonfinite")  # a run of trm_nav: its flags
     assert f.severity == "fail" and f.metric == "grad_norm" and f.step == 639
     assert "train/loss from step 640" in f.evidence and "--lr 1e-4" in f.remedy
+    generic = by(diagnose(c, "train/loss", "min"), "nonfinite")  # any other script: advice in words
+    assert "1e-4" in generic.remedy and "--" not in generic.remedy
 
 
 def test_spike_at_step_7000_of_10000():
@@ -219,7 +244,7 @@ def seed001_run(epochs: int = 50) -> Curves:
     train_loss = 1.52 * np.exp(-(e - 1) / 6.8) + 0.0012
     val_loss = 0.45 + 1.0 * np.exp(-(e - 1) / 3.5) + 1.9 * np.clip(e - 12, 0, None) / 38
     train_acc = 1 - 0.65 * np.exp(-(e - 1) / 5)
-    val_acc = 0.72 + 0.06 * np.exp(-((e - 12) / 8) ** 2) - 0.34 * np.exp(-(e - 1) / 3)
+    val_acc = 0.72 + 0.06 * np.exp(-(((e - 12) / 8) ** 2)) - 0.34 * np.exp(-(e - 1) / 3)
     c = Curves()
     steps = e * 100
     add(c, "Train Loss", train_loss * np.exp(rng.normal(0, 0.02, epochs)), steps, e)
@@ -314,6 +339,109 @@ def test_ppo_reward_no_progress_gets_the_ppo_remedy():
     assert "entropy" in f.remedy
 
 
+def oscillating(n: int, seed: int, swing: float = 0.35, level: float = 1.6) -> np.ndarray:
+    """Seed 001's "lr too high": a loss bouncing at its level by `swing` decades (sigma), not falling."""
+    rng = np.random.default_rng(seed)
+    return level * 10 ** rng.normal(0.0, swing, n)
+
+
+@pytest.mark.parametrize("n", [30, 2000])
+def test_lr_too_high_on_a_loss_that_oscillates_wildly_and_does_not_converge(n):
+    c = Curves()
+    add(c, "train/loss", oscillating(n, seed=13), np.arange(n, dtype=float))
+    found = diagnose(c, "train/loss", "min")
+    assert [f.rule for f in found] == ["lr_too_high"], [f.model_dump() for f in found]  # not no_progress
+    f = found[0]
+    assert f.severity == "fail" and "from one point to the next" in f.evidence and "lower it 3-10x" in f.remedy
+    assert "--" not in f.remedy
+
+
+def test_lr_too_high_explains_a_primary_accuracy_that_does_not_progress():
+    rng = np.random.default_rng(14)
+    n = 200
+    t = np.arange(n, dtype=float)
+    c = Curves()
+    add(c, "train/loss", oscillating(n, seed=15), t)
+    add(c, "val/acc", 0.35 + rng.normal(0, 0.02, n), t)
+    found = rules(diagnose(c, "val/acc", "max"))
+    assert found["lr_too_high"].metric == "train/loss" and "no_progress" not in found
+
+
+def test_lr_too_high_after_an_initial_descent_but_not_while_it_still_falls():
+    n = 3000
+    t = np.arange(n, dtype=float)
+    bouncing = np.where(t < 600, 20 * np.exp(-t / 150), 20 * np.exp(-4.0)) * oscillating(n, seed=16, level=1.0)
+    c = Curves()
+    add(c, "loss", bouncing, t)
+    assert "lr_too_high" in rules(diagnose(c, "loss", "min"))
+    noisy = Curves()  # the same bounce while the loss still falls 100x: noisy, but converging
+    add(noisy, "loss", 2.3 * np.exp(-t / 650) * oscillating(n, seed=16, swing=0.2, level=1.0), t)
+    found = rules(diagnose(noisy, "loss", "min"))
+    assert "lr_too_high" not in found and "no_progress" not in found
+
+
+def test_not_lr_too_high_a_flat_quiet_loss_a_divergence_or_a_single_spike():
+    n = 2000
+    t = np.arange(n, dtype=float)
+    rng = np.random.default_rng(17)
+    flat = Curves()  # no progress, small noise: the pipeline, not the LR
+    add(flat, "val/loss", 0.69 * np.exp(rng.normal(0, 0.05, n)), t)
+    assert [f.rule for f in diagnose(flat, "val/loss", "min")] == ["no_progress"]
+    diverging = Curves()  # a loud, steady rise is a divergence
+    add(diverging, "train/loss", 0.5 * np.exp(t / 400) * oscillating(n, seed=18, swing=0.3, level=1.0), t)
+    found = rules(diagnose(diverging, "train/loss", "min"))
+    assert "divergence" in found and "lr_too_high" not in found
+    spiky = Curves()  # one spike in a flat, quiet loss moves no median
+    loss = 0.69 * np.exp(rng.normal(0, 0.05, n))
+    loss[1500] *= 50
+    add(spiky, "val/loss", loss, t)
+    assert "lr_too_high" not in rules(diagnose(spiky, "val/loss", "min"))
+
+
+def test_lr_too_high_on_a_real_trm_run_at_lr_3():
+    """The bundled TRM trainer at --lr 3 (tests/fixtures/curves/README.md): val loss bounces 2.6x."""
+    with loaded(FIXTURES / "trm_lr3") as run:
+        found = rules(diagnose(run.curves, "val/acc", "max", chance={"acc": 0.2}, remedies=TRM_REMEDIES))
+    f = found["lr_too_high"]
+    assert f.metric == "val/loss" and "train/lr = 3" in f.evidence and "--lr" in f.remedy
+    assert "no_progress" not in found
+
+
+def test_lr_too_high_on_a_live_trm_run_at_lr_3(tmp_path):
+    """The recorded run, trained now (about 6 s on a CPU): the sign is the trainer's, not the file's."""
+    # The fixture's run, 20 epochs instead of 30: the bounce shows from epoch 11 on.
+    args = "--num-train 300 --num-test 60 --dim 16 --depth 1 --device cpu --epochs 20 --patience 0 --lr 3"
+    args = [*args.split(), "--lr-schedule", "constant"]
+    env = {**os.environ, "TRAINGUARD_METRICS": str(tmp_path / "metrics.jsonl")}
+    env.pop("TRAINGUARD_RUN_DIR", None)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "trainers" / "trm_nav.py"), *args, "--checkpoint-dir", str(tmp_path / "ck")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    with loaded(tmp_path) as run:
+        found = rules(diagnose(run.curves, "val/acc", "max", chance={"acc": 0.2}, remedies=TRM_REMEDIES))
+    assert found["lr_too_high"].metric in ("train/loss", "val/loss") and "--lr" in found["lr_too_high"].remedy
+    assert "no_progress" not in found
+
+
+def test_a_spec_remedy_replaces_the_generic_one_for_its_rule_only():
+    n = 2000
+    c = Curves()
+    add(c, "train/loss", oscillating(n, seed=13), np.arange(n, dtype=float))
+    loss = decay(n, seed=3)
+    loss[1200] *= 20
+    add(c, "val/loss", loss, np.arange(n, dtype=float))
+    found = rules(diagnose(c, "train/loss", "min", remedies={"lr_too_high": "--lr 1e-4 --warmup 3"}))
+    assert found["lr_too_high"].remedy == "--lr 1e-4 --warmup 3"
+    assert found["spike"].remedy.startswith("check the batch at that step")
+
+
 # ---------------------------------------------------------------------------------------------
 # Clean curves raise nothing; short runs say nothing; the output stays bounded
 # ---------------------------------------------------------------------------------------------
@@ -362,7 +490,7 @@ def test_findings_are_bounded_and_most_severe_first():
     for k in range(30):
         loss = decay(n, seed=k)
         loss[1000 + k] *= 20
-        loss[n - 100:] = np.nan if k % 2 else loss[n - 100:]
+        loss[n - 100 :] = np.nan if k % 2 else loss[n - 100 :]
         add(c, f"head{k}/loss", loss)
     found = diagnose(c, "head0/loss", "min")
     assert 1 <= len(found) <= MAX_FINDINGS

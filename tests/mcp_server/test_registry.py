@@ -84,3 +84,13 @@ def test_every_bundled_experiment_and_trainer_spec_is_valid(project):
     assert {e.trainer for e in listed} <= set(registry.known_trainers(project))
     for name in registry.known_trainers(project):
         assert registry.load_trainer(name).params
+
+
+def test_an_experiment_sets_chance_levels_in_range(project):
+    folder = write_experiment(project, "010-x", "trm_nav", {"dim": 32})
+    toml = folder / "experiment.toml"
+    toml.write_text('chance = { "val/acc" = 0.25 }\n' + toml.read_text())
+    assert registry.load_experiment("10").chance == {"val/acc": 0.25}
+    toml.write_text(toml.read_text().replace("0.25", "25"))
+    with pytest.raises(InvalidInput, match=r"010-x/experiment.toml is invalid: chance.val/acc: .*less than or equal"):
+        registry.load_experiment("10")

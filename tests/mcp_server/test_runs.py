@@ -1,9 +1,10 @@
 import os
+import shutil
 import signal
 
 import pytest
 
-from conftest import wait_until, write_experiment
+from conftest import REPO, wait_until, write_experiment
 from mcp_server import paths, procs, runs, textlog
 from mcp_server.errors import Conflict, InvalidInput, NotFound
 from mcp_server.rundir import TERMINAL, open_run
@@ -154,3 +155,49 @@ def test_a_finished_run_is_listed_from_its_state_without_reading_its_logs(script
         fh.write('{"t": 1e9, "step": 6, "epoch": 6, "split": "val", "acc": 0.95}\n')
     assert runs.status(result.run_id).latest["val/acc"] == pytest.approx(0.95)
     assert len(calls) == before + 1
+
+
+FLAT_ACC_SCRIPT = """
+import math
+from trainkit import MetricsStream
+
+stream = MetricsStream()
+for step in range(1, 41):
+    stream.log(step, "val", epoch=step, acc=0.4 + 0.005 * math.sin(step))
+stream.event("done", reason="finished")
+"""
+FLAT_ACC_SPEC = """
+name = "flat"
+description = "A user's script whose accuracy never moves (tests)."
+command = ["{python}", "{project_dir}/scripts/flat.py"]
+primary_metric = "val/acc"
+primary_mode = "max"
+chance = { "val/acc" = 0.1 }
+params = {}
+
+[remedies]
+chance = "this spec's own chance remedy"
+"""
+
+
+def test_an_experiment_s_chance_level_reaches_the_diagnosis_of_its_run(project):
+    """0.4 is no 1/k: only the level the experiment gives (over the spec's 0.1) names it chance."""
+    (project / "scripts").mkdir()
+    (project / "scripts" / "flat.py").write_text(FLAT_ACC_SCRIPT)
+    shutil.copy(REPO / "trainers" / "trainkit.py", project / "scripts")
+    (project / "experiments" / "trainers").mkdir(parents=True)
+    (project / "experiments" / "trainers" / "flat.toml").write_text(FLAT_ACC_SPEC)
+    toml = write_experiment(project, "921-flat", "flat", {}) / "experiment.toml"
+    toml.write_text('chance = { "val/acc" = 0.4 }\n' + toml.read_text())
+    write_experiment(project, "922-flat-spec-chance", "flat", {})
+    found = {}
+    for exp in ("921", "922"):
+        result = runs.launch(exp)
+        assert wait_done(result.run_id).status == "succeeded"
+        assert open_run(paths.runs_root(), result.run_id).read_manifest().chance == {
+            "val/acc": 0.4 if exp == "921" else 0.1
+        }
+        found[exp] = {f.rule: f for f in runs.summary(result.run_id)[1].findings}
+    chance = found["921"]["chance"]
+    assert "chance 0.4 (given)" in chance.evidence and chance.remedy == "this spec's own chance remedy"
+    assert "chance" not in found["922"]  # at the spec's 0.1 alone, 0.4 is learning

@@ -1,10 +1,13 @@
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from mcp_server import registry
 from mcp_server.errors import InvalidInput
-from mcp_server.specs import build_argv, coerce_value, resolve_config
+from mcp_server.specs import REMEDY_FLAG_RE, build_argv, coerce_value, resolve_config
 
 
 @pytest.fixture
@@ -126,3 +129,61 @@ def test_known_placeholders_and_other_braces_load(project):
     )
     spec = registry.load_trainer("typo", project)
     assert spec.command[2] == "import sys; print({1: 2})" and spec.params["data_dir"].prepare[-1] == "{value}"
+
+
+def _spec_with_remedies(project, remedies: str) -> None:
+    folder = project / "experiments" / "trainers"
+    folder.mkdir(parents=True, exist_ok=True)
+    command = '["{python}", "train.py"]'
+    text = PLACEHOLDER_SPEC.format(command=command, prepare="")
+    (folder / "typo.toml").write_text(text + "\n[remedies]\n" + remedies)
+
+
+def test_spec_remedies_load_by_rule_id(project):
+    _spec_with_remedies(project, 'lr_too_high = "lower the LR, keep --data-dir on fast disk"\n')
+    assert registry.load_trainer("typo", project).remedies == {
+        "lr_too_high": "lower the LR, keep --data-dir on fast disk"
+    }
+
+
+@pytest.mark.parametrize(
+    ("remedies", "needle"),
+    [
+        ('overfit = "--dropout 0.2"\n', "names the rule 'overfit'; the rules are nonfinite, lr_too_high, spike"),
+        (
+            'overfitting = "--dropout 0.2"\n',
+            "overfitting suggests --dropout, which is no parameter's flag; the flags are --data-dir",
+        ),
+        ('plateau = ""\n', "remedies.plateau: String should have at least 1 character"),
+        ('plateau = "' + "x" * 301 + '"\n', "remedies.plateau: String should have at most 300 characters"),
+    ],
+)
+def test_spec_remedies_name_known_rules_and_the_spec_s_own_flags(project, remedies, needle):
+    _spec_with_remedies(project, remedies)
+    with pytest.raises(InvalidInput) as raised:
+        registry.load_trainer("typo", project)
+    assert needle in str(raised.value)
+
+
+def test_every_flag_a_bundled_spec_s_remedies_suggest_is_one_its_trainer_parses(tmp_path):
+    """The flags in the bundled specs' [remedies] are their parameters' (checked at load), and those
+    are flags the trainer's own argparse takes: asked of the real script with --help, all at once."""
+    names = ("trm_nav", "autoencoder", "gauss_decoder", "ppo_gridworld")
+    specs = {n: registry.load_trainer(n, tmp_path) for n in names}
+    procs = {
+        n: subprocess.Popen(
+            [sys.executable, str(s.trainer_dir / f"{n}.py"), "--help"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        for n, s in specs.items()
+    }
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        parsed = set(re.findall(r"--[A-Za-z0-9][A-Za-z0-9_-]*", out))
+        suggested = {f for text in specs[name].remedies.values() for f in REMEDY_FLAG_RE.findall(text)}
+        assert suggested and suggested <= parsed, (name, suggested - parsed)
+        assert {p.flag for p in specs[name].params.values()} <= parsed, name
