@@ -13,8 +13,10 @@ The checks, on the raw bytes and the parsed frame:
   appears later would be dropped silently. Every ':' of the block must be accounted for: one per non-null
   value of a column (plus the colons in its name), plus those inside string values. A key polars
   did not keep, a repeated key, an explicit null or a nested object leaves colons unaccounted.
-- JSON: a column where numbers and strings mix comes back as strings ("2" for 2); such a
-  column, with a string that reads as a finite number, goes the other way.
+- JSON: polars turns a value into text where a column mixes types ("2" for 2, '{"k": 1}' for an
+  object); every '"' must be accounted for too (two per key and per string value, plus those
+  inside), which a number, boolean or object made text is not; and a string that reads as a
+  finite number sends the block the other way.
 - CSV: a short row comes back padded with nulls; every line must hold exactly the header's
   number of separators.
 
@@ -81,20 +83,29 @@ def _floats(column: Any) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _all_keys_kept(frame: Any, block: bytes) -> bool:
-    """Whether every ':' of `block` belongs to a value polars kept (see the module docstring)."""
+    """Whether every ':' and every '"' of `block` belongs to a key or a value polars kept as the
+    line-by-line way would (see the module docstring)."""
     pl = _polars()
     assert pl is not None
-    if b"\\u003" in block:  # an escaped colon in a string: the raw count would not match
-        return False
-    expected = 0
+    colons = quotes = escaped = 0
     for column in frame.get_columns():
         kept = len(column) - column.null_count()
-        if column.dtype.is_nested() and kept:
+        if not kept:
+            continue
+        if column.dtype.is_nested():
             return False
-        expected += kept * (1 + column.name.count(":"))
-        if column.dtype == pl.String and kept:
-            expected += int(column.str.count_matches(":", literal=True).sum() or 0)
-    return block.count(b":") == expected
+        in_name = column.name.count(":"), column.name.count('"')
+        colons, quotes = colons + kept * (1 + in_name[0]), quotes + kept * (2 + in_name[1])
+        escaped += sum(in_name)
+        if column.dtype == pl.String:  # by distinct value: a split column holds a handful
+            counts = column.drop_nulls().rename("value").value_counts(name="times")
+            words, times = counts.get_column("value").to_list(), counts.get_column("times").to_list()
+            in_colons = sum(w.count(":") * n for w, n in zip(words, times, strict=True))
+            in_quotes = sum(w.count('"') * n for w, n in zip(words, times, strict=True))
+            colons, quotes, escaped = colons + in_colons, quotes + 2 * kept + in_quotes, escaped + in_colons + in_quotes
+    if escaped and b"\\u00" in block:  # an escaped ':' or '"' in a string: decoded, not in the raw counts
+        return False
+    return block.count(b":") == colons and block.count(b'"') == quotes
 
 
 def _position(frame: Any, names: tuple[str, ...]) -> np.ndarray | None:
@@ -220,20 +231,23 @@ def take_jsonl(block: bytes, curves: Curves, reserved: frozenset[str], step_keys
     return True
 
 
-def take_csv(block: bytes, header: list[str], curves: Curves, positions: tuple[tuple[str, ...], ...]) -> bool:
+def take_csv(block: bytes, header: list[str], curves: Curves, positions: tuple[tuple[str, ...], ...],
+             skip_lines: int = 0) -> bool:
     """Add a block of complete CSV rows (no header, no quotes) to `curves`; False when it goes the
     other way. Every column must be numbers (an empty cell is no value, as in Lightning's sparse
     rows); a repeated column name, a word or a row of another length sends the block the other way."""
     pl = _polars()
     if pl is None or len(set(header)) != len(header) or not all(header):
         return False
-    lines = block.count(b"\n")
-    if block.count(b",") != lines * (len(header) - 1):  # polars pads a short row with nulls
-        return False
     try:
         frame = pl.read_csv(block, has_header=False, new_columns=header, schema=dict.fromkeys(header, pl.Float64),
-                            null_values=[""], quote_char=None, raise_if_empty=False)
-        if frame.height != lines:
+                            null_values=[""], quote_char=None, raise_if_empty=False, skip_rows=skip_lines)
+        lines = block.count(b"\n")
+        if frame.height != lines - skip_lines:
+            return False
+        # polars pads a short row with nulls: where there are nulls (an empty cell or a short row),
+        # every line (the header's too) must hold exactly the header's number of separators
+        if sum(frame.null_count().row(0)) and block.count(b",") != lines * (len(header) - 1):
             return False
         _add([(None, frame)], curves, frozenset(n for names in positions for n in names), positions)
     except (pl.exceptions.PolarsError, ValueError, OverflowError, _Refused):
