@@ -37,11 +37,33 @@ def write_images(folder: Path, count: int, size: int, seed: int) -> None:
 
 def images_per_s(data: Path, out: Path, amp: str, args: argparse.Namespace) -> float:
     metrics = out / "metrics.jsonl"
-    cmd = [sys.executable, str(REPO / "trainers" / "autoencoder.py"), "--arch", "residual", "--device", "cuda",
-           "--amp", amp, "--data-dir", str(data), "--checkpoint-dir", str(out / "ckpt"), "--epochs", str(args.epochs),
-           "--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
-    subprocess.run(cmd, env={**os.environ, "TRAINGUARD_METRICS": str(metrics)}, check=True,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        str(REPO / "trainers" / "autoencoder.py"),
+        "--arch",
+        "residual",
+        "--device",
+        "cuda",
+        "--amp",
+        amp,
+        "--data-dir",
+        str(data),
+        "--checkpoint-dir",
+        str(out / "ckpt"),
+        "--epochs",
+        str(args.epochs),
+        "--image-size",
+        str(args.image_size),
+        "--batch-size",
+        str(args.batch_size),
+    ]
+    subprocess.run(
+        cmd,
+        env={**os.environ, "TRAINGUARD_METRICS": str(metrics)},
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
     sps = [r["sps"] for r in map(json.loads, metrics.read_text().splitlines()) if r.get("split") == "train"]
     return statistics.mean(sps[1:] or sps)
 

@@ -33,8 +33,9 @@ from conftest import SCRIPTED_SPEC, write_experiment  # noqa: E402
 
 
 def start_cluster(where: Path) -> str:
-    out = subprocess.run([str(REPO / "scripts" / "slurm-cluster"), "start", str(where)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [str(REPO / "scripts" / "slurm-cluster"), "start", str(where)], capture_output=True, text=True, check=True
+    )
     return out.stdout.strip().split("=", 1)[1]
 
 
@@ -63,13 +64,19 @@ def slurm_figures(tmp: Path) -> None:
                 time.sleep(0.05)
             latencies.append(time.perf_counter() - t0)
             runs.stop(launched.run_id, grace_s=10)
-        print(f"slurm: launch_run to running:             {statistics.median(latencies):.2f} s "
-              f"(median of 5; min {min(latencies):.2f})")
+        print(
+            f"slurm: launch_run to running:             {statistics.median(latencies):.2f} s "
+            f"(median of 5; min {min(latencies):.2f})"
+        )
 
         held = []
         for _ in range(50):
-            out = subprocess.run(["sbatch", "--parsable", "--hold", "--time=1", "--wrap=true"], capture_output=True,
-                                 text=True, check=True)
+            out = subprocess.run(
+                ["sbatch", "--parsable", "--hold", "--time=1", "--wrap=true"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             held.append(out.stdout.strip().split(";")[0])
         table = slurm.JobTable()
         batched, single = [], []
@@ -80,11 +87,14 @@ def slurm_figures(tmp: Path) -> None:
             assert len(found) == 50
             t0 = time.perf_counter()
             for job in held:
-                subprocess.run(["squeue", "--noheader", f"--jobs={job}", "--format=%i|%T|%r"], capture_output=True,
-                               check=False)
+                subprocess.run(
+                    ["squeue", "--noheader", f"--jobs={job}", "--format=%i|%T|%r"], capture_output=True, check=False
+                )
             single.append(time.perf_counter() - t0)
-        print(f"slurm: one status poll of 50 jobs:        {statistics.median(batched) * 1e3:.0f} ms batched "
-              f"(one squeue), {statistics.median(single) * 1e3:.0f} ms as 50 calls")
+        print(
+            f"slurm: one status poll of 50 jobs:        {statistics.median(batched) * 1e3:.0f} ms batched "
+            f"(one squeue), {statistics.median(single) * 1e3:.0f} ms as 50 calls"
+        )
         subprocess.run(["scancel", *held], check=False)
     finally:
         if started_here:
@@ -93,13 +103,40 @@ def slurm_figures(tmp: Path) -> None:
 
 def trm_sps(out: Path, nproc: int) -> float:
     metrics = out / "metrics.jsonl"
-    flags = ["--epochs", "3", "--patience", "3", "--num-train", "5000", "--num-test", "500", "--dim", "64",
-             "--depth", "2", "--batch-size", "64", "--device", "cpu", "--checkpoint-dir", str(out / "ckpt")]
+    flags = [
+        "--epochs",
+        "3",
+        "--patience",
+        "3",
+        "--num-train",
+        "5000",
+        "--num-test",
+        "500",
+        "--dim",
+        "64",
+        "--depth",
+        "2",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--checkpoint-dir",
+        str(out / "ckpt"),
+    ]
     script = str(REPO / "trainers" / "trm_nav.py")
-    cmd = ([sys.executable, script] if nproc == 1 else
-           [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), script])
-    subprocess.run([*cmd, *flags], env={**os.environ, "TRAINGUARD_METRICS": str(metrics), "OMP_NUM_THREADS": "1"},
-                   check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = (
+        [sys.executable, script]
+        if nproc == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), script]
+    )
+    subprocess.run(
+        [*cmd, *flags],
+        env={**os.environ, "TRAINGUARD_METRICS": str(metrics), "OMP_NUM_THREADS": "1"},
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     sps = [r["sps"] for r in map(json.loads, metrics.read_text().splitlines()) if r.get("split") == "train"]
     return statistics.mean(sps[1:])
 
@@ -114,8 +151,9 @@ def main() -> None:
             slurm_figures(tmp)
         one, two = trm_sps(tmp / "one", 1), trm_sps(tmp / "two", 2)
         print(f"torchrun: TRM on the CPU, 1 process:      {one:8.0f} samples/s")
-        print(f"torchrun: TRM on the CPU, 2 gloo ranks:   {two:8.0f} samples/s ({two / one:.2f}x, "
-              f"{os.cpu_count()} cores)")
+        print(
+            f"torchrun: TRM on the CPU, 2 gloo ranks:   {two:8.0f} samples/s ({two / one:.2f}x, {os.cpu_count()} cores)"
+        )
 
 
 if __name__ == "__main__":

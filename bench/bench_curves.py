@@ -47,11 +47,15 @@ def write_jsonl(path: Path, records: int, start: int = 0) -> None:
     t0 = 1.79e9
     with path.open("a") as fh:
         for i, step in enumerate(range(start, start + records)):
-            fh.write(f'{{"t": {t0 + step * 0.01:.3f}, "step": {step}, "epoch": {step // 10_000}, '
-                     f'"split": "train", "loss": {loss[i]:.6f}, "lr": 0.0003}}\n')
+            fh.write(
+                f'{{"t": {t0 + step * 0.01:.3f}, "step": {step}, "epoch": {step // 10_000}, '
+                f'"split": "train", "loss": {loss[i]:.6f}, "lr": 0.0003}}\n'
+            )
             if step % 1000 == 999:
-                fh.write(f'{{"t": {t0 + step * 0.01:.3f}, "step": {step}, "split": "val", '
-                         f'"loss": {loss[i] * 1.1:.6f}, "acc": {0.5 + 0.4 * step / records:.4f}}}\n')
+                fh.write(
+                    f'{{"t": {t0 + step * 0.01:.3f}, "step": {step}, "split": "val", '
+                    f'"loss": {loss[i] * 1.1:.6f}, "acc": {0.5 + 0.4 * step / records:.4f}}}\n'
+                )
 
 
 def write_csv(path: Path, records: int) -> None:
@@ -89,6 +93,7 @@ def ours(target: Path, primary: str):
         load.forget(target)
         with load.loaded(target) as found:
             return summarize(found, primary)
+
     return run
 
 
@@ -162,10 +167,14 @@ def main() -> int:
         print(f"{name:<40} {a:>8.2f}s {ref:<30} {b:>8.2f}s {a / b:>8.2f}x")
     print(f"\nsummary size: {small_size:,} chars for 1,000 records, {big_size:,} for {args.records:,}")
     print(f"incremental re-summary after 1,000 new lines: {t_inc * 1000:.0f} ms, {new_bytes:,} bytes read")
-    print(f"incremental re-summary against the polars parse of the whole file: {t_inc / t_pl:.3f}x "
-          f"(target 20 ms / 0.19 s = 0.105x)")
-    print(f"spike kept: {spikes[0] if spikes else 'NOT FOUND'}; after the appends: "
-          f"{'kept' if spikes_after else 'NOT FOUND'}")
+    print(
+        f"incremental re-summary against the polars parse of the whole file: {t_inc / t_pl:.3f}x "
+        f"(target 20 ms / 0.19 s = 0.105x)"
+    )
+    print(
+        f"spike kept: {spikes[0] if spikes else 'NOT FOUND'}; after the appends: "
+        f"{'kept' if spikes_after else 'NOT FOUND'}"
+    )
     return 0
 
 

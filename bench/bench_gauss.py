@@ -87,8 +87,11 @@ def gaussian_sets(images: torch.Tensor, num_gaussians: int, seed: int) -> dict[s
         opacities=torch.sigmoid(raw[..., 8] + 2.0),
     )
     largest = random._replace(scales=torch.full_like(random.scales, model.cell * math.exp(high)))
-    return {"untrained model on val photos": initial, "random, full size range": random,
-            "worst case, all largest": largest}
+    return {
+        "untrained model on val photos": initial,
+        "random, full size range": random,
+        "worst case, all largest": largest,
+    }
 
 
 def bench_renderers(args: argparse.Namespace, data_dir: Path) -> None:
@@ -96,14 +99,18 @@ def bench_renderers(args: argparse.Namespace, data_dir: Path) -> None:
     images = load_image_folder(data_dir / "val")
     pick = torch.linspace(0, len(images) - 1, args.batch_size).round().long()  # spread over the val photographs
     target = F.interpolate(images[pick], size=(size, size), mode="bilinear", antialias=True)  # (B, 3, S, S)
-    print(f"\n== Renderers: {size}x{size}, {k} Gaussians, batch {args.batch_size}, forward + backward, "
-          f"{torch.get_num_threads()} thread(s) ==")
+    print(
+        f"\n== Renderers: {size}x{size}, {k} Gaussians, batch {args.batch_size}, forward + backward, "
+        f"{torch.get_num_threads()} thread(s) =="
+    )
     for name, g in gaussian_sets(target, k, args.seed).items():
         cov = gd.covariance(g.scales, g.rotations)
         pairs = len(gd.tile_overlaps(g.means, cov, size, size)[0])
         tiles = math.ceil(size / gd.TILE_SIZE) ** 2
-        print(f"\n-- {name}: sigma {g.scales.min():.1f}-{g.scales.max():.1f} px, {pairs} (Gaussian, tile) pairs = "
-              f"{pairs / g.opacities.numel():.1f} of {tiles} tiles per Gaussian")
+        print(
+            f"\n-- {name}: sigma {g.scales.min():.1f}-{g.scales.max():.1f} px, {pairs} (Gaussian, tile) pairs = "
+            f"{pairs / g.opacities.numel():.1f} of {tiles} tiles per Gaussian"
+        )
         results = {}
         for renderer in ("tile", "dense", "fourier"):
             render_step(g, target, renderer)  # warm-up: first-call allocations and kernel selection
@@ -115,19 +122,28 @@ def bench_renderers(args: argparse.Namespace, data_dir: Path) -> None:
             peak = peak_allocated_bytes(lambda g=g, r=renderer: render_step(g, target, r))
             results[renderer] = (image, grads, peak)
             wall, cpu = (sorted(t[i] for t in times)[len(times) // 2] for i in (0, 1))
-            print(f"   {renderer:8s} peak {peak / 2**20:8.1f} MiB   step wall {wall * 1e3:7.1f} ms, "
-                  f"CPU {cpu * 1e3:7.1f} ms (median of {args.repeats})")
+            print(
+                f"   {renderer:8s} peak {peak / 2**20:8.1f} MiB   step wall {wall * 1e3:7.1f} ms, "
+                f"CPU {cpu * 1e3:7.1f} ms (median of {args.repeats})"
+            )
         tile, dense = results["tile"], results["dense"]
         image_diff = (tile[0] - dense[0]).abs().max().item()
         # Relative to each gradient's largest entry; a gradient that is zero in truth (rotation of a
         # round Gaussian) is float noise in both renderers, so its scale is floored at 1e-6.
-        grad_diff = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
-                        for a, b in zip(tile[1], dense[1], strict=True) if b is not None)
+        grad_diff = max(
+            ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
+            for a, b in zip(tile[1], dense[1], strict=True)
+            if b is not None
+        )
         ratio = tile[2] / dense[2]
-        print(f"   tile vs dense: max |image diff| {image_diff:.2e} (target <= 1e-4: "
-              f"{'met' if image_diff <= 1e-4 else 'MISSED'}), max relative gradient diff {grad_diff:.2e}")
-        print(f"   tile / dense peak memory {ratio:.3f} (target <= 0.25: {'met' if ratio <= 0.25 else 'MISSED'}); "
-              f"elements per intermediate: tile {pairs * gd.TILE_SIZE**2:,}, dense {g.opacities.numel() * size**2:,}")
+        print(
+            f"   tile vs dense: max |image diff| {image_diff:.2e} (target <= 1e-4: "
+            f"{'met' if image_diff <= 1e-4 else 'MISSED'}), max relative gradient diff {grad_diff:.2e}"
+        )
+        print(
+            f"   tile / dense peak memory {ratio:.3f} (target <= 0.25: {'met' if ratio <= 0.25 else 'MISSED'}); "
+            f"elements per intermediate: tile {pairs * gd.TILE_SIZE**2:,}, dense {g.opacities.numel() * size**2:,}"
+        )
 
 
 def bench_training(args: argparse.Namespace, data_dir: Path) -> None:
@@ -140,8 +156,10 @@ def bench_training(args: argparse.Namespace, data_dir: Path) -> None:
             value = data_dir
         flag = spec["params"][name]["flag"]
         argv += [flag] if value is True else [] if value is False else [flag, str(value)]
-    print(f"\n== Training: experiment 002 as bundled ({exp['args']['epochs']} epochs), stopped after "
-          f"{args.train_seconds:.0f} s ==")
+    print(
+        f"\n== Training: experiment 002 as bundled ({exp['args']['epochs']} epochs), stopped after "
+        f"{args.train_seconds:.0f} s =="
+    )
     with tempfile.TemporaryDirectory() as tmp:
         metrics = Path(tmp) / "metrics.jsonl"
         argv += ["--output_dir", str(Path(tmp) / "checkpoints"), "--device", "cpu"]
@@ -151,8 +169,9 @@ def bench_training(args: argparse.Namespace, data_dir: Path) -> None:
         env = {**os.environ, "TRAINGUARD_METRICS": str(metrics)}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         try:
             proc.wait(timeout=args.train_seconds)
         except subprocess.TimeoutExpired:
@@ -175,22 +194,33 @@ def bench_training(args: argparse.Namespace, data_dir: Path) -> None:
         print(f"   epoch {r['epoch']:2d}: val PSNR {r['psnr_db']:.3f} dB (t = {elapsed:4.0f} s){extra}")
     if len(val) >= 2:
         gain = val[-1]["psnr_db"] - val[0]["psnr_db"]
-        print(f"   held-out PSNR: initial {val[0]['psnr_db']:.3f} dB -> final {val[-1]['psnr_db']:.3f} dB "
-              f"({gain:+.3f} dB) in {wall:.0f} s (target: improves within 600 s: "
-              f"{'met' if gain > 0 and wall <= 600 else 'MISSED'})")
+        print(
+            f"   held-out PSNR: initial {val[0]['psnr_db']:.3f} dB -> final {val[-1]['psnr_db']:.3f} dB "
+            f"({gain:+.3f} dB) in {wall:.0f} s (target: improves within 600 s: "
+            f"{'met' if gain > 0 and wall <= 600 else 'MISSED'})"
+        )
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", type=Path, default=REPO / "images" / "training_diverse",
-                   help="prepared photographs; built with prepare_images.py defaults into a temp folder if missing")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=REPO / "images" / "training_diverse",
+        help="prepared photographs; built with prepare_images.py defaults into a temp folder if missing",
+    )
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--num-gaussians", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5, help="timed steps per renderer")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads here and the trainer's --threads "
-                   "(0: torch's default); 1 is faster on a 2-core machine that other jobs share")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads here and the trainer's --threads "
+        "(0: torch's default); 1 is faster on a 2-core machine that other jobs share",
+    )
     p.add_argument("--train-seconds", type=float, default=600.0)
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-renderers", action="store_true")

@@ -33,14 +33,32 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from mcp_server import gpu  # noqa: E402
 
-TRM = [sys.executable, str(ROOT / "trainers" / "trm_nav.py"), "--epochs", "4", "--patience", "100", "--dim", "32",
-       "--depth", "2", "--num-train", "3000", "--num-test", "200", "--device", "cpu"]
+TRM = [
+    sys.executable,
+    str(ROOT / "trainers" / "trm_nav.py"),
+    "--epochs",
+    "4",
+    "--patience",
+    "100",
+    "--dim",
+    "32",
+    "--depth",
+    "2",
+    "--num-train",
+    "3000",
+    "--num-test",
+    "200",
+    "--device",
+    "cpu",
+]
 
 
 def percentiles(ms: list[float]) -> str:
     ms = sorted(ms)
-    return (f"p50 {statistics.median(ms):6.2f} ms  p95 {ms[int(0.95 * (len(ms) - 1))]:6.2f} ms  "
-            f"max {ms[-1]:6.2f} ms  (n={len(ms)})")
+    return (
+        f"p50 {statistics.median(ms):6.2f} ms  p95 {ms[int(0.95 * (len(ms) - 1))]:6.2f} ms  "
+        f"max {ms[-1]:6.2f} ms  (n={len(ms)})"
+    )
 
 
 def latency(calls: int) -> None:
@@ -85,8 +103,9 @@ def trm_seconds(sample: bool) -> float:
         if sample:
             thread.start()
         t0 = time.perf_counter()
-        subprocess.run([*TRM, "--checkpoint-dir", tmp], check=True, capture_output=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        subprocess.run(
+            [*TRM, "--checkpoint-dir", tmp], check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
         elapsed = time.perf_counter() - t0
         stop.set()
     return elapsed
@@ -98,8 +117,10 @@ def sampling_cost() -> None:
         alone.append(trm_seconds(False))
         sampled.append(trm_seconds(True))
     a, s = min(alone), min(sampled)
-    print(f"TRM run alone {a:.2f} s, with 1 Hz sampling {s:.2f} s: {s / a - 1:+.1%} "
-          f"(runs: alone {', '.join(f'{x:.2f}' for x in alone)}; sampled {', '.join(f'{x:.2f}' for x in sampled)})")
+    print(
+        f"TRM run alone {a:.2f} s, with 1 Hz sampling {s:.2f} s: {s / a - 1:+.1%} "
+        f"(runs: alone {', '.join(f'{x:.2f}' for x in alone)}; sampled {', '.join(f'{x:.2f}' for x in sampled)})"
+    )
 
 
 def main() -> int:

@@ -43,12 +43,28 @@ def make_runs(root: Path, count: int, stream: Path) -> list[Path]:
         run_id = f"001-bench-{i:05d}"
         folder = root / run_id
         folder.mkdir(parents=True)
-        manifest = {"run_id": run_id, "created_at": f"2026-12-01T00:00:{i % 60:02d}", "experiment": "001-bench",
-                    "experiment_dir": str(root), "source": "project", "title": "bench", "trainer": "trm_nav",
-                    "primary_metric": "val/loss", "argv": ["python", "train.py"], "env": {}, "cwd": str(root),
-                    "project_dir": str(root), "agent": "bench"}
-        state = {"status": "succeeded", "updated_at": 1.79e9 + i, "started_at": 1.79e9 + i,
-                 "finished_at": 1.79e9 + i + 60, "exit_code": 0}
+        manifest = {
+            "run_id": run_id,
+            "created_at": f"2026-12-01T00:00:{i % 60:02d}",
+            "experiment": "001-bench",
+            "experiment_dir": str(root),
+            "source": "project",
+            "title": "bench",
+            "trainer": "trm_nav",
+            "primary_metric": "val/loss",
+            "argv": ["python", "train.py"],
+            "env": {},
+            "cwd": str(root),
+            "project_dir": str(root),
+            "agent": "bench",
+        }
+        state = {
+            "status": "succeeded",
+            "updated_at": 1.79e9 + i,
+            "started_at": 1.79e9 + i,
+            "finished_at": 1.79e9 + i + 60,
+            "exit_code": 0,
+        }
         (folder / "manifest.json").write_text(json.dumps(manifest))
         (folder / "state.json").write_text(json.dumps(state))
         os.utime(folder / "manifest.json", (1.79e9 + i, 1.79e9 + i))

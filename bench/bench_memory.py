@@ -35,14 +35,25 @@ TRAINERS = ROOT / "trainers"
 
 # (label, trainer script, flags, three batch sizes) - the bundled experiments' settings and bigger ones.
 CASES = [
-    ("trm_nav 001 (dim 64, depth 2)", "trm_nav.py", ["--dim", "64", "--depth", "2", "--num-train", "5000"],
-     [64, 256, 1024]),
-    ("trm_nav 006 (dim 256, depth 6)", "trm_nav.py", ["--dim", "256", "--depth", "6", "--num-train", "20000"],
-     [64, 256, 1024]),
-    ("autoencoder residual 128px", "autoencoder.py", ["--arch", "residual", "--data-dir", "/nonexistent"],
-     [4, 16, 64]),
-    ("autoencoder attention 128px", "autoencoder.py", ["--arch", "attention", "--data-dir", "/nonexistent"],
-     [4, 16, 32]),
+    (
+        "trm_nav 001 (dim 64, depth 2)",
+        "trm_nav.py",
+        ["--dim", "64", "--depth", "2", "--num-train", "5000"],
+        [64, 256, 1024],
+    ),
+    (
+        "trm_nav 006 (dim 256, depth 6)",
+        "trm_nav.py",
+        ["--dim", "256", "--depth", "6", "--num-train", "20000"],
+        [64, 256, 1024],
+    ),
+    ("autoencoder residual 128px", "autoencoder.py", ["--arch", "residual", "--data-dir", "/nonexistent"], [4, 16, 64]),
+    (
+        "autoencoder attention 128px",
+        "autoencoder.py",
+        ["--arch", "attention", "--data-dir", "/nonexistent"],
+        [4, 16, 32],
+    ),
     ("gauss 002 tile renderer", "gauss_decoder.py", ["--experiment", "2"], [4, 8, 16]),
     ("gauss dense renderer", "gauss_decoder.py", ["--experiment", "2", "--renderer", "dense"], [2, 4, 8]),
     ("gauss 004 fourier + blending", "gauss_decoder.py", ["--experiment", "4"], [2, 4, 8]),
@@ -79,15 +90,33 @@ print(json.dumps(out))
 def measure(script: Path, flags: list[str], batch: int, device: str) -> dict:
     """The real peak in a fresh interpreter (see the module docstring)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    out = subprocess.run([sys.executable, "-c", MEASURE, str(TRAINERS), str(script), device, str(batch),
-                          json.dumps(flags)], capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(TRAINERS), str(script), device, str(batch), json.dumps(flags)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def fit(script: Path, flags: list[str], batch: int) -> tuple[float, float, str]:
     """(fixed bytes, bytes per sample, method) as estimate_memory fits them from the probe for `batch`."""
-    out = subprocess.run([sys.executable, str(TRAINERS / "memprobe.py"), str(script), "--batch-sizes", str(batch),
-                          str(2 * batch), "--", *flags], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(TRAINERS / "memprobe.py"),
+            str(script),
+            "--batch-sizes",
+            str(batch),
+            str(2 * batch),
+            "--",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     (b1, p1), (b2, p2) = sorted((int(b), p) for b, p in result["peaks"].items())
     per_sample = (p2 - p1) / (b2 - b1)
@@ -101,8 +130,10 @@ def main() -> int:
     args = parser.parse_args()
     rows = []
     if not args.json:
-        print(f"{'case':<32} {'batch':>6} {'method':>8} {'estimate':>10} {'measured':>10} {'err':>7} "
-              f"{'extrap.':>10} {'err':>7}" + ("  reserved" if args.device != "cpu" else ""))
+        print(
+            f"{'case':<32} {'batch':>6} {'method':>8} {'estimate':>10} {'measured':>10} {'err':>7} "
+            f"{'extrap.':>10} {'err':>7}" + ("  reserved" if args.device != "cpu" else "")
+        )
     for label, name, flags, batches in CASES:
         script = TRAINERS / name
         fixed0, per0, _ = fit(script, flags, batches[0])  # what "largest batch that fits" extrapolates with
@@ -111,21 +142,36 @@ def main() -> int:
             est, extrap = round(fixed + per_sample * batch), round(fixed0 + per0 * batch)
             got = measure(script, flags, batch, args.device)
             err, err_x = est / got["allocated"] - 1, extrap / got["allocated"] - 1
-            rows.append({"case": label, "batch": batch, "method": method, "estimate_bytes": est,
-                         "extrapolated_from": batches[0], "extrapolated_bytes": extrap,
-                         "measured_bytes": got["allocated"], "reserved_bytes": got["reserved"], "error": err,
-                         "extrapolated_error": err_x})
+            rows.append(
+                {
+                    "case": label,
+                    "batch": batch,
+                    "method": method,
+                    "estimate_bytes": est,
+                    "extrapolated_from": batches[0],
+                    "extrapolated_bytes": extrap,
+                    "measured_bytes": got["allocated"],
+                    "reserved_bytes": got["reserved"],
+                    "error": err,
+                    "extrapolated_error": err_x,
+                }
+            )
             if not args.json:
                 reserved = f"  {got['reserved'] / 2**20:8.1f}M" if got["reserved"] is not None else ""
-                print(f"{label:<32} {batch:>6} {method:>8} {est / 2**20:>9.1f}M {got['allocated'] / 2**20:>9.1f}M "
-                      f"{err:>+7.1%} {extrap / 2**20:>9.1f}M {err_x:>+7.1%}{reserved}", flush=True)
+                print(
+                    f"{label:<32} {batch:>6} {method:>8} {est / 2**20:>9.1f}M {got['allocated'] / 2**20:>9.1f}M "
+                    f"{err:>+7.1%} {extrap / 2**20:>9.1f}M {err_x:>+7.1%}{reserved}",
+                    flush=True,
+                )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for key, what in (("error", "estimate at its own batch"), ("extrapolated_error", "extrapolated")):
         worst = max(rows, key=lambda r: abs(r[key]))
-        print(f"{what}: worst |err| {abs(worst[key]):.1%} ({worst['case']}, batch {worst['batch']}); "
-              f"{sum(abs(r[key]) <= 0.15 for r in rows)}/{len(rows)} within the 15% target")
+        print(
+            f"{what}: worst |err| {abs(worst[key]):.1%} ({worst['case']}, batch {worst['batch']}); "
+            f"{sum(abs(r[key]) <= 0.15 for r in rows)}/{len(rows)} within the 15% target"
+        )
     return 0
 
 

@@ -31,9 +31,15 @@ from conftest import CLEAN_PATH, TLS_ENV, plugin_copy  # noqa: E402
 def fresh_env(tmp: Path, **extra: str) -> dict[str, str]:
     home = tmp / "home"
     home.mkdir(exist_ok=True)
-    env = {"PATH": CLEAN_PATH, "HOME": str(home), "LANG": "C.UTF-8", "CLAUDE_PLUGIN_DATA": str(tmp / "data"),
-           "CLAUDE_PROJECT_DIR": str(tmp), "UV_CACHE_DIR": str(tmp / "uv-cache"),
-           "PIP_CACHE_DIR": str(tmp / "pip-cache")}
+    env = {
+        "PATH": CLEAN_PATH,
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "CLAUDE_PLUGIN_DATA": str(tmp / "data"),
+        "CLAUDE_PROJECT_DIR": str(tmp),
+        "UV_CACHE_DIR": str(tmp / "uv-cache"),
+        "PIP_CACHE_DIR": str(tmp / "pip-cache"),
+    }
     env.update({k: v for k, v in os.environ.items() if k in TLS_ENV})
     env.update(extra)
     return env
@@ -43,8 +49,13 @@ def first_start(tmp: Path, **extra: str) -> tuple[float, Path]:
     plugin = plugin_copy(tmp / "plugin")
     env = fresh_env(tmp, **extra)
     t0 = time.perf_counter()
-    out = subprocess.run([shutil.which("python3", path=CLEAN_PATH), str(plugin / "bin" / "trainguard-bootstrap")],
-                         env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [shutil.which("python3", path=CLEAN_PATH), str(plugin / "bin" / "trainguard-bootstrap")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return time.perf_counter() - t0, Path(out.stdout.strip())
 
 
@@ -74,8 +85,10 @@ def main() -> None:
         seconds, python = first_start(tmp)
         print(f"first start, uv path (uv fetched too): {seconds:.1f} s")
         print(f"warm start to the initialize answer:   {warm_start(tmp):.2f} s (target <= 1.5 s)")
-        print(f"environment in the data folder:        {size(python.parent.parent) / 2**20:.0f} MiB "
-              f"({python.parent.parent})")
+        print(
+            f"environment in the data folder:        {size(python.parent.parent) / 2**20:.0f} MiB "
+            f"({python.parent.parent})"
+        )
         if not args.skip_pip:
             tmp = Path(d) / "pip"
             tmp.mkdir()

@@ -29,7 +29,7 @@ def page(items: Sequence[T], offset: int, limit: int, row: Callable[[T], R]) -> 
     least one), and the offset the next page starts at (None after the last item)."""
     rows: list[R] = []
     used = 0
-    for item in items[offset:offset + limit]:
+    for item in items[offset : offset + limit]:
         made = row(item)
         size = len(made.model_dump_json(exclude_none=True)) + 1
         if rows and used + size > LIST_CHARS:
@@ -53,7 +53,7 @@ def clip_tail(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     keep = max(0, limit - len(f"[... {len(text):,} earlier characters] "))
-    return f"[... {len(text) - keep:,} earlier characters] " + text[len(text) - keep:]
+    return f"[... {len(text) - keep:,} earlier characters] " + text[len(text) - keep :]
 
 
 def _size(node: Any) -> int:
@@ -101,7 +101,7 @@ def _cut(node: Any, where: str, notes: list[str]) -> tuple[Any, bool]:
     if len(node) == 1 or sizes[big] * 2 > sum(sizes):  # one item holds most of it: cut inside that one
         value, cut = _cut(node[big], f"{where}[{big}]", notes)
         if cut or len(node) == 1:
-            return [*node[:big], value, *node[big + 1:]], cut
+            return [*node[:big], value, *node[big + 1 :]], cut
     keep = max(1, len(node) // 2)
     notes.append(f"{where or 'answer'}: {len(node) - keep:,} of {len(node):,} entries left out")
     return node[:keep], True

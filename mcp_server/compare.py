@@ -50,8 +50,9 @@ class Comparison(BaseModel):
     note: str
 
 
-def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | None = None,
-                 project: Path | None = None) -> Comparison:
+def compare_runs(
+    run_ids: list[str], metric: str | None = None, baseline: str | None = None, project: Path | None = None
+) -> Comparison:
     """Compare `run_ids` (2-20) on `metric` (default: the first run's primary metric).
 
     `baseline` is one of the runs or a number (a published figure, an earlier result).
@@ -64,11 +65,12 @@ def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | 
     manifests = [r.read_manifest() for r in runs]
     metric = metric or manifests[0].primary_metric
     direction = next((m.primary_mode for m in manifests if m.primary_metric == metric), None) or (
-        direction_of(metric) or "min")
+        direction_of(metric) or "min"
+    )
     configs = [m.config for m in manifests]
     keys = sorted({k for c in configs for k in c})
     all_differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
-    differing = all_differing[:_shown(all_differing, configs)]
+    differing = all_differing[: _shown(all_differing, configs)]
     same = {k: _short(configs[0].get(k)) for k in keys if k not in all_differing}
 
     rows = []
@@ -78,13 +80,19 @@ def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | 
             name = find_metric(curves, metric)
             stats = metric_stats(curves.series[name], direction) if name and name in curves.series else None
         best = stats.best if stats else None
-        rows.append(RunRow(
-            run_id=run.run_id, experiment=manifest.experiment, status=refresh(run).status,
-            best=best.value if best else None, best_step=best.step if best else None,
-            best_epoch=best.epoch if best else None,
-            last=stats.last.value if stats and stats.last else None, points=stats.count if stats else 0,
-            differs={k: _short(config.get(k)) for k in differing},
-        ))
+        rows.append(
+            RunRow(
+                run_id=run.run_id,
+                experiment=manifest.experiment,
+                status=refresh(run).status,
+                best=best.value if best else None,
+                best_step=best.step if best else None,
+                best_epoch=best.epoch if best else None,
+                last=stats.last.value if stats and stats.last else None,
+                points=stats.count if stats else 0,
+                differs={k: _short(config.get(k)) for k in differing},
+            )
+        )
     base_value, base_name = _baseline(baseline, rows)
     for row in rows:
         if base_value is not None and row.best is not None:
@@ -92,15 +100,24 @@ def compare_runs(run_ids: list[str], metric: str | None = None, baseline: str | 
     sign = 1 if direction == "min" else -1
     rows.sort(key=lambda r: (r.best is None, sign * r.best if r.best is not None else 0))
     leader = rows[0]
-    note = (f"best {metric}: {leader.run_id} at {leader.best:.4g}" if leader.best is not None
-            else f"no run logged {metric}")
+    note = (
+        f"best {metric}: {leader.run_id} at {leader.best:.4g}" if leader.best is not None else f"no run logged {metric}"
+    )
     if base_value is not None and leader.best is not None:
         note += f" vs {base_value:.4g} baseline ({base_name})"
     if len(all_differing) > len(differing):
-        note += (f"; {len(all_differing) - len(differing)} more hyperparameters differ: "
-                 + budget.clip(", ".join(all_differing[len(differing):]), 300))
-    return Comparison(metric=metric, direction=direction, baseline=base_name, baseline_value=base_value,
-                      rows=rows, same=dict(list(same.items())[:MAX_SAME]), note=note)
+        note += f"; {len(all_differing) - len(differing)} more hyperparameters differ: " + budget.clip(
+            ", ".join(all_differing[len(differing) :]), 300
+        )
+    return Comparison(
+        metric=metric,
+        direction=direction,
+        baseline=base_name,
+        baseline_value=base_value,
+        rows=rows,
+        same=dict(list(same.items())[:MAX_SAME]),
+        note=note,
+    )
 
 
 def _shown(differing: list[str], configs: list[dict[str, Any]]) -> int:
@@ -131,5 +148,7 @@ def _baseline(baseline: str | None, rows: list[RunRow]) -> tuple[float | None, s
         value = math.nan
     if math.isfinite(value):
         return value, "given"
-    raise InvalidInput(f"baseline {baseline!r} is neither one of the runs compared nor a finite number; "
-                       "pass a run id from run_ids or a value such as 20.47.")
+    raise InvalidInput(
+        f"baseline {baseline!r} is neither one of the runs compared nor a finite number; "
+        "pass a run id from run_ids or a value such as 20.47."
+    )

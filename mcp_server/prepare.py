@@ -68,7 +68,8 @@ def prepare_commands(
         path = paths.confine(project, str(config[name]), what=f"parameter {name!r}")
         argv = (
             expand(param.prepare, python=python, trainer_dir=spec.trainer_dir, project=project, value=str(path))
-            if param.prepare else None
+            if param.prepare
+            else None
         )
         out.append((name, path, argv))
     return exp.id, out
@@ -98,8 +99,9 @@ def prepare_data(
                     code = job.proc.wait(timeout=timeout_s)
                 except subprocess.TimeoutExpired:
                     job.cancel()
-                    raise TrainguardError(f"preparing {name} took over {timeout_s:.0f} s and was stopped; "
-                                          f"see {job.log}.") from None
+                    raise TrainguardError(
+                        f"preparing {name} took over {timeout_s:.0f} s and was stopped; see {job.log}."
+                    ) from None
                 job.finish(code)
             results.append(job.result)
     return summarize(exp_id, results)
@@ -128,8 +130,9 @@ async def prepare_data_async(
                 deadline = time.monotonic() + timeout_s
                 while (code := job.proc.poll()) is None:
                     if time.monotonic() > deadline:
-                        raise TrainguardError(f"preparing {name} took over {timeout_s:.0f} s and was stopped; "
-                                              f"see {job.log}.")
+                        raise TrainguardError(
+                            f"preparing {name} took over {timeout_s:.0f} s and was stopped; see {job.log}."
+                        )
                     await anyio.sleep(POLL_S)
                 await anyio.to_thread.run_sync(job.finish, code)
             results.append(job.result)
@@ -187,8 +190,10 @@ class Preparation:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            raise Conflict(f"{name} ({path}) is being prepared by another call; wait for it to finish, then call "
-                           "prepare_data again (it never touches data that exists).") from None
+            raise Conflict(
+                f"{name} ({path}) is being prepared by another call; wait for it to finish, then call "
+                "prepare_data again (it never touches data that exists)."
+            ) from None
         job = cls(exp_id, name, path, lock)
         if path.exists():  # made by the preparation that held the lock until just now
             job.result = PreparedPath(param=name, path=str(path), action="exists")
@@ -199,8 +204,14 @@ class Preparation:
         try:
             with safefiles.open_append(job.log) as fh:
                 job.proc = subprocess.Popen(
-                    procs.leashed(argv), cwd=project, env=procs.child_env({}) | {procs.RUN_ID_VAR: token},
-                    stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True, close_fds=True,
+                    procs.leashed(argv),
+                    cwd=project,
+                    env=procs.child_env({}) | {procs.RUN_ID_VAR: token},
+                    stdin=subprocess.DEVNULL,
+                    stdout=fh,
+                    stderr=fh,
+                    start_new_session=True,
+                    close_fds=True,
                     pass_fds=(lock.fileno(),),  # the lock is held while the command lives, whatever happens here
                 )
         except BaseException:
@@ -218,10 +229,17 @@ class Preparation:
         assert self.log is not None
         self.stop_rest()
         if code != 0 or not self.path.exists():
-            raise TrainguardError(f"preparing {self.name} failed (exit code {code}); end of {self.log}:\n"
-                                  f"{tail(self.log)}")
-        self.result = PreparedPath(param=self.name, path=str(self.path), action="created", argv=self.argv,
-                                   seconds=round(time.monotonic() - self.started, 1), log=str(self.log))
+            raise TrainguardError(
+                f"preparing {self.name} failed (exit code {code}); end of {self.log}:\n{tail(self.log)}"
+            )
+        self.result = PreparedPath(
+            param=self.name,
+            path=str(self.path),
+            action="created",
+            argv=self.argv,
+            seconds=round(time.monotonic() - self.started, 1),
+            log=str(self.log),
+        )
         return self.result
 
     def stop_rest(self, grace_s: float = 2.0) -> None:

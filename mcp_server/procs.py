@@ -27,9 +27,20 @@ from mcp_server.errors import InvalidInput
 POLL_S = 0.05
 # What a trainer may inherit from the server's environment: locale, paths and accelerator
 # settings, never tokens or keys.
-ENV_ALLOW = frozenset({
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH",
-})
+ENV_ALLOW = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "TZ",
+        "TMPDIR",
+        "VIRTUAL_ENV",
+        "CONDA_PREFIX",
+        "LD_LIBRARY_PATH",
+    }
+)
 ENV_ALLOW_PREFIXES = ("LC_", "CUDA_", "HIP_", "ROCR_", "HSA_", "ROCM_", "PYTORCH_", "TORCH_", "NCCL_", "OMP_", "MKL_")
 ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 RUN_ID_VAR = "TRAINGUARD_RUN_ID"

@@ -1,13 +1,13 @@
 """The one place that knows a run folder's layout and writes its JSON files atomically.
 
-    runs/<run_id>/
-        manifest.json    what was launched (`Manifest`): argv, config, env, versions, host (written once)
-        state.json       where it is: status, pids, exit code (rewritten as it changes)
-        stop_requested   present once someone asked the run to stop
-        stdout.log, stderr.log, supervisor.log
-        metrics.jsonl    the trainer's metrics stream
-        checkpoints/
-        torchrun/        torchrun's per-rank error files (a torchrun run)
+runs/<run_id>/
+    manifest.json    what was launched (`Manifest`): argv, config, env, versions, host (written once)
+    state.json       where it is: status, pids, exit code (rewritten as it changes)
+    stop_requested   present once someone asked the run to stop
+    stdout.log, stderr.log, supervisor.log
+    metrics.jsonl    the trainer's metrics stream
+    checkpoints/
+    torchrun/        torchrun's per-rank error files (a torchrun run)
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ class Manifest(BaseModel):
     @classmethod
     def _valid_job_id(cls, value: str | None) -> str | None:
         return _job_id(value)
+
     chance: dict[str, float] | None = None  # chance level of an accuracy metric, by name (spec, then experiment)
     remedies: dict[str, str] = Field(default_factory=dict)  # the trainer spec's own remedy per diagnosis rule
     git_commit: str | None = None
@@ -153,8 +154,10 @@ class RunDir:
         try:
             return _read_model(self.state_file, RunState, f"run {self.run_id}'s state")
         except FileNotFoundError:
-            raise InvalidInput(f"{self.state_file} is missing: the launch that made this folder did not finish. "
-                               "Delete the folder if it holds nothing you need.") from None
+            raise InvalidInput(
+                f"{self.state_file} is missing: the launch that made this folder did not finish. "
+                "Delete the folder if it holds nothing you need."
+            ) from None
 
     def write_state(self, state: RunState) -> None:
         state.updated_at = time.time()
@@ -180,9 +183,11 @@ def _read_model(path: Path, model: type[BaseModel], what: str) -> Any:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": str(exc)}
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise InvalidInput(f"{what} {path} is damaged ({where}: {first['msg']}; {len(errors)} problem(s)); "
-                           "trainguard cannot use this run. Move the folder out of the runs folder, "
-                           "or delete it if it holds nothing you need.") from None
+        raise InvalidInput(
+            f"{what} {path} is damaged ({where}: {first['msg']}; {len(errors)} problem(s)); "
+            "trainguard cannot use this run. Move the folder out of the runs folder, "
+            "or delete it if it holds nothing you need."
+        ) from None
 
 
 def open_run(runs_root: Path, run_id: str) -> RunDir:
@@ -271,4 +276,3 @@ def run_pids(runs_root: Path) -> tuple[dict[int, str], dict[int, str]]:
         for pid in procs.RunProcesses(run.run_id, state.pid, state.pid_started, str(run.path)).members():
             into.setdefault(pid, run.run_id)
     return active, finished
-

@@ -131,7 +131,11 @@ def _git_commit(project: Path) -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(project), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, stdin=subprocess.DEVNULL, check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -142,8 +146,9 @@ def _now() -> dt.datetime:
     return dt.datetime.now()
 
 
-def _command(spec: TrainerSpec, report: PreflightReport, project: Path, run: RunDir
-             ) -> tuple[list[str], dict[str, str]]:
+def _command(
+    spec: TrainerSpec, report: PreflightReport, project: Path, run: RunDir
+) -> tuple[list[str], dict[str, str]]:
     """The trainer's argv (as its backend starts it) and environment: everything that names a
     folder names `run`'s own."""
     argv = build_argv(spec, report.config, python=report.python, project=project, output_dir=run.checkpoints)
@@ -194,8 +199,17 @@ def launch(
         # Nothing is made: the folder shown is the name a launch now would start from.
         argv, env = _command(spec, report, project, RunDir(root / stem))
         return LaunchResult(
-            run_id=None, status="dry_run", dry_run=True, run_dir=str(root / stem), argv=argv, env=env, pid=None,
-            config=report.config, preflight_verdict=report.verdict, preflight_notes=notes, acknowledged=[],
+            run_id=None,
+            status="dry_run",
+            dry_run=True,
+            run_dir=str(root / stem),
+            argv=argv,
+            env=env,
+            pid=None,
+            config=report.config,
+            preflight_verdict=report.verdict,
+            preflight_notes=notes,
+            acknowledged=[],
             next_step="Nothing was started. Call launch_run without dry_run to start it.",
         )
 
@@ -229,7 +243,8 @@ def launch(
             note=note,
             acknowledged=acknowledged,
             watchdog=exp.watchdog,
-            resource="gpu" if torch_info.get("devices") and report.config.get("device") not in ("cpu", "mps")
+            resource="gpu"
+            if torch_info.get("devices") and report.config.get("device") not in ("cpu", "mps")
             else "cpu",
             backend=report.backend,
             resources=report.resources,
@@ -247,8 +262,7 @@ def launch(
             },
             host={"hostname": socket.gethostname(), "platform": platform.platform(), "user": getpass.getuser()},
             gpus=torch_info.get("devices", []),
-            preflight={"verdict": report.verdict,
-                       "warnings": [c.detail for c in report.checks if c.verdict == "warn"]},
+            preflight={"verdict": report.verdict, "warnings": [c.detail for c in report.checks if c.verdict == "warn"]},
         )
         # The state first: a folder with a manifest is a run, and every run has a state.
         run.write_state(RunState(status="starting", updated_at=time.time()))
@@ -273,12 +287,24 @@ def launch(
     except (OSError, TrainguardError) as exc:  # the run is started: say so, whatever the scratchpad does
         pad_note = f" (The scratchpad entry was not written: {exc}.)"
     return LaunchResult(
-        run_id=run.run_id, status=state.status, dry_run=False, run_dir=str(run.path), argv=argv, env=env,
-        pid=state.pid, config=report.config, preflight_verdict=report.verdict, preflight_notes=notes,
+        run_id=run.run_id,
+        status=state.status,
+        dry_run=False,
+        run_dir=str(run.path),
+        argv=argv,
+        env=env,
+        pid=state.pid,
+        config=report.config,
+        preflight_verdict=report.verdict,
+        preflight_notes=notes,
         acknowledged=acknowledged,
-        next_step=(f"Queued: it starts when a {state.resource or 'device'} slot frees; stop_run cancels it. "
-                   if state.status == "queued" else "")
-        + f"wait_run('{run.run_id}') waits for its end or a watchdog event; then summarize_run." + pad_note,
+        next_step=(
+            f"Queued: it starts when a {state.resource or 'device'} slot frees; stop_run cancels it. "
+            if state.status == "queued"
+            else ""
+        )
+        + f"wait_run('{run.run_id}') waits for its end or a watchdog event; then summarize_run."
+        + pad_note,
     )
 
 
@@ -286,10 +312,14 @@ def _launch_error(root: Path, exc: OSError) -> TrainguardError:
     """What a launch that failed on the file system tells the caller (nothing was left behind)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         full = disk_full(root) or f"disk full on {root}"
-        return Conflict(f"{full}; nothing launched and nothing left behind. Free space (old runs' checkpoints) "
-                        "or move TRAINGUARD_RUNS_DIR to a bigger disk, then launch again.")
-    return TrainguardError(f"could not create the run in {root}: {exc.strerror or exc}; nothing launched. "
-                           "Check that the folder is writable, or set TRAINGUARD_RUNS_DIR.")
+        return Conflict(
+            f"{full}; nothing launched and nothing left behind. Free space (old runs' checkpoints) "
+            "or move TRAINGUARD_RUNS_DIR to a bigger disk, then launch again."
+        )
+    return TrainguardError(
+        f"could not create the run in {root}: {exc.strerror or exc}; nothing launched. "
+        "Check that the folder is writable, or set TRAINGUARD_RUNS_DIR."
+    )
 
 
 def _discard(run: RunDir) -> None:
@@ -309,7 +339,8 @@ def _check_acknowledged(spec: TrainerSpec, report: PreflightReport, acknowledge:
     if missing:
         details = [f"{c.name}: {c.detail}" for c in report.checks if c.name.removeprefix("danger:") in missing]
         raise Conflict(
-            "danger rules fired, nothing launched: " + " | ".join(details)
+            "danger rules fired, nothing launched: "
+            + " | ".join(details)
             + f". Change the settings, or tell the user and pass acknowledge={missing}."
         )
     return list(report.danger_fired)
@@ -328,8 +359,9 @@ def refresh(run: RunDir) -> RunState:
     return _backend(run).refresh(run, state)
 
 
-def _info_fields(run: RunDir, manifest: Manifest, state: RunState,
-                 summary: CurveSummary | None = None) -> dict[str, Any]:
+def _info_fields(
+    run: RunDir, manifest: Manifest, state: RunState, summary: CurveSummary | None = None
+) -> dict[str, Any]:
     """A run's row. Its headline is the one its supervisor recorded at the end, else that of
     `summary` or of the run's curves (summarised again only when a log changed)."""
     end = state.finished_at or time.time()
@@ -353,9 +385,16 @@ def _info_fields(run: RunDir, manifest: Manifest, state: RunState,
         "signal": state.signal,
         "failure": budget.clip(state.failure, 300),
         "headline": budget.clip(headline, 240),
-        "queue_position": (len(slots.queued_before(run.path.parent, run.run_id, state.resource or "cpu",
-                                                    state.queued_at or time.time())) + 1
-                           if state.status == "queued" and manifest.backend != "slurm" else None),
+        "queue_position": (
+            len(
+                slots.queued_before(
+                    run.path.parent, run.run_id, state.resource or "cpu", state.queued_at or time.time()
+                )
+            )
+            + 1
+            if state.status == "queued" and manifest.backend != "slurm"
+            else None
+        ),
     }
 
 
@@ -376,8 +415,19 @@ def _info(run: RunDir) -> RunInfo:
         fields = _info_fields(run, manifest, refresh(run))
         return RunInfo(**fields)
     except TrainguardError as exc:
-        return RunInfo(run_id=run.run_id, experiment="?", status="damaged", created_at="", elapsed_s=None, pid=None,
-                       exit_code=None, signal=None, failure=None, headline="", error=budget.clip(str(exc), 400))
+        return RunInfo(
+            run_id=run.run_id,
+            experiment="?",
+            status="damaged",
+            created_at="",
+            elapsed_s=None,
+            pid=None,
+            exit_code=None,
+            signal=None,
+            failure=None,
+            headline="",
+            error=budget.clip(str(exc), 400),
+        )
 
 
 def list_runs(project: Path | None = None, limit: int = 20, offset: int = 0) -> RunPage:
@@ -431,13 +481,16 @@ MAX_LISTED_FILES = 20
 def _list_outputs(folder: Path) -> list[str]:
     """Regular files the trainer wrote (relative paths, models/ppo.pth too), breadth first,
     never through a link, temp and hidden files left out, bounded."""
-    found = [budget.clip(str(p.relative_to(folder)), 160) or "" for p in
-             safefiles.walk(folder, max_depth=8, max_files=MAX_LISTED_FILES + 1)]
+    found = [
+        budget.clip(str(p.relative_to(folder)), 160) or ""
+        for p in safefiles.walk(folder, max_depth=8, max_files=MAX_LISTED_FILES + 1)
+    ]
     return found if len(found) <= MAX_LISTED_FILES else [*found[:MAX_LISTED_FILES], "..."]
 
 
-def summary(run_id: str, project: Path | None = None, primary_metric: str | None = None
-            ) -> tuple[RunInfo, CurveSummary]:
+def summary(
+    run_id: str, project: Path | None = None, primary_metric: str | None = None
+) -> tuple[RunInfo, CurveSummary]:
     """The run and its curves' summary (around `primary_metric` if given, else the spec's)."""
     run = open_run(paths.runs_root(project or paths.project_root()), run_id)
     manifest, state = run.read_manifest(), refresh(run)
@@ -475,8 +528,10 @@ def plot(run_id: str, metrics: list[str] | None = None, project: Path | None = N
             names = [find_metric(curves, m) or m for m in metrics]
             unknown = [m for m, n in zip(metrics, names, strict=True) if n not in curves.series]
             if unknown:
-                raise InvalidInput(f"run {run_id} has no metric {', '.join(map(repr, unknown))}; it has: "
-                                   + ", ".join(list(curves.series)[:30]))
+                raise InvalidInput(
+                    f"run {run_id} has no metric {', '.join(map(repr, unknown))}; it has: "
+                    + ", ".join(list(curves.series)[:30])
+                )
         else:
             names = curves_plot.default_metrics(curves, resolve_metric(curves, manifest.primary_metric))
             if not names:
@@ -493,7 +548,10 @@ def stop(run_id: str, grace_s: float = 30.0, project: Path | None = None) -> Sto
     state = refresh(run)
     if state.status in TERMINAL:
         return StopResult(
-            run_id=run_id, status=state.status, how="none", processes_left=0,
+            run_id=run_id,
+            status=state.status,
+            how="none",
+            processes_left=0,
             message=f"run already ended ({state.status}); nothing to stop.",
         )
     write_json_atomic(run.stop_marker, {"requested_at": time.time()})
@@ -508,7 +566,10 @@ def stop(run_id: str, grace_s: float = 30.0, project: Path | None = None) -> Sto
         how = "cancelled while queued"
     left = backend.processes_left(run, state)
     return StopResult(
-        run_id=run_id, status=state.status, how=how, processes_left=left,
+        run_id=run_id,
+        status=state.status,
+        how=how,
+        processes_left=left,
         message=f"run {state.status}; " + ("no process of it is left." if not left else f"{left} processes remain!"),
     )
 
@@ -523,8 +584,9 @@ LogStream = Literal["stderr", "stdout", "metrics", "supervisor"]
 LOG_STREAMS: tuple[str, ...] = get_args(LogStream)
 
 
-def tail_log(run_id: str, stream: LogStream = "stderr", lines: int = 50, pattern: str | None = None,
-             project: Path | None = None) -> textlog.LogTail:
+def tail_log(
+    run_id: str, stream: LogStream = "stderr", lines: int = 50, pattern: str | None = None, project: Path | None = None
+) -> textlog.LogTail:
     """The last `lines` lines of one of the run's logs (matching `pattern`), bounded and cleaned.
 
     Raises:
@@ -533,12 +595,14 @@ def tail_log(run_id: str, stream: LogStream = "stderr", lines: int = 50, pattern
     if stream not in LOG_STREAMS:
         raise InvalidInput(f"stream {stream!r} is not one of {list(LOG_STREAMS)}.")
     run = open_run(paths.runs_root(project or paths.project_root()), run_id)
-    path = {"stderr": run.stderr, "stdout": run.stdout, "metrics": run.metrics,
-            "supervisor": run.supervisor_log}[stream]
+    path = {"stderr": run.stderr, "stdout": run.stdout, "metrics": run.metrics, "supervisor": run.supervisor_log}[
+        stream
+    ]
     picked, matched, truncated = textlog.tail_lines(path, lines, pattern)
     size = os.lstat(path).st_size if safefiles.is_regular(path) else 0
-    return textlog.LogTail(run_id=run_id, stream=stream, lines=picked, matched=matched, truncated=truncated,
-                           file_bytes=size)
+    return textlog.LogTail(
+        run_id=run_id, stream=stream, lines=picked, matched=matched, truncated=truncated, file_bytes=size
+    )
 
 
 def resume_run(
@@ -569,23 +633,43 @@ def resume_run(
     manifest = run.read_manifest()
     spec = registry.load_trainer(manifest.trainer, project)
     if not spec.resume_checkpoint:
-        raise InvalidInput(f"trainer {spec.name!r} names no resume_checkpoint in its spec, so its runs cannot be "
-                           "resumed; launch_run the experiment again instead.")
-    found = sorted((p for p in run.checkpoints.glob(spec.resume_checkpoint) if safefiles.is_regular(p)),
-                   key=lambda p: os.lstat(p).st_mtime)
+        raise InvalidInput(
+            f"trainer {spec.name!r} names no resume_checkpoint in its spec, so its runs cannot be "
+            "resumed; launch_run the experiment again instead."
+        )
+    found = sorted(
+        (p for p in run.checkpoints.glob(spec.resume_checkpoint) if safefiles.is_regular(p)),
+        key=lambda p: os.lstat(p).st_mtime,
+    )
     if not found:
-        raise NotFound(f"run {run_id} left no checkpoint matching {spec.resume_checkpoint!r} in {run.checkpoints} "
-                       "(it ended before its first one); launch_run the experiment again instead.")
+        raise NotFound(
+            f"run {run_id} left no checkpoint matching {spec.resume_checkpoint!r} in {run.checkpoints} "
+            "(it ended before its first one); launch_run the experiment again instead."
+        )
     checkpoint = found[-1]
     if not checkpoint.resolve().is_relative_to(project.resolve()):
-        raise InvalidInput(f"the checkpoint {checkpoint} is outside the project {project} (TRAINGUARD_RUNS_DIR?); "
-                           "copy it into the project and pass it as the resume override of launch_run.")
-    merged = {**manifest.overrides, **(overrides or {}),
-              "resume": str(checkpoint.resolve().relative_to(project.resolve()))}
+        raise InvalidInput(
+            f"the checkpoint {checkpoint} is outside the project {project} (TRAINGUARD_RUNS_DIR?); "
+            "copy it into the project and pass it as the resume override of launch_run."
+        )
+    merged = {
+        **manifest.overrides,
+        **(overrides or {}),
+        "resume": str(checkpoint.resolve().relative_to(project.resolve())),
+    }
     acks = sorted(set(manifest.acknowledged) | set(acknowledge or []))
     why = f"resume of {run_id} from {checkpoint.name}" + (f"; {note}" if note else "")
-    return launch(manifest.experiment, merged, note=why, agent=agent, acknowledge=acks, dry_run=dry_run,
-                  project=project, backend=manifest.backend, resources=manifest.resources.model_dump())
+    return launch(
+        manifest.experiment,
+        merged,
+        note=why,
+        agent=agent,
+        acknowledge=acks,
+        dry_run=dry_run,
+        project=project,
+        backend=manifest.backend,
+        resources=manifest.resources.model_dump(),
+    )
 
 
 class RunSummaryResult(BaseModel):
@@ -595,8 +679,9 @@ class RunSummaryResult(BaseModel):
     summary: CurveSummary
 
 
-def summarize_target(run_id: str | None = None, path: str | None = None, primary_metric: str | None = None,
-                     project: Path | None = None) -> RunSummaryResult:
+def summarize_target(
+    run_id: str | None = None, path: str | None = None, primary_metric: str | None = None, project: Path | None = None
+) -> RunSummaryResult:
     """The summary of one run (`run_id`) or of a log folder or file of the user's own (`path`).
 
     Raises:
@@ -642,8 +727,15 @@ class WaitResult(BaseModel):
 Progress = Callable[[RunStatus, float], Awaitable[None]]  # the status, seconds waited so far
 
 
-async def wait(run_id: str, timeout_s: float | None, poll_s: float, progress: Progress | None = None, *,
-               stop_on_event: bool = True, project: Path | None = None) -> WaitResult:
+async def wait(
+    run_id: str,
+    timeout_s: float | None,
+    poll_s: float,
+    progress: Progress | None = None,
+    *,
+    stop_on_event: bool = True,
+    project: Path | None = None,
+) -> WaitResult:
     """Poll the run's status every `poll_s` until it ends, a watchdog event is recorded (with
     `stop_on_event`) or `timeout_s` passes (None: no limit). `progress` hears each status that
     does not end the wait. Statuses are read in a worker thread: the event loop keeps serving."""

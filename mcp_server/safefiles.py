@@ -33,17 +33,23 @@ class NotRegular(InvalidInput):
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"),
-                       (stat.S_ISLNK, "a symbolic link")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
 
 
 def _refuse(path: Path, what: str) -> NotRegular:
-    return NotRegular(f"{path} is {what}, not a regular file; trainguard only opens regular files there. "
-                      "Remove or replace it.")
+    return NotRegular(
+        f"{path} is {what}, not a regular file; trainguard only opens regular files there. Remove or replace it."
+    )
 
 
 def _open(path: Path, flags: int, writing: bool, mode: int = 0o644) -> int:
@@ -102,8 +108,9 @@ def read_text(path: str | os.PathLike[str], *, follow_links: bool = True, what: 
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{what} {path} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); "
-                           "save it as UTF-8.") from None
+        raise InvalidInput(
+            f"{what} {path} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); save it as UTF-8."
+        ) from None
 
 
 def open_append(path: str | os.PathLike[str], mode: int = 0o644) -> BinaryIO:

@@ -81,8 +81,12 @@ def queued_before(runs_root: Path, run_id: str, resource: str, queued_at: float)
             state: RunState = run.read_state()
         except (OSError, InvalidInput):  # a damaged run: not in the queue
             continue
-        if (state.status == "queued" and state.resource == resource and state.queued_at is not None
-                and (state.queued_at, run.run_id) < (queued_at, run_id)
-                and procs.is_alive(state.supervisor_pid, state.supervisor_started)):
+        if (
+            state.status == "queued"
+            and state.resource == resource
+            and state.queued_at is not None
+            and (state.queued_at, run.run_id) < (queued_at, run_id)
+            and procs.is_alive(state.supervisor_pid, state.supervisor_started)
+        ):
             ahead.append((state.queued_at, run.run_id))
     return [rid for _, rid in sorted(ahead)]

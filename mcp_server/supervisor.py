@@ -142,8 +142,14 @@ def supervise(run: RunDir) -> int:
     procs.RunProcesses(run.run_id, proc.pid, state.pid_started, str(run.path)).stop(grace_s=2.0)
     state.status, state.exit_code, state.signal, state.failure = classify(returncode, run.stop_marker.exists())
     signalled = returncode in (-signal.SIGTERM, 128 + signal.SIGTERM)
-    if (in_slurm and manifest.resources.requeue and signalled and not _TRAINER.get("time_limit")
-            and not stopped_by and not run.stop_marker.exists()):
+    if (
+        in_slurm
+        and manifest.resources.requeue
+        and signalled
+        and not _TRAINER.get("time_limit")
+        and not stopped_by
+        and not run.stop_marker.exists()
+    ):
         # A SIGTERM nobody here sent: Slurm preempting the job, which it requeues (PreemptMode
         # REQUEUE); the next supervisor resumes it. If Slurm ends the job instead, its state
         # (PREEMPTED, CANCELLED) is what refresh records.
@@ -152,9 +158,13 @@ def supervise(run: RunDir) -> int:
     if _TRAINER.get("time_limit") and state.status != "succeeded" and not run.stop_marker.exists():
         if manifest.resources.requeue and _requeue(run, state):
             return returncode  # Slurm starts the job again; the next supervisor resumes it
-        state.status, state.failure = "failed", (
-            f"the Slurm time limit came ({manifest.resources.time or 'the partition default'}): the trainer had "
-            "SIGTERM and saved its checkpoint; resume_run continues it, or ask for more time / requeue=true")
+        state.status, state.failure = (
+            "failed",
+            (
+                f"the Slurm time limit came ({manifest.resources.time or 'the partition default'}): the trainer had "
+                "SIGTERM and saved its checkpoint; resume_run continues it, or ask for more time / requeue=true"
+            ),
+        )
     elif stopped_by and state.status != "succeeded":
         state.status, state.failure = "failed", f"stopped by the watchdog: {stopped_by['detail']}"
     elif state.status == "failed" and (full or safefiles.disk_full(run.path)):
@@ -164,8 +174,13 @@ def supervise(run: RunDir) -> int:
     return returncode
 
 
-SLURM_ENV_PREFIXES = ("SLURM_", "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
-                      "GPU_DEVICE_ORDINAL")
+SLURM_ENV_PREFIXES = (
+    "SLURM_",
+    "CUDA_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "GPU_DEVICE_ORDINAL",
+)
 _TRAINER: dict = {}  # the trainer this supervisor started, for the time-limit signal's handler
 
 
@@ -208,8 +223,10 @@ def _restart_argv(run: RunDir, manifest: Manifest) -> list[str]:
     """A requeued job (SLURM_RESTART_COUNT > 0) resumes from its latest checkpoint."""
     if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) == 0 or not manifest.resume_checkpoint:
         return manifest.argv
-    found = sorted((p for p in run.checkpoints.glob(manifest.resume_checkpoint) if safefiles.is_regular(p)),
-                   key=lambda p: os.lstat(p).st_mtime)
+    found = sorted(
+        (p for p in run.checkpoints.glob(manifest.resume_checkpoint) if safefiles.is_regular(p)),
+        key=lambda p: os.lstat(p).st_mtime,
+    )
     return slurm.restart_argv(manifest.argv, manifest.resume_flag, found[-1] if found else None)
 
 
@@ -240,8 +257,12 @@ def _requeued(run: RunDir, state: RunState, why: str) -> None:
         run.write_state(state)
     try:
         manifest = run.read_manifest()
-        scratchpad.append(Path(manifest.project_dir), manifest.agent,
-                          f"run {run.run_id} {why}: requeued ({state.requeues}), it resumes", kind="watchdog")
+        scratchpad.append(
+            Path(manifest.project_dir),
+            manifest.agent,
+            f"run {run.run_id} {why}: requeued ({state.requeues}), it resumes",
+            kind="watchdog",
+        )
     except (OSError, TrainguardError) as exc:
         log.warning("scratchpad not written: %s", exc)
 
@@ -257,12 +278,17 @@ def _take_slots(run: RunDir, manifest: Manifest, state: RunState) -> list[tuple[
     resource, needed = manifest.resource, manifest.resources.nproc
     count = slots.slot_count(resource, len(manifest.gpus))
     if needed > count:
-        raise TrainguardError(f"the run needs {needed} {resource} slots and there are {count}; launch it with "
-                              f"resources={{'nproc': {count}}} or fewer")
+        raise TrainguardError(
+            f"the run needs {needed} {resource} slots and there are {count}; launch it with "
+            f"resources={{'nproc': {count}}} or fewer"
+        )
     state.resource = resource
     now = time.time()
-    held = (None if slots.queued_before(root, run.run_id, resource, now)
-            else slots.try_acquire(root, resource, count, needed))
+    held = (
+        None
+        if slots.queued_before(root, run.run_id, resource, now)
+        else slots.try_acquire(root, resource, count, needed)
+    )
     if held is not None:
         return held
     state.status, state.queued_at = "queued", now
@@ -277,8 +303,7 @@ def _take_slots(run: RunDir, manifest: Manifest, state: RunState) -> list[tuple[
                 return held
 
 
-def _watch(run: RunDir, manifest: Manifest, state: RunState, proc: subprocess.Popen
-           ) -> tuple[dict | None, str | None]:
+def _watch(run: RunDir, manifest: Manifest, state: RunState, proc: subprocess.Popen) -> tuple[dict | None, str | None]:
     """Poll the watchdog until the trainer exits; returns the event that stopped it, if one did,
     and whether the disk was seen full meanwhile."""
     config = manifest.watchdog
@@ -324,8 +349,12 @@ def _gpu_events(dog: Watchdog, run_id: str, sampler: gpu.Sampler) -> list[dict]:
 def _scratchpad_event(run: RunDir, manifest: Manifest, event: dict) -> None:
     what = "stopping the run" if event["action"] == "stop" else "warning"
     try:
-        scratchpad.append(Path(manifest.project_dir), manifest.agent,
-                          f"run {run.run_id} watchdog {event['kind']} ({what}): {event['detail']}", kind="watchdog")
+        scratchpad.append(
+            Path(manifest.project_dir),
+            manifest.agent,
+            f"run {run.run_id} watchdog {event['kind']} ({what}): {event['detail']}",
+            kind="watchdog",
+        )
     except (OSError, TrainguardError) as exc:
         log.warning("scratchpad not written: %s", exc)
 

@@ -27,8 +27,10 @@ MAX_PATTERN = 200
 SCAN_BYTES = 8 * 2**20  # a pattern search reads at most the last 8 MiB of a log
 # Terminal escapes; C0 controls but tab and newline; DEL and the C1 controls; bidirectional
 # marks, embeddings, overrides and isolates: whatever could hide text or make it read otherwise.
-_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07"
-                      r"|[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile(
+    r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07"
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
 # Everything Python's splitlines() ends a line at, so one line is one line for every reader.
 _LINE_BREAKS = re.compile(r"\r\n|[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 
@@ -58,8 +60,10 @@ def compile_pattern(pattern: str) -> re2._Regexp:
         return re2.compile(pattern, _RE2_OPTIONS)
     except re2.error as exc:
         why = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise InvalidInput(f"pattern {pattern!r} is not a valid regular expression: {why}. Patterns are RE2 "
-                           "syntax: no backreferences or lookaround; use a plainer pattern.") from None
+        raise InvalidInput(
+            f"pattern {pattern!r} is not a valid regular expression: {why}. Patterns are RE2 "
+            "syntax: no backreferences or lookaround; use a plainer pattern."
+        ) from None
 
 
 def read_tail(path: Path, nbytes: int) -> str:

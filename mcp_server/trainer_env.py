@@ -91,8 +91,9 @@ def _train_extra() -> list[str]:
     return [req for req in extra if not req.replace(" ", "").startswith("torch")]
 
 
-def install_torch(build: Build = "cpu", target: Target = "auto", project: Path | None = None,
-                  cancel: threading.Event | None = None) -> TorchInstall:
+def install_torch(
+    build: Build = "cpu", target: Target = "auto", project: Path | None = None, cancel: threading.Event | None = None
+) -> TorchInstall:
     """Install torch (of `build`) and the trainers' packages for the trainers to use. Setting
     `cancel` stops the step under way (its process group is killed) and raises.
 
@@ -106,9 +107,11 @@ def install_torch(build: Build = "cpu", target: Target = "auto", project: Path |
     project = project or paths.project_root()
     venv = _project_venv(project)
     if target == "auto" and venv is not None:
-        raise Conflict(f"the project has its own venv ({venv}): trainguard does not change it unasked. Pass "
-                       "target='project' to install torch into it, or target='plugin' for trainguard's own "
-                       "trainers environment (then leave the experiments' `python` unset).")
+        raise Conflict(
+            f"the project has its own venv ({venv}): trainguard does not change it unasked. Pass "
+            "target='project' to install torch into it, or target='plugin' for trainguard's own "
+            "trainers environment (then leave the experiments' `python` unset)."
+        )
     if target == "project" and venv is None:
         raise InvalidInput(f"the project has no venv at {project / '.venv'}; pass target='plugin' (or 'auto').")
     where = venv if target == "project" else env_dir()
@@ -136,16 +139,25 @@ def install_torch(build: Build = "cpu", target: Target = "auto", project: Path |
 
         info = probe_torch(py)
         if "torch" not in info:
-            raise TrainguardError(f"torch was installed into {py} but does not import: "
-                                  f"{info.get('torch_error') or info.get('interpreter_error')}; see {log}.")
+            raise TrainguardError(
+                f"torch was installed into {py} but does not import: "
+                f"{info.get('torch_error') or info.get('interpreter_error')}; see {log}."
+            )
         if target != "project":
             (where / ".torch-ready").write_text(info["torch"] + "\n")
     return TorchInstall(
-        target="project" if target == "project" else "plugin", python=py, build=build, torch=info["torch"],
-        seconds=round(time.monotonic() - started, 1), log=str(log),
+        target="project" if target == "project" else "plugin",
+        python=py,
+        build=build,
+        torch=info["torch"],
+        seconds=round(time.monotonic() - started, 1),
+        log=str(log),
         next_step="Run preflight again: the trainers now use this interpreter"
-        + (" (set the experiments' python = \".venv/bin/python\" to use the project's venv)." if target == "project"
-           else "."),
+        + (
+            " (set the experiments' python = \".venv/bin/python\" to use the project's venv)."
+            if target == "project"
+            else "."
+        ),
     )
 
 
@@ -156,8 +168,9 @@ def _wait(proc: subprocess.Popen, seconds: float) -> int | None:
         return None
 
 
-async def install_torch_async(build: Build = "cpu", target: Target = "auto", project: Path | None = None
-                              ) -> TorchInstall:
+async def install_torch_async(
+    build: Build = "cpu", target: Target = "auto", project: Path | None = None
+) -> TorchInstall:
     """`install_torch` for an event loop (the MCP tool): it runs on a thread of its own, and a
     cancelled call stops its step and waits until nothing of it is left.
 
@@ -197,13 +210,18 @@ def _step(argv: list[str], log: Path, what: str, cancel: threading.Event | None 
     with safefiles.open_append(log) as fh:
         fh.write(f"$ {' '.join(argv)}\n".encode())
         fh.flush()
-        proc = subprocess.Popen(procs.leashed(argv), stdin=subprocess.DEVNULL, stdout=fh, stderr=fh,
-                                start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            procs.leashed(argv), stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True, close_fds=True
+        )
         deadline = time.monotonic() + STEP_TIMEOUT_S
         while (code := _wait(proc, POLL_S)) is None:
-            stop = (f"{what} was cancelled" if cancel is not None and cancel.is_set()
-                    else f"{what} took over {STEP_TIMEOUT_S} s and was stopped" if time.monotonic() > deadline
-                    else None)
+            stop = (
+                f"{what} was cancelled"
+                if cancel is not None and cancel.is_set()
+                else f"{what} took over {STEP_TIMEOUT_S} s and was stopped"
+                if time.monotonic() > deadline
+                else None
+            )
             if stop:
                 os.killpg(proc.pid, signal.SIGKILL)  # our own child, not yet reaped: its group is its own
                 proc.wait()

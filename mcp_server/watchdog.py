@@ -48,8 +48,9 @@ class WatchdogConfig(BaseModel):
     temperature: Action = "warn"
     max_runtime_s: float | None = Field(default=None, gt=0, description="a time budget for the whole run")
     timeout: Action = "stop"
-    stop_grace_s: float = Field(default=30.0, ge=0.5, le=3600,
-                                description="seconds the trainer gets to checkpoint after SIGTERM, then SIGKILL")
+    stop_grace_s: float = Field(
+        default=30.0, ge=0.5, le=3600, description="seconds the trainer gets to checkpoint after SIGTERM, then SIGKILL"
+    )
 
 
 class Watchdog:
@@ -92,8 +93,11 @@ class Watchdog:
         budget = self.config.max_runtime_s
         if budget and self.config.timeout != "off" and not self.timeout_fired and now - self.started > budget:
             self.timeout_fired = True
-            events.append(self._event("timeout", self.config.timeout,
-                                      f"ran {now - self.started:.0f} s, past its budget of {budget:g} s"))
+            events.append(
+                self._event(
+                    "timeout", self.config.timeout, f"ran {now - self.started:.0f} s, past its budget of {budget:g} s"
+                )
+            )
         new = self._new_records()
         for record in new:
             split = record.get("split")
@@ -106,8 +110,11 @@ class Watchdog:
                 if number is not None and not math.isfinite(number) and name not in self.nonfinite_fired:
                     self.nonfinite_fired.add(name)
                     if self.config.nonfinite != "off":
-                        events.append(self._event("nonfinite", self.config.nonfinite,
-                                                  f"{name} is {value} at step {record.get('step')}"))
+                        events.append(
+                            self._event(
+                                "nonfinite", self.config.nonfinite, f"{name} is {value} at step {record.get('step')}"
+                            )
+                        )
         if new:
             if self.last_metric is not None:
                 self.intervals.append(now - self.last_metric)
@@ -132,15 +139,32 @@ class Watchdog:
         """GPU figures of the run's device, sampled by the caller."""
         events = []
         c = self.config
-        if (c.gpu_memory != "off" and c.gpu_memory_gib and memory_used_bytes is not None
-                and memory_used_bytes > c.gpu_memory_gib * 2**30 and "memory" not in self.gpu_fired):
+        if (
+            c.gpu_memory != "off"
+            and c.gpu_memory_gib
+            and memory_used_bytes is not None
+            and memory_used_bytes > c.gpu_memory_gib * 2**30
+            and "memory" not in self.gpu_fired
+        ):
             self.gpu_fired.add("memory")
-            events.append(self._event("gpu_memory", c.gpu_memory, f"{where} uses {memory_used_bytes / 2**30:.1f} GiB, "
-                                      f"above the limit of {c.gpu_memory_gib:g} GiB"))
-        if (c.temperature != "off" and c.temperature_c and temperature_c is not None
-                and temperature_c > c.temperature_c and "temperature" not in self.gpu_fired):
+            events.append(
+                self._event(
+                    "gpu_memory",
+                    c.gpu_memory,
+                    f"{where} uses {memory_used_bytes / 2**30:.1f} GiB, above the limit of {c.gpu_memory_gib:g} GiB",
+                )
+            )
+        if (
+            c.temperature != "off"
+            and c.temperature_c
+            and temperature_c is not None
+            and temperature_c > c.temperature_c
+            and "temperature" not in self.gpu_fired
+        ):
             self.gpu_fired.add("temperature")
-            events.append(self._event("temperature", c.temperature, f"{where} at {temperature_c:.0f} C, above "
-                                      f"{c.temperature_c:g} C"))
+            events.append(
+                self._event(
+                    "temperature", c.temperature, f"{where} at {temperature_c:.0f} C, above {c.temperature_c:g} C"
+                )
+            )
         return events
-

@@ -189,16 +189,18 @@ def tiny_trm(project: Path) -> Path:
 
 
 # A new user's machine: PATH without this test venv, so `python3` is the machine's own.
-CLEAN_PATH = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
-                             if p and not p.startswith(str(Path(sys.executable).parent)))
+CLEAN_PATH = os.pathsep.join(
+    p for p in os.environ.get("PATH", "").split(os.pathsep) if p and not p.startswith(str(Path(sys.executable).parent))
+)
 # The machine's TLS set-up (a network that inspects TLS has its CA there), which a fresh HOME keeps.
 TLS_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "PIP_CERT")
 
 
 def plugin_copy(where: Path) -> Path:
     """The plugin's tracked files, elsewhere, as a marketplace install leaves them (no .venv, no tests)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         if not name.startswith("tests/") and (REPO / name).is_file():
             (where / name).parent.mkdir(parents=True, exist_ok=True)
@@ -209,8 +211,12 @@ def plugin_copy(where: Path) -> Path:
 def server_env(project: Path) -> dict[str, str]:
     """Environment for a server subprocess: a stdio client passes only a minimal one."""
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
-    env.update(CLAUDE_PROJECT_DIR=str(project), TRAINGUARD_PYTHON=sys.executable, PYTHONPATH=str(REPO),
-               TRAINGUARD_CPU_SLOTS="16")
+    env.update(
+        CLAUDE_PROJECT_DIR=str(project),
+        TRAINGUARD_PYTHON=sys.executable,
+        PYTHONPATH=str(REPO),
+        TRAINGUARD_CPU_SLOTS="16",
+    )
     return env
 
 

@@ -137,9 +137,7 @@ def _module_to_keeps_placed_modules():
         torch.nn.Module.to = original
 
 
-def step_peak(
-    entry: Callable, argv: list[str], batch_size: int, *, fake: bool, limit: int | None = None
-) -> int:
+def step_peak(entry: Callable, argv: list[str], batch_size: int, *, fake: bool, limit: int | None = None) -> int:
     """Peak bytes of building everything and running two optimizer steps, fake or real (on the CPU).
 
     Raises:

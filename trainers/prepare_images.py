@@ -249,14 +249,27 @@ def load_image_folder(folder: str | os.PathLike, dtype=None, limit: int | None =
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the command line; every flag has a default."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--output-dir", type=Path, default=Path("images/training_diverse"),
-                   help="folder to create, relative to the current directory (your project)")
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("images/training_diverse"),
+        help="folder to create, relative to the current directory (your project)",
+    )
     p.add_argument("--image-size", type=int, default=128, help="side of the square crops in pixels")
     p.add_argument("--crops-per-image", type=int, default=64, help="random crops taken from each photograph")
-    p.add_argument("--val-sources", type=int, default=3,
-                   help="whole photographs held out for validation (at least 1, fewer than the photographs loaded)")
-    p.add_argument("--sources", nargs="+", default=None, metavar="NAME",
-                   help="use only these photographs (default: all that load offline); see --list")
+    p.add_argument(
+        "--val-sources",
+        type=int,
+        default=3,
+        help="whole photographs held out for validation (at least 1, fewer than the photographs loaded)",
+    )
+    p.add_argument(
+        "--sources",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="use only these photographs (default: all that load offline); see --list",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of every crop")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty --output-dir")
     p.add_argument("--list", action="store_true", help="print which photographs load here, then exit")
@@ -274,8 +287,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped  {name:22s} {reason}")
         return 0
     try:
-        manifest = build_dataset(args.output_dir, args.image_size, args.crops_per_image, args.val_sources,
-                                 args.seed, args.sources, args.force)
+        manifest = build_dataset(
+            args.output_dir,
+            args.image_size,
+            args.crops_per_image,
+            args.val_sources,
+            args.seed,
+            args.sources,
+            args.force,
+        )
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -35,9 +35,14 @@ class LocalBackend:
 
     def check(self, resources: Resources, spec: TrainerSpec, config: dict[str, Any], gpus: int) -> list[Check]:
         if resources.nproc > 1:
-            return [Check(name="backend", verdict="fail", detail=f"the local backend runs one process; "
-                          f"{resources.nproc} were asked for.",
-                          fix="Pass backend='torchrun' for several processes, or resources={'nproc': 1}.")]
+            return [
+                Check(
+                    name="backend",
+                    verdict="fail",
+                    detail=f"the local backend runs one process; {resources.nproc} were asked for.",
+                    fix="Pass backend='torchrun' for several processes, or resources={'nproc': 1}.",
+                )
+            ]
         return []
 
     def trainer_argv(self, argv: list[str], resources: Resources, run: RunDir) -> list[str]:
@@ -56,8 +61,11 @@ class LocalBackend:
         finish entry in the scratchpad."""
         if state.status in TERMINAL or procs.is_alive(state.supervisor_pid, state.supervisor_started):
             return state
-        if (state.status == "starting" and state.supervisor_pid is None
-                and time.time() - state.updated_at < START_TIMEOUT_S):
+        if (
+            state.status == "starting"
+            and state.supervisor_pid is None
+            and time.time() - state.updated_at < START_TIMEOUT_S
+        ):
             return state  # the supervisor is still coming up
         with run.lock():
             state = run.read_state()  # it may have finished, or another caller recorded it, meanwhile
@@ -76,8 +84,10 @@ class LocalBackend:
                 return state
             state.status = "lost"
             state.failure = "the supervisor ended without recording how the trainer ended" + (
-                "; its trainer was stopped with it (SIGTERM: it saves a checkpoint)" if state.pid is not None
-                else "; its trainer had not started")
+                "; its trainer was stopped with it (SIGTERM: it saves a checkpoint)"
+                if state.pid is not None
+                else "; its trainer had not started"
+            )
             state.finished_at = time.time()
             run.write_state(state)
             _scratchpad_lost(run, state)
@@ -108,8 +118,13 @@ def _start_supervisor(run: RunDir) -> subprocess.Popen:
     with safefiles.open_append(run.supervisor_log) as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mcp_server.supervisor", str(run.path)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, cwd=str(paths.PLUGIN_ROOT),
-            start_new_session=True, close_fds=True,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=env,
+            cwd=str(paths.PLUGIN_ROOT),
+            start_new_session=True,
+            close_fds=True,
         )
     # Reap it when it exits so no zombie lingers while this server lives.
     threading.Thread(target=proc.wait, name=f"reap-{run.run_id}", daemon=True).start()
@@ -138,21 +153,28 @@ def _wait_started(run: RunDir, proc: subprocess.Popen) -> RunState:
             full = disk_full(run.path)
             if full:
                 raise OSError(errno.ENOSPC, full)
-            raise TrainguardError(f"the run's supervisor exited before starting the trainer: "
-                                  f"{textlog.tail(run.supervisor_log, lines=3, max_chars=500) or 'no output'}")
+            raise TrainguardError(
+                f"the run's supervisor exited before starting the trainer: "
+                f"{textlog.tail(run.supervisor_log, lines=3, max_chars=500) or 'no output'}"
+            )
         if time.monotonic() >= deadline:
             proc.kill()  # our own child: nothing else can hold its pid while it is unreaped
-            raise TrainguardError(f"the run's supervisor did not start the trainer within {START_TIMEOUT_S:.0f} s "
-                                  "(the machine may be overloaded); nothing launched. Try again.")
+            raise TrainguardError(
+                f"the run's supervisor did not start the trainer within {START_TIMEOUT_S:.0f} s "
+                "(the machine may be overloaded); nothing launched. Try again."
+            )
         time.sleep(0.05)
 
 
 def _scratchpad_lost(run: RunDir, state: RunState) -> None:
     try:
         manifest = run.read_manifest()
-        scratchpad.append(Path(manifest.project_dir), manifest.agent,
-                          f"run {run.run_id} lost ({state.failure}); resume_run continues it from its last checkpoint",
-                          kind="finish")
+        scratchpad.append(
+            Path(manifest.project_dir),
+            manifest.agent,
+            f"run {run.run_id} lost ({state.failure}); resume_run continues it from its last checkpoint",
+            kind="finish",
+        )
     except (OSError, TrainguardError) as exc:
         log.warning("scratchpad not written for %s: %s", run.run_id, exc)
 

@@ -29,8 +29,22 @@ MEM_RE = re.compile(r"\d{1,9}[KMGT]?")
 CONSTRAINT_RE = re.compile(r"[A-Za-z0-9_.&|,!*-]{1,128}")
 VALUE_RE = re.compile(r"[A-Za-z0-9_.,:@=+/%-]{1,256}")
 # Further #SBATCH options a user may set (`extra`), each value matched whole by VALUE_RE.
-SBATCH_EXTRA = frozenset({"mail-type", "mail-user", "exclude", "nodelist", "reservation", "comment", "licenses",
-                          "begin", "deadline", "gres-flags", "nice", "dependency"})
+SBATCH_EXTRA = frozenset(
+    {
+        "mail-type",
+        "mail-user",
+        "exclude",
+        "nodelist",
+        "reservation",
+        "comment",
+        "licenses",
+        "begin",
+        "deadline",
+        "gres-flags",
+        "nice",
+        "dependency",
+    }
+)
 
 
 class Resources(BaseModel):
@@ -38,8 +52,12 @@ class Resources(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    nproc: int = Field(default=1, ge=1, le=MAX_PROCESSES,
-                       description="processes per node (torchrun's ranks); each takes one slot: one GPU, or a CPU slot")
+    nproc: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_PROCESSES,
+        description="processes per node (torchrun's ranks); each takes one slot: one GPU, or a CPU slot",
+    )
     # Slurm (backend="slurm"); ignored elsewhere.
     partition: str | None = Field(default=None, description="Slurm partition")
     account: str | None = None

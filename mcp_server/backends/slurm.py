@@ -46,29 +46,65 @@ log = logging.getLogger("trainguard.backends.slurm")
 
 COMMAND_TIMEOUT_S = 30.0
 POLL_MIN_S, POLL_MAX_S = 2.0, 30.0  # the batched poll's back-off: doubled while nothing changes
-SHARED_FILESYSTEMS = frozenset({"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cephfs", "ceph", "glusterfs",
-                                "fuse.glusterfs", "fuse.sshfs", "panfs", "wekafs", "fuse.weka", "smbfs", "cifs"})
+SHARED_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "cephfs",
+        "ceph",
+        "glusterfs",
+        "fuse.glusterfs",
+        "fuse.sshfs",
+        "panfs",
+        "wekafs",
+        "fuse.weka",
+        "smbfs",
+        "cifs",
+    }
+)
 RDZV_PORT = 29500
 JOB_ID_RE = re.compile(r"\d{1,12}(_\d{1,8})?")
 
 # Slurm's job states, as trainguard reports them: status, what happened, what to do.
-PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED",
-                            "CONFIGURING", "RESIZING"})
+PENDING_STATES = frozenset(
+    {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED", "CONFIGURING", "RESIZING"}
+)
 RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"})
 ENDED: dict[str, tuple[str, str, str]] = {
-    "COMPLETED": ("lost", "the job completed but its supervisor recorded no outcome",
-                  "Read supervisor.log in the run folder."),
+    "COMPLETED": (
+        "lost",
+        "the job completed but its supervisor recorded no outcome",
+        "Read supervisor.log in the run folder.",
+    ),
     "FAILED": ("failed", "the job failed (Slurm: FAILED)", "diagnose_run shows the trainer's error."),
-    "CANCELLED": ("stopped", "the job was cancelled (Slurm: CANCELLED, by scancel or an administrator)",
-                  "resume_run continues it from its last checkpoint."),
-    "TIMEOUT": ("failed", "the job reached its time limit (Slurm: TIMEOUT)",
-                "Ask for more time (resources.time), or requeue=true to continue from the checkpoint by itself."),
-    "OUT_OF_MEMORY": ("failed", "the job exceeded its memory limit (Slurm: OUT_OF_MEMORY, the cgroup's OOM killer)",
-                      "Ask for more memory (resources.mem) or lower batch_size."),
-    "NODE_FAIL": ("failed", "the job's node failed (Slurm: NODE_FAIL)",
-                  "resume_run continues it from its last checkpoint, on another node."),
-    "PREEMPTED": ("failed", "the job was preempted by a higher-priority job (Slurm: PREEMPTED)",
-                  "requeue=true resumes it by itself; else resume_run."),
+    "CANCELLED": (
+        "stopped",
+        "the job was cancelled (Slurm: CANCELLED, by scancel or an administrator)",
+        "resume_run continues it from its last checkpoint.",
+    ),
+    "TIMEOUT": (
+        "failed",
+        "the job reached its time limit (Slurm: TIMEOUT)",
+        "Ask for more time (resources.time), or requeue=true to continue from the checkpoint by itself.",
+    ),
+    "OUT_OF_MEMORY": (
+        "failed",
+        "the job exceeded its memory limit (Slurm: OUT_OF_MEMORY, the cgroup's OOM killer)",
+        "Ask for more memory (resources.mem) or lower batch_size.",
+    ),
+    "NODE_FAIL": (
+        "failed",
+        "the job's node failed (Slurm: NODE_FAIL)",
+        "resume_run continues it from its last checkpoint, on another node.",
+    ),
+    "PREEMPTED": (
+        "failed",
+        "the job was preempted by a higher-priority job (Slurm: PREEMPTED)",
+        "requeue=true resumes it by itself; else resume_run.",
+    ),
     "BOOT_FAIL": ("failed", "the job's node failed to boot (Slurm: BOOT_FAIL)", "Launch it again."),
     "DEADLINE": ("failed", "the job missed its deadline (Slurm: DEADLINE)", "Launch it with a later deadline."),
     "REVOKED": ("stopped", "the job was revoked (Slurm: REVOKED, run on a sibling cluster)", "Launch it again."),
@@ -79,22 +115,38 @@ ENDED: dict[str, tuple[str, str, str]] = {
 class SlurmCommands:
     """Runs Slurm's client commands: the one seam for submitting from elsewhere (SSH) later."""
 
-    def run(self, argv: list[str], timeout: float = COMMAND_TIMEOUT_S, input_text: str | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        argv: list[str],
+        timeout: float = COMMAND_TIMEOUT_S,
+        input_text: str | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run one command (never a shell), its output captured.
 
         Raises:
             TrainguardError: the command is missing or hangs.
         """
         try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd,
-                                  input=input_text, stdin=None if input_text is not None else subprocess.DEVNULL)
+            return subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                cwd=cwd,
+                input=input_text,
+                stdin=None if input_text is not None else subprocess.DEVNULL,
+            )
         except FileNotFoundError:
-            raise TrainguardError(f"{argv[0]} is not on PATH: the Slurm backend runs where Slurm's client commands "
-                                  "work (a login node); install slurm-client or use backend='local'.") from None
+            raise TrainguardError(
+                f"{argv[0]} is not on PATH: the Slurm backend runs where Slurm's client commands "
+                "work (a login node); install slurm-client or use backend='local'."
+            ) from None
         except subprocess.TimeoutExpired:
-            raise TrainguardError(f"{argv[0]} did not answer within {timeout:.0f} s: is slurmctld up? "
-                                  "(`sinfo` shows it)") from None
+            raise TrainguardError(
+                f"{argv[0]} did not answer within {timeout:.0f} s: is slurmctld up? (`sinfo` shows it)"
+            ) from None
 
 
 COMMANDS = SlurmCommands()
@@ -156,7 +208,8 @@ class JobTable:
                         return table.jobs[job_id]  # the last answer stands until Slurm answers again
                     raise
                 changed = {k: (v.state, v.reason) for k, v in jobs.items()} != {
-                    k: (v.state, v.reason) for k, v in table.jobs.items() if k in jobs}
+                    k: (v.state, v.reason) for k, v in table.jobs.items() if k in jobs
+                }
                 table.interval = POLL_MIN_S if changed else min(POLL_MAX_S, table.interval * 2)
                 table.misses = {i: 0 if i in jobs else table.misses.get(i, 0) + 1 for i in ids}
                 table.jobs = {i: jobs.get(i) or table.jobs[i] for i in ids if i in jobs or i in table.jobs}
@@ -185,20 +238,30 @@ class JobTable:
         return ids
 
     def _query(self, ids: list[str]) -> dict[str, JobInfo]:
-        out = self.commands.run(["squeue", "--noheader", "--states=all", f"--jobs={','.join(ids)}",
-                                 "--format=%i|%T|%r|%j|%u"])
+        out = self.commands.run(
+            ["squeue", "--noheader", "--states=all", f"--jobs={','.join(ids)}", "--format=%i|%T|%r|%j|%u"]
+        )
         if out.returncode != 0 and "Invalid job id" not in out.stderr:  # that one: none of them is known
             raise SlurmUnavailable(f"squeue failed: {out.stderr.strip()[:300] or out.returncode}")
         jobs = {}
         for line in out.stdout.splitlines():
             parts = line.strip().split("|")
             if len(parts) == 5 and parts[0] in ids:
-                jobs[parts[0]] = JobInfo(parts[0], parts[1], None if parts[2] in ("None", "") else parts[2],
-                                         parts[3], parts[4])
+                jobs[parts[0]] = JobInfo(
+                    parts[0], parts[1], None if parts[2] in ("None", "") else parts[2], parts[3], parts[4]
+                )
         missing = [i for i in ids if i not in jobs]
         if missing:  # ended longer ago than MinJobAge: accounting may still know them
-            acct = self.commands.run(["sacct", "--noheader", "--parsable2", "--allocations",
-                                      f"--jobs={','.join(missing)}", "--format=JobID,State,Reason,JobName,User"])
+            acct = self.commands.run(
+                [
+                    "sacct",
+                    "--noheader",
+                    "--parsable2",
+                    "--allocations",
+                    f"--jobs={','.join(missing)}",
+                    "--format=JobID,State,Reason,JobName,User",
+                ]
+            )
             for line in acct.stdout.splitlines() if acct.returncode == 0 else []:
                 parts = line.strip().split("|")
                 if len(parts) >= 5 and parts[0] in missing:
@@ -230,45 +293,81 @@ class SlurmBackend:
         name = resources.partition or (default["name"] if default else None)
         part = partitions.get(name or "")
         if part is None:
-            checks.append(Check(name="slurm", verdict="fail",
-                                detail=f"partition {name!r} does not exist; the partitions are "
-                                       f"{', '.join(sorted(partitions)) or 'none'}.",
-                                fix=f"Pass resources={{'partition': ...}} with one of {sorted(partitions)}."))
+            checks.append(
+                Check(
+                    name="slurm",
+                    verdict="fail",
+                    detail=f"partition {name!r} does not exist; the partitions are "
+                    f"{', '.join(sorted(partitions)) or 'none'}.",
+                    fix=f"Pass resources={{'partition': ...}} with one of {sorted(partitions)}.",
+                )
+            )
             return checks
         asked, limit = _minutes(resources.time), _minutes(part["time"])
         if asked is not None and limit is not None and asked > limit:
-            checks.append(Check(name="slurm", verdict="fail",
-                                detail=f"time {resources.time} is over partition {name}'s limit {part['time']}.",
-                                fix=f"Ask for at most {part['time']}, with requeue=true to go on after it."))
+            checks.append(
+                Check(
+                    name="slurm",
+                    verdict="fail",
+                    detail=f"time {resources.time} is over partition {name}'s limit {part['time']}.",
+                    fix=f"Ask for at most {part['time']}, with requeue=true to go on after it.",
+                )
+            )
         if resources.gpus:
             have = _gres_gpus(part["gres"])
             if have < resources.gpus:
-                checks.append(Check(name="slurm", verdict="fail",
-                                    detail=f"{resources.gpus} GPUs per node asked; partition {name}'s nodes have "
-                                           f"{have} ({part['gres'] or 'no GRES'}).",
-                                    fix="Pick a partition with GPUs (sinfo -o '%P %G'), or fewer gpus."))
+                checks.append(
+                    Check(
+                        name="slurm",
+                        verdict="fail",
+                        detail=f"{resources.gpus} GPUs per node asked; partition {name}'s nodes have "
+                        f"{have} ({part['gres'] or 'no GRES'}).",
+                        fix="Pick a partition with GPUs (sinfo -o '%P %G'), or fewer gpus.",
+                    )
+                )
         if resources.gpus and resources.nproc > resources.gpus:
-            checks.append(Check(name="slurm", verdict="fail",
-                                detail=f"{resources.nproc} processes per node but {resources.gpus} GPUs per node.",
-                                fix=f"Pass nproc={resources.gpus}, one process per GPU."))
+            checks.append(
+                Check(
+                    name="slurm",
+                    verdict="fail",
+                    detail=f"{resources.nproc} processes per node but {resources.gpus} GPUs per node.",
+                    fix=f"Pass nproc={resources.gpus}, one process per GPU.",
+                )
+            )
         world = resources.nproc * resources.nodes
         if world > 1 and (not spec.command or spec.command[0] != "{python}"):
-            checks.append(Check(name="slurm", verdict="fail",
-                                detail=f"several processes start through torchrun, which runs a Python script; "
-                                       f"trainer {spec.name}'s command starts with {spec.command[0]!r}.",
-                                fix="Make the spec's command [\"{python}\", \"path/to/train.py\", ...], or nproc=1."))
+            checks.append(
+                Check(
+                    name="slurm",
+                    verdict="fail",
+                    detail=f"several processes start through torchrun, which runs a Python script; "
+                    f"trainer {spec.name}'s command starts with {spec.command[0]!r}.",
+                    fix='Make the spec\'s command ["{python}", "path/to/train.py", ...], or nproc=1.',
+                )
+            )
         batch = config.get(spec.memory.batch_param if spec.memory else "batch_size")
         if world > 1 and isinstance(batch, int) and not isinstance(batch, bool) and batch % world:
-            checks.append(Check(name="slurm", verdict="fail",
-                                detail=f"batch_size {batch} is the global batch; it does not split over {world} ranks.",
-                                fix=f"Use a multiple of {world}."))
+            checks.append(
+                Check(
+                    name="slurm",
+                    verdict="fail",
+                    detail=f"batch_size {batch} is the global batch; it does not split over {world} ranks.",
+                    fix=f"Use a multiple of {world}.",
+                )
+            )
         checks.append(self._accounting_check(resources))
         checks.append(_shared_fs_check(paths.runs_root()))
         if not any(c.verdict == "fail" for c in checks):
-            checks.insert(0, Check(name="slurm", verdict="pass",
-                                   detail=f"partition {name} (limit {part['time']}, {part['nodes']} nodes, GRES "
-                                          f"{part['gres'] or 'none'}); {resources.nodes} node(s) x {resources.nproc} "
-                                          f"process(es)" + (f", time {resources.time}" if resources.time else "")))
+            checks.insert(
+                0,
+                Check(
+                    name="slurm",
+                    verdict="pass",
+                    detail=f"partition {name} (limit {part['time']}, {part['nodes']} nodes, GRES "
+                    f"{part['gres'] or 'none'}); {resources.nodes} node(s) x {resources.nproc} "
+                    f"process(es)" + (f", time {resources.time}" if resources.time else ""),
+                ),
+            )
         return checks
 
     def _partitions(self) -> dict[str, dict[str, Any]]:
@@ -281,20 +380,37 @@ class SlurmBackend:
             if len(parts) != 5:
                 continue
             name = parts[0].rstrip("*")
-            found[name] = {"name": name, "default": parts[0].endswith("*"), "time": parts[1],
-                           "gres": "" if parts[2] == "(null)" else parts[2], "nodes": parts[3], "up": parts[4] == "up"}
+            found[name] = {
+                "name": name,
+                "default": parts[0].endswith("*"),
+                "time": parts[1],
+                "gres": "" if parts[2] == "(null)" else parts[2],
+                "nodes": parts[3],
+                "up": parts[4] == "up",
+            }
         return found
 
     def _accounting_check(self, resources: Resources) -> Check:
         if not resources.account and not resources.qos:
             return Check(name="slurm_account", verdict="pass", detail="no account or qos asked: Slurm's defaults")
-        out = self.commands.run(["sacctmgr", "--noheader", "--parsable2", "show", "associations",
-                                 f"user={os.environ.get('USER') or os.environ.get('LOGNAME') or ''}",
-                                 "format=Account,QOS"])
+        out = self.commands.run(
+            [
+                "sacctmgr",
+                "--noheader",
+                "--parsable2",
+                "show",
+                "associations",
+                f"user={os.environ.get('USER') or os.environ.get('LOGNAME') or ''}",
+                "format=Account,QOS",
+            ]
+        )
         if out.returncode != 0 or "not running a supported accounting_storage" in out.stdout + out.stderr:
-            return Check(name="slurm_account", verdict="warn",
-                         detail="account and qos not checked: Slurm's accounting does not answer here",
-                         fix="sbatch checks them at submission; a refused submission says why.")
+            return Check(
+                name="slurm_account",
+                verdict="warn",
+                detail="account and qos not checked: Slurm's accounting does not answer here",
+                fix="sbatch checks them at submission; a refused submission says why.",
+            )
         pairs = [line.split("|") for line in out.stdout.splitlines() if "|" in line]
         accounts = {a for a, _ in pairs}
         qos = {q for _, qs in pairs for q in qs.split(",")}
@@ -304,8 +420,12 @@ class SlurmBackend:
         if resources.qos and resources.qos not in qos:
             bad.append(f"qos {resources.qos!r} (yours: {', '.join(sorted(qos)) or 'none'})")
         if bad:
-            return Check(name="slurm_account", verdict="fail", detail="not yours: " + "; ".join(bad),
-                         fix="Pass an account and qos from `sacctmgr show associations user=$USER`.")
+            return Check(
+                name="slurm_account",
+                verdict="fail",
+                detail="not yours: " + "; ".join(bad),
+                fix="Pass an account and qos from `sacctmgr show associations user=$USER`.",
+            )
         return Check(name="slurm_account", verdict="pass", detail="account and qos are yours")
 
     # -- the command ---------------------------------------------------------------------------
@@ -315,20 +435,53 @@ class SlurmBackend:
         if resources.nproc * resources.nodes == 1:
             return [*srun, *argv]
         python, *rest = argv
-        where = (["--standalone"] if resources.nodes == 1 else
-                 ["--nnodes", str(resources.nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", "{rdzv_endpoint}",
-                  "--rdzv-id", "{rdzv_id}"])
-        return [*srun, python, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(resources.nproc),
-                "--log-dir", str(run.path / "torchrun"), *rest]
+        where = (
+            ["--standalone"]
+            if resources.nodes == 1
+            else [
+                "--nnodes",
+                str(resources.nodes),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                "{rdzv_endpoint}",
+                "--rdzv-id",
+                "{rdzv_id}",
+            ]
+        )
+        return [
+            *srun,
+            python,
+            "-m",
+            "torch.distributed.run",
+            *where,
+            "--nproc-per-node",
+            str(resources.nproc),
+            "--log-dir",
+            str(run.path / "torchrun"),
+            *rest,
+        ]
 
     def script(self, run: RunDir, resources: Resources) -> str:
         """The batch script: validated #SBATCH lines, then the supervisor."""
         r = resources
-        options = [f"--job-name={job_name(run.run_id)}", f"--output={run.supervisor_log}", "--open-mode=append",
-                   f"--nodes={r.nodes}", "--ntasks-per-node=1", f"--signal=B:USR1@{r.signal_s}",
-                   "--requeue" if r.requeue else "--no-requeue"]
-        for flag, value in (("partition", r.partition), ("account", r.account), ("qos", r.qos), ("time", r.time),
-                            ("mem", r.mem), ("constraint", r.constraint)):
+        options = [
+            f"--job-name={job_name(run.run_id)}",
+            f"--output={run.supervisor_log}",
+            "--open-mode=append",
+            f"--nodes={r.nodes}",
+            "--ntasks-per-node=1",
+            f"--signal=B:USR1@{r.signal_s}",
+            "--requeue" if r.requeue else "--no-requeue",
+        ]
+        for flag, value in (
+            ("partition", r.partition),
+            ("account", r.account),
+            ("qos", r.qos),
+            ("time", r.time),
+            ("mem", r.mem),
+            ("constraint", r.constraint),
+        ):
             if value is not None:
                 options.append(f"--{flag}={value}")
         if r.gpus:
@@ -351,8 +504,10 @@ class SlurmBackend:
     def start(self, run: RunDir) -> RunState:
         manifest = run.read_manifest()
         if any(ch.isspace() or ch == "%" for ch in str(run.path)):
-            raise TrainguardError(f"the run folder {run.path} holds a space or a %, which #SBATCH lines cannot carry; "
-                                  "set TRAINGUARD_RUNS_DIR to a plain path.")
+            raise TrainguardError(
+                f"the run folder {run.path} holds a space or a %, which #SBATCH lines cannot carry; "
+                "set TRAINGUARD_RUNS_DIR to a plain path."
+            )
         script = run.path / "job.sbatch"
         safefiles.write_atomic(script, self.script(run, manifest.resources).encode())  # never through a link
         try:
@@ -362,8 +517,10 @@ class SlurmBackend:
             raise
         job_id = out.stdout.strip().split(";")[0]
         if out.returncode != 0 or not JOB_ID_RE.fullmatch(job_id):
-            raise Conflict(f"sbatch refused the job: {out.stderr.strip()[:500] or out.stdout.strip()[:500]}. "
-                           "Nothing was launched. Fix the resources it names (pre-flight lists the partitions).")
+            raise Conflict(
+                f"sbatch refused the job: {out.stderr.strip()[:500] or out.stdout.strip()[:500]}. "
+                "Nothing was launched. Fix the resources it names (pre-flight lists the partitions)."
+            )
         try:  # submitted: from here on the run exists, whatever else fails
             with run.lock():
                 state = run.read_state()
@@ -388,8 +545,12 @@ class SlurmBackend:
         if info is None:
             if not self.jobs.gone(run.path.parent, state.job_id):
                 return state
-            return self._record_end(run, "lost", f"Slurm no longer knows job {state.job_id} (ended longer ago than "
-                                    "MinJobAge, and no accounting answers) and its supervisor recorded no outcome")
+            return self._record_end(
+                run,
+                "lost",
+                f"Slurm no longer knows job {state.job_id} (ended longer ago than "
+                "MinJobAge, and no accounting answers) and its supervisor recorded no outcome",
+            )
         if info.state in ENDED:
             latest = run.read_state()  # the supervisor may have recorded the outcome meanwhile
             if latest.status in TERMINAL:
@@ -438,9 +599,11 @@ class SlurmBackend:
         if info is None or info.state in ENDED:
             return "gone"
         if info.name != job_name(run.run_id) or info.user != getpass.getuser():
-            raise Conflict(f"job {state.job_id} is {info.name!r} of {info.user!r}, not this run's "
-                           f"({job_name(run.run_id)!r} of {getpass.getuser()!r}): nothing cancelled. The run folder "
-                           "may come from another cluster; cancel its job there.")
+            raise Conflict(
+                f"job {state.job_id} is {info.name!r} of {info.user!r}, not this run's "
+                f"({job_name(run.run_id)!r} of {getpass.getuser()!r}): nothing cancelled. The run folder "
+                "may come from another cluster; cancel its job there."
+            )
         if info.state in PENDING_STATES:
             self.commands.run(["scancel", state.job_id])
             self.jobs.get(run.path.parent, state.job_id, fresh=True)
@@ -508,10 +671,13 @@ def _shared_fs_check(root: Path) -> Check:
     fstype, mount = _filesystem(where.resolve())
     if fstype in SHARED_FILESYSTEMS:
         return Check(name="shared_filesystem", verdict="pass", detail=f"{root} is on {fstype} ({mount})")
-    return Check(name="shared_filesystem", verdict="warn",
-                 detail=f"{root} is on {fstype or 'an unknown filesystem'} ({mount}), which looks local to this "
-                        "machine: a compute node may not see the run folder",
-                 fix="Set TRAINGUARD_RUNS_DIR (or the project) to a shared filesystem (home, scratch, project space).")
+    return Check(
+        name="shared_filesystem",
+        verdict="warn",
+        detail=f"{root} is on {fstype or 'an unknown filesystem'} ({mount}), which looks local to this "
+        "machine: a compute node may not see the run folder",
+        fix="Set TRAINGUARD_RUNS_DIR (or the project) to a shared filesystem (home, scratch, project space).",
+    )
 
 
 def _filesystem(path: Path) -> tuple[str | None, str]:
@@ -541,7 +707,7 @@ def restart_argv(argv: list[str], flag: str | None, checkpoint: Path | None) -> 
         return argv
     if flag in argv:
         i = argv.index(flag)
-        return [*argv[: i + 1], str(checkpoint), *argv[i + 2:]]
+        return [*argv[: i + 1], str(checkpoint), *argv[i + 2 :]]
     return [*argv, flag, str(checkpoint)]
 
 

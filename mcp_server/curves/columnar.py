@@ -120,13 +120,21 @@ def _position(frame: Any, names: tuple[str, ...]) -> np.ndarray | None:
     return None
 
 
-def _add(groups: list[tuple[str | None, Any]], curves: Curves, reserved: frozenset[str],
-         positions: tuple[tuple[str, ...], ...]) -> None:
+def _add(
+    groups: list[tuple[str | None, Any]],
+    curves: Curves,
+    reserved: frozenset[str],
+    positions: tuple[tuple[str, ...], ...],
+) -> None:
     """Append each value column of each (prefix, frame) to its series; refuse before adding anything."""
     planned = []
     for prefix, frame in groups:
-        columns = [(name, floats) for name in frame.columns if name and name not in reserved
-                   if (floats := _floats(frame.get_column(name))) is not None]
+        columns = [
+            (name, floats)
+            for name in frame.columns
+            if name and name not in reserved
+            if (floats := _floats(frame.get_column(name))) is not None
+        ]
         planned.append((prefix, [_position(frame, names) for names in positions], columns))
     for prefix, (steps, epochs, times), columns in planned:
         carried = None
@@ -188,8 +196,14 @@ def _parse_jsonl(block: bytes, schema: dict[str, Any]) -> Any | None:
     return None
 
 
-def take_jsonl(block: bytes, curves: Curves, reserved: frozenset[str], step_keys: tuple[str, ...],
-               time_keys: tuple[str, ...], schema: dict[str, Any] | None = None) -> bool:
+def take_jsonl(
+    block: bytes,
+    curves: Curves,
+    reserved: frozenset[str],
+    step_keys: tuple[str, ...],
+    time_keys: tuple[str, ...],
+    schema: dict[str, Any] | None = None,
+) -> bool:
     """Add a block of complete JSON lines to `curves`; False (nothing added) when it goes the other way.
 
     Event lines (a start event's nested config, an error's message) are few: they are parsed
@@ -217,8 +231,10 @@ def take_jsonl(block: bytes, curves: Curves, reserved: frozenset[str], step_keys
                 return False
             labels = split.unique(maintain_order=True).to_list()
             if len(labels) > 1:
-                groups = [(label or None, frame.filter(split.is_null() if label is None else split == label))
-                          for label in labels]
+                groups = [
+                    (label or None, frame.filter(split.is_null() if label is None else split == label))
+                    for label in labels
+                ]
             else:
                 groups = [(labels[0] or None, frame)]
         try:
@@ -231,8 +247,9 @@ def take_jsonl(block: bytes, curves: Curves, reserved: frozenset[str], step_keys
     return True
 
 
-def take_csv(block: bytes, header: list[str], curves: Curves, positions: tuple[tuple[str, ...], ...],
-             skip_lines: int = 0) -> bool:
+def take_csv(
+    block: bytes, header: list[str], curves: Curves, positions: tuple[tuple[str, ...], ...], skip_lines: int = 0
+) -> bool:
     """Add a block of complete CSV rows (no header, no quotes) to `curves`; False when it goes the
     other way. Every column must be numbers (an empty cell is no value, as in Lightning's sparse
     rows); a repeated column name, a word or a row of another length sends the block the other way."""
@@ -240,8 +257,16 @@ def take_csv(block: bytes, header: list[str], curves: Curves, positions: tuple[t
     if pl is None or len(set(header)) != len(header) or not all(header):
         return False
     try:
-        frame = pl.read_csv(block, has_header=False, new_columns=header, schema=dict.fromkeys(header, pl.Float64),
-                            null_values=[""], quote_char=None, raise_if_empty=False, skip_rows=skip_lines)
+        frame = pl.read_csv(
+            block,
+            has_header=False,
+            new_columns=header,
+            schema=dict.fromkeys(header, pl.Float64),
+            null_values=[""],
+            quote_char=None,
+            raise_if_empty=False,
+            skip_rows=skip_lines,
+        )
         lines = block.count(b"\n")
         if frame.height != lines - skip_lines:
             return False

@@ -777,7 +777,7 @@ def _lr_text(curves: Curves) -> str:
         return ""
     values = curves.series[name].values()
     for start in range(values.size, 0, -LR_LAST_WINDOW):  # the last finite value, from the end
-        window = values[max(0, start - LR_LAST_WINDOW):start]
+        window = values[max(0, start - LR_LAST_WINDOW) : start]
         finite = np.flatnonzero(np.isfinite(window))
         if finite.size:
             return f"; {name} = {_fmt(float(window[finite[-1]]))}"

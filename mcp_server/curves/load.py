@@ -71,20 +71,30 @@ class _Folder:
                 self.sources[reader.path] = _Source(reader)
         read = sum(s.read() for s in self.sources.values())
         rank = {r.path: i for i, r in enumerate(found)}  # the readers' order of preference
-        with_metrics = sorted((s for s in self.sources.values() if s.curves.series),
-                              key=lambda s: rank.get(s.reader.path, len(rank)))
+        with_metrics = sorted(
+            (s for s in self.sources.values() if s.curves.series), key=lambda s: rank.get(s.reader.path, len(rank))
+        )
         events = next((s.curves for s in self.sources.values() if s.reader.kind == "jsonl"), None)
         if not with_metrics:
             return Loaded(curves=events or Curves(), source=None, also_found=[], bytes_read=read)
         chosen = with_metrics[0]
         curves = chosen.curves
         if events is not None and events is not curves:  # numbers from elsewhere, events from our JSONL
-            curves = Curves(series=curves.series, events=events.events, done_reason=events.done_reason,
-                            last_error=events.last_error, records=curves.records, skipped=curves.skipped,
-                            sources=curves.sources)
-        return Loaded(curves=curves, source=f"{chosen.reader.kind}: {chosen.reader.path}",
-                      also_found=[f"{s.reader.kind}: {s.reader.path}" for s in with_metrics[1:]][:5],
-                      bytes_read=read)
+            curves = Curves(
+                series=curves.series,
+                events=events.events,
+                done_reason=events.done_reason,
+                last_error=events.last_error,
+                records=curves.records,
+                skipped=curves.skipped,
+                sources=curves.sources,
+            )
+        return Loaded(
+            curves=curves,
+            source=f"{chosen.reader.kind}: {chosen.reader.path}",
+            also_found=[f"{s.reader.kind}: {s.reader.path}" for s in with_metrics[1:]][:5],
+            bytes_read=read,
+        )
 
     @property
     def points(self) -> int:

@@ -18,8 +18,13 @@ from typing import Any, Literal
 Direction = Literal["min", "max"]
 
 NONFINITE: dict[str, float] = {
-    "nan": math.nan, "NaN": math.nan, "inf": math.inf, "+inf": math.inf, "Infinity": math.inf,
-    "-inf": -math.inf, "-Infinity": -math.inf,
+    "nan": math.nan,
+    "NaN": math.nan,
+    "inf": math.inf,
+    "+inf": math.inf,
+    "Infinity": math.inf,
+    "-inf": -math.inf,
+    "-Infinity": -math.inf,
 }
 
 HIGHER_IS_BETTER = ("acc", "psnr", "reward", "return", "f1", "iou", "auc", "score", "ssim", "food")
@@ -135,7 +140,7 @@ def is_acc(name: str) -> bool:
 def is_lr(name: str) -> bool:
     """'lr', 'train/lr', 'lr-Adam', 'learning_rate', 'Learning Rate'."""
     words = tokens(name)
-    return bool({"_".join(words[i:i + 2]) for i in range(len(words))} & set(LR_NAMES))
+    return bool({"_".join(words[i : i + 2]) for i in range(len(words))} & set(LR_NAMES))
 
 
 def is_rl(name: str) -> bool:

@@ -63,8 +63,15 @@ def plot_curves(curves: Curves, metrics: list[str], title: str, out: Path) -> li
             if bad.any():
                 first = s.steps()[np.argmax(bad)]
                 ax.axvline(first, color="red", linestyle="--", linewidth=1)
-                ax.annotate(f"{s.name} non-finite from step {first:g}", (first, 0.95), color="red", fontsize=8,
-                            xycoords=("data", "axes fraction"), ha="left", va="top")
+                ax.annotate(
+                    f"{s.name} non-finite from step {first:g}",
+                    (first, 0.95),
+                    color="red",
+                    fontsize=8,
+                    xycoords=("data", "axes fraction"),
+                    ha="left",
+                    va="top",
+                )
         values = np.concatenate([s.values() for s in group])
         values = values[np.isfinite(values)]
         if values.size and values.min() > 0 and values.max() / values.min() > 100:
@@ -89,8 +96,9 @@ def default_metrics(curves: Curves, primary: str | None, limit: int = MAX_PANELS
     """What to draw when nothing is asked: the primary metric's panel first, then losses, then the rest."""
     drawable = [n for n, s in curves.series.items() if len(s) > 1 and np.isfinite(s.values()).any()]
     keys: list[str] = []
-    ordered = sorted(drawable, key=lambda n: (n != primary and panel_key(n) != panel_key(primary or ""),
-                                           "loss" not in n.lower(), n))
+    ordered = sorted(
+        drawable, key=lambda n: (n != primary and panel_key(n) != panel_key(primary or ""), "loss" not in n.lower(), n)
+    )
     for name in ordered:
         if panel_key(name) not in keys:
             keys.append(panel_key(name))

@@ -288,8 +288,15 @@ def _add_records(records: list[dict[str, Any]], curves: Curves, maybe_bool: bool
         curves.records += len(group) if carried is True else int(np.count_nonzero(carried))
 
 
-def _extend(curves: Curves, name: str, values: array, keep: np.ndarray | None,
-            steps: array | None, epochs: array | None, times: array | None) -> None:
+def _extend(
+    curves: Curves,
+    name: str,
+    values: array,
+    keep: np.ndarray | None,
+    steps: array | None,
+    epochs: array | None,
+    times: array | None,
+) -> None:
     """Append the kept rows of a value column (and of its position columns) to series `name`."""
 
     def pick(column: array | None) -> array | None:
@@ -338,8 +345,11 @@ class CsvReader(_LineStream):
             start = end
         if start == len(block):
             return
-        if self.fast and self.header and columnar.take_csv(block, self.header, curves, CSV_POSITIONS,
-                                                           skip_lines=block.count(b"\n", 0, start)):
+        if (
+            self.fast
+            and self.header
+            and columnar.take_csv(block, self.header, curves, CSV_POSITIONS, skip_lines=block.count(b"\n", 0, start))
+        ):
             return
         block = block[start:] if start else block
         if not (self.fast and self.header) or not _plain_ascii(block):
@@ -405,8 +415,9 @@ class _CsvPlan:
 
     def add(self, table: np.ndarray, curves: Curves) -> None:
         """Append a (rows, columns) table of numbers: every cell of a value column is a point."""
-        steps, epochs, times = (None if i is None else _as_array(table[:, i])
-                                for i in (self.step, self.epoch, self.time))
+        steps, epochs, times = (
+            None if i is None else _as_array(table[:, i]) for i in (self.step, self.epoch, self.time)
+        )
         for name, i in self.values:
             curves.get(name).extend(_as_array(table[:, i]), steps, epochs, times)
         if self.values:
@@ -435,7 +446,7 @@ def _csv_table(chunk: bytes, ncols: int) -> np.ndarray | None:
     data = np.frombuffer(chunk, dtype=np.uint8)
     ends = np.flatnonzero((data == ord(",")) | (data == ord("\n")))  # where each cell ends
     rows = chunk.count(b"\n")
-    if not rows or ends.size != rows * ncols or not (data[ends[ncols - 1::ncols]] == ord("\n")).all():
+    if not rows or ends.size != rows * ncols or not (data[ends[ncols - 1 :: ncols]] == ord("\n")).all():
         return None
     lengths = np.diff(ends, prepend=-1) - 1
     if lengths.min() < 1 or lengths.max() >= csv.field_size_limit():
@@ -728,7 +739,9 @@ def _json_kind(first_line: Any, head: str) -> str | None:
 
 
 _JSON_READERS: dict[str, Callable[[Path], Reader]] = {
-    "jsonl": JsonlReader, "hf_state": HfStateReader, "history": HistoryReader,
+    "jsonl": JsonlReader,
+    "hf_state": HfStateReader,
+    "history": HistoryReader,
 }
 
 
@@ -745,8 +758,10 @@ def log_files(folder: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
         name = path.name
         if name == "trainer_state.json":
             hf_states.append(path)
-        elif name in ("metrics.jsonl", "history.json", "stdout.log") or name.endswith(".csv") or (
-            name.startswith("events.out.tfevents.")
+        elif (
+            name in ("metrics.jsonl", "history.json", "stdout.log")
+            or name.endswith(".csv")
+            or (name.startswith("events.out.tfevents."))
         ):
             found.append(path)
         elif name.endswith((".jsonl", ".log", ".out", ".txt")) and name not in NOT_LOG_FILES:

@@ -51,13 +51,16 @@ class MetricStats(BaseModel):
     first_nonfinite_step: Number | None = None
     tail_median: float | None = Field(None, description="median of the last 5% of finite values")
     slope_per_1k_steps: float | None = Field(
-        None, description="least-squares slope over the last 25% of finite points, per 1,000 steps")
+        None, description="least-squares slope over the last 25% of finite points, per 1,000 steps"
+    )
     slope_scale: Literal["log10", "linear"] | None = Field(
-        None, description="log10: decades per 1k steps (positive metrics not maximised); linear: units per 1k")
+        None, description="log10: decades per 1k steps (positive metrics not maximised); linear: units per 1k"
+    )
     steps_per_second: float | None = Field(None, description="over the last 25% of points with a wall time")
     spark: str = Field("", description="bucket means, oldest left; '·' = no finite value")
     spark_worst: str = Field(
-        "", description="bucket worst values (max for min/unknown metrics, min for max metrics): shows spikes")
+        "", description="bucket worst values (max for min/unknown metrics, min for max metrics): shows spikes"
+    )
     spark_scale: Literal["log10", "linear"] = "linear"
     spark_range: tuple[float, float] | None = Field(None, description="[lowest, highest] finite value drawn")
 
@@ -191,8 +194,12 @@ def sparklines(ds: Downsampled, direction: Direction | None) -> tuple[str, str, 
         draw_lo, draw_hi = math.log10(lo), math.log10(hi)
     else:
         draw_lo, draw_hi = lo, hi
-    return (_spark_line(means, draw_lo, draw_hi), _spark_line(worst, draw_lo, draw_hi), scale,
-            (_r(lo) or 0.0, _r(hi) or 0.0))
+    return (
+        _spark_line(means, draw_lo, draw_hi),
+        _spark_line(worst, draw_lo, draw_hi),
+        scale,
+        (_r(lo) or 0.0, _r(hi) or 0.0),
+    )
 
 
 def _point(values: np.ndarray, steps: np.ndarray, epochs: np.ndarray, i: int) -> Point:
@@ -216,8 +223,9 @@ def _throughput(steps: np.ndarray, times: np.ndarray) -> float | None:
     return _r(ds / dt) if dt > 0 and ds > 0 else None
 
 
-def metric_stats(series: Series, direction: Direction | None | Literal["auto"] = "auto",
-                 buckets: int = SPARK_BUCKETS) -> MetricStats:
+def metric_stats(
+    series: Series, direction: Direction | None | Literal["auto"] = "auto", buckets: int = SPARK_BUCKETS
+) -> MetricStats:
     """Fixed-size statistics of one series; `direction` "auto" guesses it from the name."""
     if direction == "auto":
         direction = direction_of(series.name)
@@ -239,7 +247,7 @@ def metric_stats(series: Series, direction: Direction | None | Literal["auto"] =
         if direction is not None:
             j = int(np.argmin(fv) if direction == "min" else np.argmax(fv))  # argmin/argmax: the first
             stats.best = _point(values, steps, epochs, j if every else int(fidx[j]))
-        stats.tail_median = _r(float(np.median(fv[_tail_start(fv.size, TAIL_FRAC, 1):])))
+        stats.tail_median = _r(float(np.median(fv[_tail_start(fv.size, TAIL_FRAC, 1) :])))
         t0 = _tail_start(fv.size, SLOPE_FRAC, 2)
         log = _use_log(fv[t0:], direction)
         ys = np.log10(fv[t0:]) if log else fv[t0:]

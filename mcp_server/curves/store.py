@@ -84,8 +84,9 @@ class Series:
     def __len__(self) -> int:
         return self._values.size
 
-    def append(self, value: float, step: float | None = None, epoch: float | None = None,
-               t: float | None = None) -> None:
+    def append(
+        self, value: float, step: float | None = None, epoch: float | None = None, t: float | None = None
+    ) -> None:
         self._values.append(value)
         if step is None or step != step:
             self._steps_known = False
@@ -93,9 +94,13 @@ class Series:
         self._epochs.append(NAN if epoch is None else epoch)
         self._times.append(NAN if t is None else t)
 
-    def extend(self, values: Iterable[float] | np.ndarray, steps: Iterable[float] | np.ndarray | None = None,
-               epochs: Iterable[float] | np.ndarray | None = None,
-               times: Iterable[float] | np.ndarray | None = None) -> None:
+    def extend(
+        self,
+        values: Iterable[float] | np.ndarray,
+        steps: Iterable[float] | np.ndarray | None = None,
+        epochs: Iterable[float] | np.ndarray | None = None,
+        times: Iterable[float] | np.ndarray | None = None,
+    ) -> None:
         """Append many points at once; a column given as None is unknown (NaN) for all of them."""
         new = as_floats(values)
         given = [None if c is None else as_floats(c) for c in (steps, epochs, times)]
@@ -152,8 +157,9 @@ class Curves:
             s = self.series[name] = Series(name)
         return s
 
-    def add(self, name: str, value: float, step: float | None = None, epoch: float | None = None,
-            t: float | None = None) -> None:
+    def add(
+        self, name: str, value: float, step: float | None = None, epoch: float | None = None, t: float | None = None
+    ) -> None:
         self.get(name).append(value, step, epoch, t)
 
     def event(self, name: str, **fields: object) -> None:

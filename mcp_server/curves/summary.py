@@ -57,8 +57,12 @@ def resolve_metric(curves: Curves, wanted: str | None) -> str | None:
     logged = list(curves.series)
     if wanted and (match := find_metric(curves, wanted)):
         return match
-    for test in (lambda n: "val" in n.lower() and "loss" in n.lower(), lambda n: "eval_loss" in n.lower(),
-                 lambda n: "val" in n.lower() and "acc" in n.lower(), lambda n: "loss" in n.lower()):
+    for test in (
+        lambda n: "val" in n.lower() and "loss" in n.lower(),
+        lambda n: "eval_loss" in n.lower(),
+        lambda n: "val" in n.lower() and "acc" in n.lower(),
+        lambda n: "loss" in n.lower(),
+    ):
         match = next((n for n in logged if test(n)), None)
         if match:
             return match
@@ -80,8 +84,13 @@ def _order(curves: Curves, primary: str | None) -> list[str]:
     return [n for n in dict.fromkeys(first + losses + rest) if n != primary]
 
 
-def summarize(loaded: Loaded, primary_metric: str | None, mode: Literal["min", "max"] | None = None,
-              chance: Mapping[str, float] | None = None, remedies: Mapping[str, str] | None = None) -> CurveSummary:
+def summarize(
+    loaded: Loaded,
+    primary_metric: str | None,
+    mode: Literal["min", "max"] | None = None,
+    chance: Mapping[str, float] | None = None,
+    remedies: Mapping[str, str] | None = None,
+) -> CurveSummary:
     """Summarise curves read by `load.load` within BUDGET_CHARS of JSON; `chance` and `remedies`
     (the run's trainer spec's, by rule id) go to `findings.diagnose`."""
     curves = loaded.curves
@@ -90,9 +99,18 @@ def summarize(loaded: Loaded, primary_metric: str | None, mode: Literal["min", "
     findings = diagnose(curves, name, mode, chance, remedies) if name else []
     summary = CurveSummary(
         headline=headline(curves, name or primary_metric or "?", primary, findings),
-        source=loaded.source, also_found=loaded.also_found, records=curves.records, skipped_lines=curves.skipped,
-        primary_metric=name or primary_metric or "", primary=primary, findings=findings, metrics=[],
-        omitted_metrics=[], events=curves.events, done_reason=curves.done_reason, last_error=curves.last_error,
+        source=loaded.source,
+        also_found=loaded.also_found,
+        records=curves.records,
+        skipped_lines=curves.skipped,
+        primary_metric=name or primary_metric or "",
+        primary=primary,
+        findings=findings,
+        metrics=[],
+        omitted_metrics=[],
+        events=curves.events,
+        done_reason=curves.done_reason,
+        last_error=curves.last_error,
     )
     used = len(summary.model_dump_json())
     order = _order(curves, name)
@@ -102,7 +120,8 @@ def summarize(loaded: Loaded, primary_metric: str | None, mode: Literal["min", "
         if used + size > BUDGET_CHARS:
             left = order[i:]
             summary.omitted_metrics = [budget.clip(n, 60) or "" for n in left[:MAX_OMITTED_NAMES]] + (
-                [f"... and {len(left) - MAX_OMITTED_NAMES} more"] if len(left) > MAX_OMITTED_NAMES else [])
+                [f"... and {len(left) - MAX_OMITTED_NAMES} more"] if len(left) > MAX_OMITTED_NAMES else []
+            )
             break
         summary.metrics.append(stats)
         used += size
@@ -120,8 +139,13 @@ def summarize_run_dir(run_dir: Path, manifest: Manifest) -> CurveSummary:
     stat calls) the last summary is returned as it was; after a change only what was appended is
     read."""
     chance = manifest.chance or None
-    key = (str(run_dir), manifest.primary_metric, manifest.primary_mode, tuple(sorted((chance or {}).items())),
-           tuple(sorted((manifest.remedies or {}).items())))
+    key = (
+        str(run_dir),
+        manifest.primary_metric,
+        manifest.primary_mode,
+        tuple(sorted((chance or {}).items())),
+        tuple(sorted((manifest.remedies or {}).items())),
+    )
     mark = signature(run_dir)
     with _summaries_lock:
         kept = _summaries.get(key)
@@ -129,8 +153,9 @@ def summarize_run_dir(run_dir: Path, manifest: Manifest) -> CurveSummary:
             _summaries.move_to_end(key)
             return kept[1].model_copy(deep=True)
     with loaded(run_dir) as curves:
-        summary = summarize(curves, manifest.primary_metric, manifest.primary_mode, chance=chance,
-                            remedies=manifest.remedies)
+        summary = summarize(
+            curves, manifest.primary_metric, manifest.primary_mode, chance=chance, remedies=manifest.remedies
+        )
     with _summaries_lock:
         _summaries[key] = (mark, summary)
         _summaries.move_to_end(key)
@@ -149,7 +174,8 @@ def headline(curves: Curves, name: str, primary: MetricStats | None, findings: l
         where = f"epoch {primary.best.epoch:g}" if primary.best.epoch is not None else f"step {primary.best.step:g}"
         last = primary.last.value if primary.last is not None else None
         text = f"best {name} {primary.best.value:.4g} at {where}; " + (
-            f"last {last:.4g}" if last is not None else "last value non-finite")
+            f"last {last:.4g}" if last is not None else "last value non-finite"
+        )
     else:
         text = f"{name}: no finite value in {primary.count} points"
     serious = [f for f in findings if f.severity in ("fail", "warn")]

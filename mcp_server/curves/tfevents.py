@@ -60,6 +60,7 @@ _unpack_i = struct.Struct("<I").unpack_from
 
 # --- CRC-32C (Castagnoli), only for the 8-byte length fields -------------------------------
 
+
 def _crc32c_table() -> tuple[int, ...]:
     poly = 0x82F63B78  # Castagnoli polynomial, bit-reversed
     table = []
@@ -109,6 +110,7 @@ def is_tfevents(path: str | os.PathLike[str]) -> bool:
 
 
 # --- protobuf wire format: the few pieces an Event needs ---------------------------------
+
 
 class _Malformed(Exception):
     """A record whose data is not the protobuf it should be."""
@@ -275,9 +277,9 @@ def _value_scalar(buf: bytes, p: int, end: int, plugins: dict[bytes, bytes]) -> 
         return tag, simple
     if tensor is not None and plugins.get(tag) == b"scalars":
         start, stop = tensor
-        if buf[start:stop - 4] in _FLOAT_TENSORS:
+        if buf[start : stop - 4] in _FLOAT_TENSORS:
             value = _unpack_f(buf, stop - 4)[0]
-        elif buf[start:stop - 8] in _DOUBLE_TENSORS:
+        elif buf[start : stop - 8] in _DOUBLE_TENSORS:
             value = _unpack_d(buf, stop - 8)[0]
         else:
             value = _tensor_scalar(buf, start, stop)
@@ -286,8 +288,9 @@ def _value_scalar(buf: bytes, p: int, end: int, plugins: dict[bytes, bytes]) -> 
     return None
 
 
-def _decode_event(buf: bytes, p: int, end: int,
-                  plugins: dict[bytes, bytes]) -> tuple[float, int, list[tuple[bytes, float]]]:
+def _decode_event(
+    buf: bytes, p: int, end: int, plugins: dict[bytes, bytes]
+) -> tuple[float, int, list[tuple[bytes, float]]]:
     """(wall time, step, scalars) of the Event in buf[p:end], any layout."""
     wall_time, step = 0.0, 0
     scalars: list[tuple[bytes, float]] = []
@@ -306,6 +309,7 @@ def _decode_event(buf: bytes, p: int, end: int,
 
 
 # --- the record loop ------------------------------------------------------------------------
+
 
 class _Scan:
     """What one pass over a buffer found: scalars per tag (bytes) and the counts."""
@@ -327,14 +331,23 @@ def _simple_value_tag(layout: bytes) -> bytes | None:
     That is `2a L 0a L 0a L <tag> 15`, each L one byte: what torch's `add_scalar` writes.
     """
     size = len(layout)
-    if (7 <= size <= 125 and layout[0] == 0x2A and layout[1] == size + 2 and layout[2] == 0x0A
-            and layout[3] == size and layout[4] == 0x0A and layout[5] == size - 7 and layout[-1] == 0x15):
+    if (
+        7 <= size <= 125
+        and layout[0] == 0x2A
+        and layout[1] == size + 2
+        and layout[2] == 0x0A
+        and layout[3] == size
+        and layout[4] == 0x0A
+        and layout[5] == size - 7
+        and layout[-1] == 0x15
+    ):
         return layout[6:-1]
     return None
 
 
-def _scan(buf: bytes, scan: _Scan, plugins: dict[bytes, bytes], tags: dict[bytes, bytes],
-          lengths: dict[bytes, int]) -> None:
+def _scan(
+    buf: bytes, scan: _Scan, plugins: dict[bytes, bytes], tags: dict[bytes, bytes], lengths: dict[bytes, int]
+) -> None:
     """Read every whole record of `buf` into `scan`; stop at a torn record or a bad length CRC.
 
     The hot path is inlined: torch's `add_scalar` event (wall time, optional step, a summary of
@@ -351,7 +364,7 @@ def _scan(buf: bytes, scan: _Scan, plugins: dict[bytes, bytes], tags: dict[bytes
         if pos + HEADER > n:
             scan.need = 0
             break
-        header = buf[pos:pos + HEADER]
+        header = buf[pos : pos + HEADER]
         length = lengths.get(header)
         if length is None:
             length = frame_length(header)
@@ -384,7 +397,7 @@ def _scan(buf: bytes, scan: _Scan, plugins: dict[bytes, bytes], tags: dict[bytes
                         shift += 7
                     if step >= 1 << 63:
                         step -= 1 << 64
-                layout = buf[q:end - 4]
+                layout = buf[q : end - 4]
                 tag = tags.get(layout)
                 if tag is None:
                     tag = _simple_value_tag(layout)

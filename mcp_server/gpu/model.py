@@ -91,7 +91,6 @@ class GpuReport(BaseModel):
     pid_namespace: Literal["host", "container"] = "host"  # container: driver pids are host pids
 
 
-
 class HeldMemory(BaseModel):
     """GPU memory held by a process that is gone or by one of our finished runs, with the fix."""
 
@@ -100,7 +99,6 @@ class HeldMemory(BaseModel):
     bytes: int | None
     why: str
     fix: str
-
 
 
 class Stat(BaseModel):
@@ -126,7 +124,6 @@ class GpuWatch(BaseModel):
     devices: list[DeviceWatch]
     runs: dict[str, Stat]  # run_id -> its processes' GPU memory in bytes
     note: str
-
 
 
 class GpuBackend(Protocol):

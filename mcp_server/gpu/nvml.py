@@ -87,15 +87,20 @@ class NvmlBackend:
 
     def _clocks(self, miss: dict[str, str], h: Any) -> Clocks | None:
         nv = self._nvml
-        got = {key: self._query(miss, f"clocks.{key}", fn, h, kind) for key, fn, kind in (
-            ("graphics_mhz", nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_GRAPHICS),
-            ("sm_mhz", nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_SM),
-            ("memory_mhz", nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_MEM),
-            ("max_graphics_mhz", nv.nvmlDeviceGetMaxClockInfo, nv.NVML_CLOCK_GRAPHICS),
-            ("max_memory_mhz", nv.nvmlDeviceGetMaxClockInfo, nv.NVML_CLOCK_MEM),
-        )}
-        reasons_fn = (getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)  # the newer name
-                      or nv.nvmlDeviceGetCurrentClocksThrottleReasons)
+        got = {
+            key: self._query(miss, f"clocks.{key}", fn, h, kind)
+            for key, fn, kind in (
+                ("graphics_mhz", nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_GRAPHICS),
+                ("sm_mhz", nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_SM),
+                ("memory_mhz", nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_MEM),
+                ("max_graphics_mhz", nv.nvmlDeviceGetMaxClockInfo, nv.NVML_CLOCK_GRAPHICS),
+                ("max_memory_mhz", nv.nvmlDeviceGetMaxClockInfo, nv.NVML_CLOCK_MEM),
+            )
+        }
+        reasons_fn = (
+            getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)  # the newer name
+            or nv.nvmlDeviceGetCurrentClocksThrottleReasons
+        )
         mask = self._query(miss, "clocks.throttle_reasons", reasons_fn, h)
         if all(v is None for v in got.values()) and mask is None:
             return None
@@ -114,8 +119,9 @@ class NvmlBackend:
             enabled=True,
             corrected_volatile=count(nv.NVML_MEMORY_ERROR_TYPE_CORRECTED, nv.NVML_VOLATILE_ECC, "ecc.corrected"),
             uncorrected_volatile=count(nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nv.NVML_VOLATILE_ECC, "ecc.uncorrected"),
-            uncorrected_aggregate=count(nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nv.NVML_AGGREGATE_ECC,
-                                        "ecc.uncorrected_aggregate"),
+            uncorrected_aggregate=count(
+                nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nv.NVML_AGGREGATE_ECC, "ecc.uncorrected_aggregate"
+            ),
         )
 
     def _mig(self, miss: dict[str, str], h: Any) -> list[MigDevice] | None:
@@ -130,10 +136,15 @@ class NvmlBackend:
             if m is None:
                 continue
             mem = self._query(miss, f"mig.{i}.memory", nv.nvmlDeviceGetMemoryInfo, m)
-            slices.append(MigDevice(index=i, uuid=_text(self._query(miss, f"mig.{i}.uuid", nv.nvmlDeviceGetUUID, m)),
-                                    memory_used_bytes=mem.used if mem else None,
-                                    memory_total_bytes=mem.total if mem else None,
-                                    processes=self._processes(miss, m)))
+            slices.append(
+                MigDevice(
+                    index=i,
+                    uuid=_text(self._query(miss, f"mig.{i}.uuid", nv.nvmlDeviceGetUUID, m)),
+                    memory_used_bytes=mem.used if mem else None,
+                    memory_total_bytes=mem.total if mem else None,
+                    processes=self._processes(miss, m),
+                )
+            )
         return slices
 
 

@@ -45,8 +45,15 @@ def plugin(tmp_path) -> Path:
 
 
 def bootstrap(plugin: Path, env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([SYSTEM_PYTHON, str(plugin / "bin" / "trainguard-bootstrap"), *args], env=env,
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        [SYSTEM_PYTHON, str(plugin / "bin" / "trainguard-bootstrap"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def builds(data: Path) -> list[str]:
@@ -70,19 +77,28 @@ def test_the_first_start_builds_the_environment_once_and_the_launcher_serves_fro
     t0 = time.monotonic()
     again = bootstrap(plugin, env)
     assert again.returncode == 0 and Path(again.stdout.strip()) == python and len(builds(data)) == 1
-    print(f"\nfirst start built the environment in {first_s:.1f} s; a second start took "
-          f"{time.monotonic() - t0:.2f} s")
+    print(f"\nfirst start built the environment in {first_s:.1f} s; a second start took {time.monotonic() - t0:.2f} s")
 
     async def serve(env):
-        params = StdioServerParameters(command=str(plugin / "bin" / "trainguard-mcp"), args=[],
-                                       env=env | {"CLAUDE_PROJECT_DIR": str(tmp_path)}, cwd="/")
+        params = StdioServerParameters(
+            command=str(plugin / "bin" / "trainguard-mcp"),
+            args=[],
+            env=env | {"CLAUDE_PROJECT_DIR": str(tmp_path)},
+            cwd="/",
+        )
         async with Client(params) as client:
             tools = (await client.list_tools()).tools
             listed = await client.call_tool("list_experiments", {})
             return {t.name for t in tools}, listed
 
-    hook = subprocess.run([str(plugin / "bin" / "trainguard-mcp"), "--setup"], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    hook = subprocess.run(
+        [str(plugin / "bin" / "trainguard-mcp"), "--setup"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert hook.returncode == 0 and hook.stdout == ""  # the SessionStart hook: silent when ready
     names, listed = anyio.run(serve, env)
     assert {"preflight", "launch_run", "list_runs"} <= names and not listed.is_error
@@ -120,8 +136,9 @@ def test_two_sessions_starting_at_once_build_one_environment(plugin, tmp_path, u
     home.mkdir()
     env = clean_env(home, data, UV_CACHE_DIR=str(uv_cache))
     argv = [SYSTEM_PYTHON, str(plugin / "bin" / "trainguard-bootstrap"), "--wait", "600"]
-    both = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
+    both = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in both]
     assert [p.returncode for p in both] == [0, 0], outs
     assert outs[0][0] == outs[1][0] and len(builds(data)) == 1
@@ -131,17 +148,39 @@ def test_an_unreachable_index_gives_one_clear_line_and_no_half_built_environment
     data, home = tmp_path / "data", tmp_path / "home"
     home.mkdir()
     dead = "http://127.0.0.1:9/simple"
-    env = clean_env(home, data, UV_CACHE_DIR=str(tmp_path / "empty-cache"), UV_INDEX_URL=dead, UV_DEFAULT_INDEX=dead,
-                    PIP_INDEX_URL=dead, PIP_CONFIG_FILE=os.devnull, PIP_FIND_LINKS="", PIP_RETRIES="0",
-                    PIP_DEFAULT_TIMEOUT="5")
+    env = clean_env(
+        home,
+        data,
+        UV_CACHE_DIR=str(tmp_path / "empty-cache"),
+        UV_INDEX_URL=dead,
+        UV_DEFAULT_INDEX=dead,
+        PIP_INDEX_URL=dead,
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_FIND_LINKS="",
+        PIP_RETRIES="0",
+        PIP_DEFAULT_TIMEOUT="5",
+    )
     out = bootstrap(plugin, env, timeout=300)
     assert out.returncode == 1 and out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "not reachable" in lines[0] and "--setup" in lines[0], out.stderr
     assert not [p for p in (data / "envs").iterdir()]  # nothing built, nothing half-built
-    hook = subprocess.run([str(plugin / "bin" / "trainguard-mcp"), "--setup"], env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    hook = subprocess.run(
+        [str(plugin / "bin" / "trainguard-mcp"), "--setup"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert hook.returncode == 0 and "not reachable" in json.loads(hook.stdout)["systemMessage"]
-    served = subprocess.run([str(plugin / "bin" / "trainguard-mcp")], env=env, capture_output=True, text=True,
-                            timeout=300, check=False, stdin=subprocess.DEVNULL)
+    served = subprocess.run(
+        [str(plugin / "bin" / "trainguard-mcp")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     assert served.returncode != 0 and served.stdout == "" and "not reachable" in served.stderr  # stdout: the wire

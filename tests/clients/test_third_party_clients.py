@@ -33,8 +33,9 @@ def home(tmp_path, project):
 
 
 def run(argv, env, cwd, timeout=120):
-    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+    )
 
 
 def test_claude_validates_the_plugin_strictly(home, project):
@@ -46,9 +47,11 @@ def test_claude_validates_the_plugin_strictly(home, project):
     assert [s["name"] for s in provides["mcpServers"]] == ["trainguard"]
     assert provides["skills"] == ["trainguard:train"] and provides["agents"] == ["trainguard:training-runner"]
     assert [(h["event"], h["command"]) for h in provides["hooks"]] == [
-        ("SessionStart", '"${CLAUDE_PLUGIN_ROOT}/bin/trainguard-mcp" --setup')]  # builds the server's environment
-    manifest = run([tool("claude"), "plugin", "validate", str(REPO / ".claude-plugin" / "plugin.json"), "--strict"],
-                   home, project)
+        ("SessionStart", '"${CLAUDE_PLUGIN_ROOT}/bin/trainguard-mcp" --setup')
+    ]  # builds the server's environment
+    manifest = run(
+        [tool("claude"), "plugin", "validate", str(REPO / ".claude-plugin" / "plugin.json"), "--strict"], home, project
+    )
     assert manifest.returncode == 0, manifest.stdout + manifest.stderr
 
 
@@ -97,8 +100,16 @@ def test_claude_installs_the_plugin_from_its_marketplace_and_connects(home, proj
 
 
 def inspector(home, project, *args):
-    argv = [tool("mcp-inspector"), "--cli", str(REPO / "bin" / "trainguard-mcp"),
-            "-e", f"CLAUDE_PROJECT_DIR={project}", "-e", f"TRAINGUARD_SERVER_PYTHON={sys.executable}", *args]
+    argv = [
+        tool("mcp-inspector"),
+        "--cli",
+        str(REPO / "bin" / "trainguard-mcp"),
+        "-e",
+        f"CLAUDE_PROJECT_DIR={project}",
+        "-e",
+        f"TRAINGUARD_SERVER_PYTHON={sys.executable}",
+        *args,
+    ]
     return run(argv, home, project)
 
 
@@ -127,11 +138,16 @@ def test_inspector_sees_a_tool_error_for_an_unknown_experiment(home, project):
 
 # From a package, for any MCP client: the wheel, and the `uvx` launch line README gives.
 
+
 def inspector_call(command: list[str], env: dict[str, str], project: Path, tool_name: str, *args: str) -> dict:
     # The Inspector starts the server with a minimal environment of its own plus its -e pairs.
     passed = [arg for key in ("UV_SYSTEM_CERTS", *TLS_ENV) if key in env for arg in ("-e", f"{key}={env[key]}")]
-    out = run([tool("mcp-inspector"), "--cli", *command, *passed, "--method", "tools/call", "--tool-name", tool_name,
-               *args], env, project, timeout=300)
+    out = run(
+        [tool("mcp-inspector"), "--cli", *command, *passed, "--method", "tools/call", "--tool-name", tool_name, *args],
+        env,
+        project,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads(out.stdout)
     assert result.get("isError") in (None, False), result
@@ -162,17 +178,20 @@ def clean_env(home):
 def test_the_wheel_installs_in_a_clean_venv_and_serves_the_inspector(clean_env, project, tmp_path):
     source = plugin_copy(tmp_path / "source")
     dist = tmp_path / "dist"
-    built = run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(source)], clean_env, source,
-                timeout=300)
+    built = run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(source)], clean_env, source, timeout=300
+    )
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     [wheel] = dist.glob("trainguard-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    installed = run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)], clean_env,
-                    tmp_path, timeout=600)
+    installed = run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)], clean_env, tmp_path, timeout=600
+    )
     assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
-    assert_serves_the_bundled_files([str(venv / "bin" / "trainguard"), "serve", "--project", str(project)],
-                                    clean_env, project)
+    assert_serves_the_bundled_files(
+        [str(venv / "bin" / "trainguard"), "serve", "--project", str(project)], clean_env, project
+    )
 
 
 def test_uvx_serves_it_from_a_git_url(clean_env, project, tmp_path):
@@ -182,8 +201,17 @@ def test_uvx_serves_it_from_a_git_url(clean_env, project, tmp_path):
     env = clean_env | {"UV_SYSTEM_CERTS": "1", "UV_PYTHON_DOWNLOADS": "never"}
     uvx = Path(sys.executable).parent / "uvx"
     assert uvx.exists(), "uv is a dev dependency: run `scripts/setup --dev`"
-    command = [str(uvx), "--python", sys.executable, "--from", f"git+{url}", "trainguard", "serve",
-               "--project", str(project)]
+    command = [
+        str(uvx),
+        "--python",
+        sys.executable,
+        "--from",
+        f"git+{url}",
+        "trainguard",
+        "serve",
+        "--project",
+        str(project),
+    ]
     # As README says: the first start builds (it can outlast a client's connect timeout), so run
     # the line once in a terminal; from then on it starts from uv's cache.
     first = run([*command[:-3], "--help"], env, project, timeout=600)

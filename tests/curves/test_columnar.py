@@ -26,10 +26,19 @@ def _snapshot(reader) -> tuple:
     """Everything a reader leaves in Curves: names in order, every column's bytes, counts, events."""
     curves = Curves()
     reader.read_new(curves)
-    columns = {name: tuple(getattr(s, c)().tobytes() for c in ("values", "steps", "epochs", "times"))
-               for name, s in curves.series.items()}
-    return (sorted(curves.series), columns, curves.records, curves.skipped, curves.events, curves.done_reason,
-            curves.last_error)
+    columns = {
+        name: tuple(getattr(s, c)().tobytes() for c in ("values", "steps", "epochs", "times"))
+        for name, s in curves.series.items()
+    }
+    return (
+        sorted(curves.series),
+        columns,
+        curves.records,
+        curves.skipped,
+        curves.events,
+        curves.done_reason,
+        curves.last_error,
+    )
 
 
 def _both(path: Path, reader_type=JsonlReader) -> tuple[tuple, tuple, list[bool]]:
@@ -77,8 +86,10 @@ def test_our_metrics_stream_goes_the_fast_way_and_reads_the_same(tmp_path):
 
 
 LATE = [
-    ("a key first seen after the inferred rows", [{"step": i, "loss": 0.5} for i in range(1500)]
-     + [{"step": 1500, "loss": 0.4, "late": 7.0}]),
+    (
+        "a key first seen after the inferred rows",
+        [{"step": i, "loss": 0.5} for i in range(1500)] + [{"step": 1500, "loss": 0.4, "late": 7.0}],
+    ),
     ("a number where strings were", [{"step": i, "mode": "easy"} for i in range(1200)] + [{"step": 1200, "mode": 2}]),
     ("a string that reads as a number", [{"step": 1, "x": "2.5"}, {"step": 2, "x": "nan"}]),
     ("an explicit null", [{"step": 1, "loss": 0.5}, {"step": 2, "loss": None, "acc": 0.3}]),
@@ -88,8 +99,14 @@ LATE = [
     ("space before a colon", ['{"step" : 1, "loss": 0.5}', '{"step": 2, "loss" : 0.25}']),
     ("booleans and numbers", [{"step": 1, "ok": True, "loss": 1}, {"step": 2, "ok": 3, "loss": 0.5}]),
     ("integers then floats", [{"step": i, "loss": 1} for i in range(1100)] + [{"step": 1100, "loss": 0.5}]),
-    ("non-finite strings", [{"step": 1, "split": "train", "loss": "nan"}, {"step": 2, "split": "train", "loss": "+inf"},
-                            {"step": 3, "split": "train", "loss": "-Infinity"}]),
+    (
+        "non-finite strings",
+        [
+            {"step": 1, "split": "train", "loss": "nan"},
+            {"step": 2, "split": "train", "loss": "+inf"},
+            {"step": 3, "split": "train", "loss": "-Infinity"},
+        ],
+    ),
     ("a split that is a number", [{"step": 1, "split": 3, "loss": 0.5}, {"step": 2, "split": "val", "loss": 0.4}]),
     ("records without a split beside split ones", [{"step": 1, "loss": 0.5}, {"step": 2, "split": "val", "loss": 0.4}]),
     ("an empty split", [{"step": 1, "split": "", "loss": 0.5}, {"step": 2, "split": "val", "loss": 0.4}]),
@@ -122,10 +139,17 @@ def test_a_late_key_is_never_dropped(tmp_path, monkeypatch):
     assert _both(path)[2] == [False]
 
 
-_value = st.one_of(st.floats(allow_nan=False, width=32), st.integers(-10**6, 10**6), st.booleans(), st.none(),
-                   st.sampled_from(["nan", "inf", "-inf", "x", "1.5", "a:b"]), st.just({"k": 1}))
-_record = st.dictionaries(st.sampled_from(["step", "epoch", "t", "split", "loss", "acc", "event", "val:x"]),
-                          _value, max_size=6)
+_value = st.one_of(
+    st.floats(allow_nan=False, width=32),
+    st.integers(-(10**6), 10**6),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(["nan", "inf", "-inf", "x", "1.5", "a:b"]),
+    st.just({"k": 1}),
+)
+_record = st.dictionaries(
+    st.sampled_from(["step", "epoch", "t", "split", "loss", "acc", "event", "val:x"]), _value, max_size=6
+)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -153,14 +177,17 @@ def test_csv_plain_rows_go_the_fast_way_and_read_the_same(tmp_path):
     assert math.isnan(curves.series["loss"].values()[7]) and len(curves.series["loss"]) == 299
 
 
-@pytest.mark.parametrize("body", [
-    "1,0.5,0.1\n2,0.4\n3,0.3,0.1\n",  # a short row: polars would pad it with a null
-    "1,0.5,0.1\n\n2,0.4,0.1\n",  # a blank line
-    "1,0.5,x\n2,0.4,0.1\n",  # a word
-    "1,0.5,0.1,9\n2,0.4,0.1\n",  # a long row
-    "1,1_000,0.1\n",  # float() reads it, polars does not
-    "1, 0.5,0.1\n2,0.4 ,0.1\n",  # spaces around a number
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "1,0.5,0.1\n2,0.4\n3,0.3,0.1\n",  # a short row: polars would pad it with a null
+        "1,0.5,0.1\n\n2,0.4,0.1\n",  # a blank line
+        "1,0.5,x\n2,0.4,0.1\n",  # a word
+        "1,0.5,0.1,9\n2,0.4,0.1\n",  # a long row
+        "1,1_000,0.1\n",  # float() reads it, polars does not
+        "1, 0.5,0.1\n2,0.4 ,0.1\n",  # spaces around a number
+    ],
+)
 def test_csv_rows_polars_would_misread_go_row_by_row(tmp_path, body):
     path = tmp_path / "m.csv"
     path.write_text("step,loss,lr\n" + body)

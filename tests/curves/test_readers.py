@@ -28,8 +28,7 @@ from mcp_server.curves.store import Curves
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "curves"
-TINY_TRM = ["--num-train", "300", "--num-test", "60", "--dim", "16", "--depth", "1", "--device", "cpu",
-            "--epochs", "3"]
+TINY_TRM = ["--num-train", "300", "--num-test", "60", "--dim", "16", "--depth", "1", "--device", "cpu", "--epochs", "3"]
 TINY_PPO_CONFIG = "[env]\nmax_steps = 40\n[training]\ncheckpoint_every = 1\n"
 TINY_PPO = ["-e", "8", "--eval-episodes", "4", "--device", "cpu", "-u", "3"]
 
@@ -39,8 +38,15 @@ def _run_trainer(folder: Path, script: str, *args: str) -> None:
     env = {**os.environ, "TRAINGUARD_METRICS": str(folder / "metrics.jsonl")}
     env.pop("TRAINGUARD_RUN_DIR", None)
     with open(folder / "stdout.log", "wb") as out, open(folder / "stderr.log", "wb") as err:
-        proc = subprocess.run([sys.executable, str(REPO / "trainers" / script), *args], env=env,
-                              stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=240, check=False)
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "trainers" / script), *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            timeout=240,
+            check=False,
+        )
     assert proc.returncode == 0, (folder / "stderr.log").read_text()
 
 
@@ -57,8 +63,15 @@ def ppo_run(tmp_path_factory) -> Path:
     """A 3-update PPO run: metrics.jsonl, and under out/ the update and episode CSVs and event file."""
     folder = tmp_path_factory.mktemp("ppo_run")
     (folder / "tiny.toml").write_text(TINY_PPO_CONFIG)
-    _run_trainer(folder, "ppo_gridworld.py", *TINY_PPO, "--config", str(folder / "tiny.toml"),
-                 "--output-dir", str(folder / "out"))
+    _run_trainer(
+        folder,
+        "ppo_gridworld.py",
+        *TINY_PPO,
+        "--config",
+        str(folder / "tiny.toml"),
+        "--output-dir",
+        str(folder / "out"),
+    )
     return folder
 
 
@@ -110,8 +123,13 @@ def test_jsonl_reads_every_value_of_a_trm_run(trm_run):
 def test_history_json_equals_the_jsonl_of_the_same_run(trm_run):
     history = _read(HistoryReader(trm_run / "checkpoints" / "history.json"))
     stream = _read(JsonlReader(trm_run / "metrics.jsonl"))
-    pairs = {"train_loss": "train/loss", "train_acc": "train/acc", "val_loss": "val/loss", "val_acc": "val/acc",
-             "lr": "train/lr"}
+    pairs = {
+        "train_loss": "train/loss",
+        "train_acc": "train/acc",
+        "val_loss": "val/loss",
+        "val_acc": "val/acc",
+        "lr": "train/lr",
+    }
     assert set(history.series) == set(pairs)
     for name, streamed in pairs.items():
         assert _values(history, name) == _values(stream, streamed)
@@ -204,11 +222,21 @@ def _append(path: Path, data: str) -> None:
 @pytest.mark.parametrize(
     ("make", "name", "head", "line", "series"),
     [
-        (JsonlReader, "m.jsonl", '{"step": 1, "split": "train", "loss": 0.5}\n',
-         '{"step": 2, "split": "train", "loss": 0.25}\n', "train/loss"),
+        (
+            JsonlReader,
+            "m.jsonl",
+            '{"step": 1, "split": "train", "loss": 0.5}\n',
+            '{"step": 2, "split": "train", "loss": 0.25}\n',
+            "train/loss",
+        ),
         (CsvReader, "m.csv", "step,loss\n1,0.5\n", "2,0.25\n", "loss"),
-        (StdoutReader, "stdout.log", "Epoch 1/3 - Train Loss: 0.5000\n", "Epoch 2/3 - Train Loss: 0.2500 *\n",
-         "train_loss"),
+        (
+            StdoutReader,
+            "stdout.log",
+            "Epoch 1/3 - Train Loss: 0.5000\n",
+            "Epoch 2/3 - Train Loss: 0.2500 *\n",
+            "train_loss",
+        ),
     ],
 )
 def test_a_torn_last_line_waits_and_then_counts_once(tmp_path, make, name, head, line, series):
@@ -281,8 +309,10 @@ def _csv_snapshot(path: Path, fast: bool, monkeypatch=None, chunk: int | None = 
     reader = CsvReader(path)
     reader.fast = fast
     curves = _read(reader)
-    columns = {name: tuple(getattr(s, c)().tobytes() for c in ("values", "steps", "epochs", "times"))
-               for name, s in curves.series.items()}
+    columns = {
+        name: tuple(getattr(s, c)().tobytes() for c in ("values", "steps", "epochs", "times"))
+        for name, s in curves.series.items()
+    }
     return list(curves.series), columns, curves.records, curves.skipped
 
 
@@ -372,9 +402,13 @@ def test_malformed_lines_are_counted_and_the_rest_read(tmp_path):
 def test_nonfinite_values_are_kept_and_booleans_are_not_numbers(tmp_path):
     path = tmp_path / "metrics.jsonl"
     values = ["nan", "inf", "-inf", "NaN", "Infinity", 1.5]
-    path.write_text("".join(json.dumps({"t": 1.0, "step": i, "split": "train", "loss": v, "flag": True,
-                                        "note": "x"}) + "\n" for i, v in enumerate(values))
-                    + '{"step": 9, "split": "train", "loss": NaN}\n')  # Python's json.dumps default
+    path.write_text(
+        "".join(
+            json.dumps({"t": 1.0, "step": i, "split": "train", "loss": v, "flag": True, "note": "x"}) + "\n"
+            for i, v in enumerate(values)
+        )
+        + '{"step": 9, "split": "train", "loss": NaN}\n'
+    )  # Python's json.dumps default
     curves = _read(JsonlReader(path))
     assert _same(_values(curves, "train/loss"), [math.nan, math.inf, -math.inf, math.nan, math.inf, 1.5, math.nan])
     assert set(curves.series) == {"train/loss"}
@@ -400,8 +434,16 @@ def _mixed_stream(path: Path, n: int) -> list[dict]:
     """n train records, a val record every 7, a NaN, a bad line and events (a long first line)."""
     records: list[dict] = [{"t": 0.0, "event": "start", "config": {"lr": 0.1}, "note": "x" * 1500}]  # > 1 read
     for i in range(1, n + 1):
-        records.append({"t": float(i), "step": i, "epoch": i // 50, "split": "train",
-                        "loss": "nan" if i == n // 2 else 1.0 / i, "lr": 0.1})
+        records.append(
+            {
+                "t": float(i),
+                "step": i,
+                "epoch": i // 50,
+                "split": "train",
+                "loss": "nan" if i == n // 2 else 1.0 / i,
+                "lr": 0.1,
+            }
+        )
         if i % 7 == 0:
             records.append({"t": float(i), "step": i, "epoch": i // 50, "split": "val", "acc": i / n})
     records.append({"t": float(n), "event": "done", "reason": "completed"})
@@ -450,7 +492,7 @@ def test_reading_in_many_small_appends_equals_reading_once(tmp_path):
     consumed = 0
     for start in range(0, len(data), 997):  # cuts fall inside lines
         with open(path, "ab") as fh:
-            fh.write(data[start:start + 997])
+            fh.write(data[start : start + 997])
         consumed += reader.read_new(curves)
     assert consumed == len(data)
     assert _same(_values(curves, "train/loss"), _expect(records, "train", "loss"))
@@ -460,17 +502,26 @@ def test_reading_in_many_small_appends_equals_reading_once(tmp_path):
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("Epoch 2/100 - Train Loss: 1.2345, Train Acc: 0.5678 Val Loss: 1.1234, Val Acc: 0.5890 *",
-         (2.0, 2.0, [("train_loss", 1.2345), ("train_acc", 0.5678), ("val_loss", 1.1234), ("val_acc", 0.589)])),
-        ("Epoch 3/10 - Train Loss: 0.01234, Val Loss: 0.01500, Val PSNR: 24.31 dB, lr 1.00e-03, grad norm 0.512",
-         (3.0, 3.0, [("train_loss", 0.01234), ("val_loss", 0.015), ("val_psnr", 24.31)])),
+        (
+            "Epoch 2/100 - Train Loss: 1.2345, Train Acc: 0.5678 Val Loss: 1.1234, Val Acc: 0.5890 *",
+            (2.0, 2.0, [("train_loss", 1.2345), ("train_acc", 0.5678), ("val_loss", 1.1234), ("val_acc", 0.589)]),
+        ),
+        (
+            "Epoch 3/10 - Train Loss: 0.01234, Val Loss: 0.01500, Val PSNR: 24.31 dB, lr 1.00e-03, grad norm 0.512",
+            (3.0, 3.0, [("train_loss", 0.01234), ("val_loss", 0.015), ("val_psnr", 24.31)]),
+        ),
         ("Epoch 0 (initial model) - Val PSNR: 11.20 dB", (0.0, 0.0, [("val_psnr", 11.2)])),
-        ("Epoch 4/9 - Train Loss: 0.10000 (recon 0.09000, occ 0.00500, phase 0.00500), Train PSNR: 20.00 dB, "
-         "Val PSNR: 19.50 dB, skipped 2 non-finite steps *",
-         (4.0, 4.0, [("train_loss", 0.1), ("train_psnr", 20.0), ("val_psnr", 19.5)])),
+        (
+            "Epoch 4/9 - Train Loss: 0.10000 (recon 0.09000, occ 0.00500, phase 0.00500), Train PSNR: 20.00 dB, "
+            "Val PSNR: 19.50 dB, skipped 2 non-finite steps *",
+            (4.0, 4.0, [("train_loss", 0.1), ("train_psnr", 20.0), ("val_psnr", 19.5)]),
+        ),
         ("step 1200 loss=0.25 lr=1e-4 acc=93.5%", (1200.0, None, [("loss", 0.25), ("lr", 1e-4), ("acc", 93.5)])),
-        ("Epoch 1: 40%|####  | 4/10 [00:01<00:02, 3.1it/s, loss=0.7]\rEpoch 1: 100%|#####| 10/10 "
-         "[00:03<00:00, 3.2it/s, loss=0.5, v_num=0]", (1.0, 1.0, [("loss", 0.5)])),
+        (
+            "Epoch 1: 40%|####  | 4/10 [00:01<00:02, 3.1it/s, loss=0.7]\rEpoch 1: 100%|#####| 10/10 "
+            "[00:03<00:00, 3.2it/s, loss=0.5, v_num=0]",
+            (1.0, 1.0, [("loss", 0.5)]),
+        ),
         ("it 5 | Loss: nan | grad: inf", (5.0, None, [("loss", math.nan), ("grad", math.inf)])),
         ("Best val acc 0.1667 at epoch 2", None),
         ("Early stopping: no better val acc for 3 epochs", None),
@@ -492,8 +543,11 @@ def test_printed_lines(line, expected):
 
 def test_stdout_progress_bar_noise_makes_no_series(tmp_path):
     path = tmp_path / "stdout.log"
-    path.write_text("  3%|#   | 3/100 [00:00<00:10, 9.1it/s]\r  5%|#   | 5/100 [00:00<00:10, 9.3it/s]\n"
-                    "Downloading: 100%|####| 1.2M/1.2M\n" "Epoch 1/2 - Train Loss: 0.5000\n")
+    path.write_text(
+        "  3%|#   | 3/100 [00:00<00:10, 9.1it/s]\r  5%|#   | 5/100 [00:00<00:10, 9.3it/s]\n"
+        "Downloading: 100%|####| 1.2M/1.2M\n"
+        "Epoch 1/2 - Train Loss: 0.5000\n"
+    )
     curves = _read(StdoutReader(path))
     assert set(curves.series) == {"train_loss"} and curves.skipped == 0 and curves.records == 1
 
@@ -510,10 +564,14 @@ def test_detect_by_name_and_by_content(tmp_path, trm_run, ppo_run):
     assert detect(FIXTURES / "trainer_state.json").kind == "hf_state"
     (events,) = (ppo_run / "out" / "runs").glob("*/events.out.tfevents.*")
     assert detect(events).kind == "tfevents"
-    renamed = {"stream": (trm_run / "metrics.jsonl", "jsonl"), "table": (FIXTURES / "lightning_metrics.csv", "csv"),
-               "state": (FIXTURES / "trainer_state.json", "hf_state"),
-               "hist": (trm_run / "checkpoints" / "history.json", "history"),
-               "printed": (trm_run / "stdout.log", "stdout"), "tb": (events, "tfevents")}
+    renamed = {
+        "stream": (trm_run / "metrics.jsonl", "jsonl"),
+        "table": (FIXTURES / "lightning_metrics.csv", "csv"),
+        "state": (FIXTURES / "trainer_state.json", "hf_state"),
+        "hist": (trm_run / "checkpoints" / "history.json", "history"),
+        "printed": (trm_run / "stdout.log", "stdout"),
+        "tb": (events, "tfevents"),
+    }
     for name, (source, kind) in renamed.items():
         (tmp_path / name).write_bytes(source.read_bytes())
         assert detect(tmp_path / name).kind == kind, name

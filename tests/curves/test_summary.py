@@ -44,8 +44,10 @@ def seed_001_log(epochs: int = 50) -> str:
         val_loss = 1.45 * np.exp(-e / 6) + 0.6 + max(0, e - 15) * 0.05
         train_acc = 1 - 0.65 * np.exp(-e / 7)
         val_acc = 0.72 - 0.35 * np.exp(-e / 5)
-        lines.append(f"Epoch {e}/100 - Train Loss: {train_loss:.4f}, Train Acc: {train_acc:.4f} "
-                     f"Val Loss: {val_loss:.4f}, Val Acc: {val_acc:.4f}" + (" *" if e < 16 else ""))
+        lines.append(
+            f"Epoch {e}/100 - Train Loss: {train_loss:.4f}, Train Acc: {train_acc:.4f} "
+            f"Val Loss: {val_loss:.4f}, Val Acc: {val_acc:.4f}" + (" *" if e < 16 else "")
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -61,12 +63,15 @@ def test_a_user_s_own_run_is_summarised_from_its_printed_lines_and_overfitting_f
     assert acc["primary_metric"] == "val_acc" and acc["primary"]["best"]["value"] == pytest.approx(0.72, abs=0.01)
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    ({}, "Give either run_id"),
-    ({"run_id": "x", "path": "y"}, "Give either run_id"),
-    ({"path": "../../etc"}, "outside"),
-    ({"path": "no/such/folder"}, "does not exist in the project"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ({}, "Give either run_id"),
+        ({"run_id": "x", "path": "y"}, "Give either run_id"),
+        ({"path": "../../etc"}, "outside"),
+        ({"path": "no/such/folder"}, "does not exist in the project"),
+    ],
+)
 def test_summarize_run_refuses_what_it_cannot_read(project, args, needle):
     assert needle in error("summarize_run", args)
 
@@ -78,8 +83,9 @@ def write_records(path, start: int, count: int, spike_at: int | None = None) -> 
             loss = 2.0 * np.exp(-step / 20_000) + 0.05 * rng.random()
             if step == spike_at:
                 loss *= 40
-            fh.write(json.dumps({"t": 1e9 + step * 0.01, "step": step, "split": "train", "loss": loss,
-                                 "lr": 3e-4}) + "\n")
+            fh.write(
+                json.dumps({"t": 1e9 + step * 0.01, "step": step, "split": "train", "loss": loss, "lr": 3e-4}) + "\n"
+            )
 
 
 def test_the_summary_stays_the_same_size_however_long_the_run_and_keeps_its_spike(project):
@@ -148,11 +154,17 @@ def test_plot_run_returns_a_png_and_saves_it_in_the_run_folder(scripted):
     assert saved.endswith("plot.png") and Path(saved).read_bytes() == png
     assert result.structured_content["metrics"][0] == "val/acc"
     assert "has no metric 'val/psnr'; it has: train/loss, val/acc" in error(
-        "plot_run", {"run_id": short, "metrics": ["val/psnr"]})
+        "plot_run", {"run_id": short, "metrics": ["val/psnr"]}
+    )
 
 
 def test_trainguard_plot_draws_for_people(scripted):
     short, _ = two_runs(scripted)
-    out = subprocess.run([sys.executable, "-m", "mcp_server.cli", "plot", short, "--metric", "train/loss"],
-                         capture_output=True, text=True, check=True, cwd=REPO).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "mcp_server.cli", "plot", short, "--metric", "train/loss"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
     assert out.strip().endswith("(train/loss)") and "plot.png" in out

@@ -56,8 +56,10 @@ def reference(path: Path) -> Points:
 
 
 def ours(curves: Curves) -> Points:
-    return {name: list(zip(s.values().tolist(), s.steps().tolist(), s.times().tolist(), strict=True))
-            for name, s in curves.series.items()}
+    return {
+        name: list(zip(s.values().tolist(), s.steps().tolist(), s.times().tolist(), strict=True))
+        for name, s in curves.series.items()
+    }
 
 
 def read_all(path: Path) -> tuple[Curves, int]:
@@ -116,25 +118,37 @@ def test_tensor_scalars_match_tensorboard(tmp_path):
             w.add_scalar("new/nan", math.nan if i % 2 else math.inf, i, new_style=True)
             # Typed tensors as tensorboard's own make_tensor_proto builds them, metadata on the
             # first value of a tag only (as the TF2 writer does).
-            for tag, data in (("typed/half", np.float16(0.25 * i - 0.5)), ("typed/int32", np.int32(-3 * i)),
-                              ("typed/int64", np.int64(2**40 - i)), ("typed/double", np.float64(1 / 3 + i))):
+            for tag, data in (
+                ("typed/half", np.float16(0.25 * i - 0.5)),
+                ("typed/int32", np.int32(-3 * i)),
+                ("typed/int64", np.int64(2**40 - i)),
+                ("typed/double", np.float64(1 / 3 + i)),
+            ):
                 value = Summary.Value(tag=tag, tensor=tensor_util.make_tensor_proto(data))
                 if i == 0:
                     value.metadata.CopyFrom(scalars_metadata())
                 fw.add_summary(Summary(value=[value]), i)
             # The same values as raw tensor_content with an empty shape.
-            for tag, dtype, fmt in (("content/float", 1, "<f"), ("content/double", 2, "<d"),
-                                    ("content/half", 19, "<e"), ("content/int64", 9, "<q")):
+            for tag, dtype, fmt in (
+                ("content/float", 1, "<f"),
+                ("content/double", 2, "<d"),
+                ("content/half", 19, "<e"),
+                ("content/int64", 9, "<q"),
+            ):
                 tensor = TensorProto(dtype=dtype, tensor_content=struct.pack(fmt, -i))
                 tensor.tensor_shape.SetInParent()
                 fw.add_summary(Summary(value=[Summary.Value(tag=tag, tensor=tensor, metadata=scalars_metadata())]), i)
             # Not scalars: a two-element tensor of the scalars plugin, one value of no plugin and
             # one of another plugin.
-            pair = Summary.Value(tag="pair", tensor=tensor_util.make_tensor_proto(np.float32([1, 2])),
-                                 metadata=scalars_metadata())
+            pair = Summary.Value(
+                tag="pair", tensor=tensor_util.make_tensor_proto(np.float32([1, 2])), metadata=scalars_metadata()
+            )
             bare = Summary.Value(tag="bare", tensor=tensor_util.make_tensor_proto(np.float32(1)))
-            other = Summary.Value(tag="other", tensor=tensor_util.make_tensor_proto(np.float32(1)),
-                                  metadata=SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="pr")))
+            other = Summary.Value(
+                tag="other",
+                tensor=tensor_util.make_tensor_proto(np.float32(1)),
+                metadata=SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="pr")),
+            )
             fw.add_summary(Summary(value=[pair, bare, other]), i)
 
     path = torch_file(tmp_path, write)
@@ -178,6 +192,7 @@ def test_histograms_images_text_are_skipped(tmp_path):
 @pytest.fixture
 def small_file(tmp_path) -> Path:
     """A real file of a dozen scalar events of both styles."""
+
     def write(w):
         for i in range(6):
             w.add_scalar("loss", 1.0 / (i + 1), i)
@@ -294,7 +309,7 @@ def test_shrunk_file_is_read_again_from_the_start(small_file, tmp_path):
     reader = TfEventsReader(live)
     reader.read_new(Curves())
     data = small_file.read_bytes()
-    live.write_bytes(data[:record_starts(data)[5]])  # replaced by a shorter file
+    live.write_bytes(data[: record_starts(data)[5]])  # replaced by a shorter file
     curves = Curves()  # the caller resets its curves
     assert reader.read_new(curves) == record_starts(data)[5]
     assert curves.records == 4

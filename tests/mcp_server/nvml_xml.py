@@ -13,9 +13,14 @@ from types import SimpleNamespace
 import pynvml
 
 REASON_TAGS = {  # the XML's clocks_event_reason_* tags -> pynvml's bit constants
-    "gpu_idle": "GpuIdle", "applications_clocks_setting": "ApplicationsClocksSetting", "sw_power_cap": "SwPowerCap",
-    "hw_slowdown": "HwSlowdown", "sync_boost": "SyncBoost", "sw_thermal_slowdown": "SwThermalSlowdown",
-    "hw_thermal_slowdown": "HwThermalSlowdown", "hw_power_brake_slowdown": "HwPowerBrakeSlowdown",
+    "gpu_idle": "GpuIdle",
+    "applications_clocks_setting": "ApplicationsClocksSetting",
+    "sw_power_cap": "SwPowerCap",
+    "hw_slowdown": "HwSlowdown",
+    "sync_boost": "SyncBoost",
+    "sw_thermal_slowdown": "SwThermalSlowdown",
+    "hw_thermal_slowdown": "HwThermalSlowdown",
+    "hw_power_brake_slowdown": "HwPowerBrakeSlowdown",
     "display_clocks_setting": "DisplayClockSetting",
 }
 
@@ -76,8 +81,9 @@ class XmlNvml:
         return SimpleNamespace(used=used, total=total, free=total - used)
 
     def nvmlDeviceGetUtilizationRates(self, h):
-        return SimpleNamespace(gpu=int(_number(h, "utilization/gpu_util")),
-                               memory=int(_number(h, "utilization/memory_util")))
+        return SimpleNamespace(
+            gpu=int(_number(h, "utilization/gpu_util")), memory=int(_number(h, "utilization/memory_util"))
+        )
 
     def nvmlDeviceGetTemperature(self, h, sensor):
         return int(_number(h, "temperature/gpu_temp"))
@@ -96,8 +102,11 @@ class XmlNvml:
 
     @staticmethod
     def _clock_tag(kind):
-        return {pynvml.NVML_CLOCK_GRAPHICS: "graphics_clock", pynvml.NVML_CLOCK_SM: "sm_clock",
-                pynvml.NVML_CLOCK_MEM: "mem_clock"}[kind]
+        return {
+            pynvml.NVML_CLOCK_GRAPHICS: "graphics_clock",
+            pynvml.NVML_CLOCK_SM: "sm_clock",
+            pynvml.NVML_CLOCK_MEM: "mem_clock",
+        }[kind]
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, h):
         reasons = h.find("clocks_event_reasons") or h.find("clocks_throttle_reasons")

@@ -27,13 +27,16 @@ primary_mode = "max"
 
 
 def wide_spec(n: int) -> str:
-    params = "".join(textwrap.dedent(f"""
+    params = "".join(
+        textwrap.dedent(f"""
         [params.option_with_a_long_descriptive_name_{i:02d}]
         type = "str"
         flag = "--o{i}"
         default = "x"
         help = "Option {i}."
-        """) for i in range(n))
+        """)
+        for i in range(n)
+    )
     return WIDE_SPEC_HEAD + params
 
 
@@ -61,36 +64,47 @@ def grown(scripted):
         folder = write_experiment(project, f"{200 + i:03d}-grown", "scripted", {"steps": 3})
         toml = folder / "experiment.toml"
         toml.write_text(toml.read_text().replace("[args]", f'description = "{"d" * 20000}"\n[args]'))
-    write_experiment(project, "300-wide", "wide", {f"option_with_a_long_descriptive_name_{i:02d}": "v" * 1000
-                                                   for i in range(40)})
+    write_experiment(
+        project, "300-wide", "wide", {f"option_with_a_long_descriptive_name_{i:02d}": "v" * 1000 for i in range(40)}
+    )
     base = runs.launch("901").run_id
     wait_until(lambda: runs.status(base).status in TERMINAL, 60, "the base run")
     for i in range(110):
         clone_run(base, f"901-clone-{i:03d}")
     for i in range(20):
-        clone_run(base, f"901-wide-{i:02d}", config={f"param_with_a_long_descriptive_name_{k:02d}": f"{i}-" + "w" * 900
-                                                     for k in range(40)})
+        clone_run(
+            base,
+            f"901-wide-{i:02d}",
+            config={f"param_with_a_long_descriptive_name_{k:02d}": f"{i}-" + "w" * 900 for k in range(40)},
+        )
     many = clone_run(base, "901-many-metrics")
     with open_run(paths.runs_root(), many).metrics.open("a") as fh:
         for step in range(1, 40):
             record = {"step": step, "split": "train"}
-            record.update({f"metric_with_a_rather_long_descriptive_name_number_{k:03d}": step * 0.01 + k
-                           for k in range(300)})
+            record.update(
+                {f"metric_with_a_rather_long_descriptive_name_number_{k:03d}": step * 0.01 + k for k in range(300)}
+            )
             fh.write(json.dumps(record) + "\n")
-    failed = clone_run(base, "901-failed", state={
-        "status": "failed", "exit_code": 1, "failure": "exited with code 1 " + "f" * 5000,
-        "events": [{"t": 1.0, "kind": "stall", "action": "warn", "detail": "e" * 2000} for _ in range(100)]})
+    failed = clone_run(
+        base,
+        "901-failed",
+        state={
+            "status": "failed",
+            "exit_code": 1,
+            "failure": "exited with code 1 " + "f" * 5000,
+            "events": [{"t": 1.0, "kind": "stall", "action": "warn", "detail": "e" * 2000} for _ in range(100)],
+        },
+    )
     with open_run(paths.runs_root(), failed).stderr.open("a") as fh:
         for i in range(300):
-            fh.write(f"Traceback line {i} " + "\\u00e9\"x" * 3000 + "\n")
+            fh.write(f"Traceback line {i} " + '\\u00e9"x' * 3000 + "\n")
         fh.write("RuntimeError: CUDA out of memory. " + "z" * 5000 + "\n")
     pad = project / ".claude/scratchpad"
     for agent in ("training-runner", "coordinator"):
         (pad / agent).mkdir(parents=True, exist_ok=True)
         for day in ("2026-11-29", "2026-11-30"):
             (pad / agent / f"{day}.md").write_text("- 10:00 [note] " + "s" * 100000 + "\n")
-    return {"base": base, "many": many, "failed": failed,
-            "wide": [f"901-wide-{i:02d}" for i in range(20)]}
+    return {"base": base, "many": many, "failed": failed, "wide": [f"901-wide-{i:02d}" for i in range(20)]}
 
 
 def largest_calls(grown) -> list[tuple[str, dict]]:

@@ -10,8 +10,16 @@ from conftest import REPO
 
 def trainguard(project, *args, timeout=240):
     env = dict(os.environ, CLAUDE_PROJECT_DIR=str(project), TRAINGUARD_PYTHON=sys.executable)
-    return subprocess.run([sys.executable, "-m", "mcp_server.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "mcp_server.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def test_train_follows_a_real_run_and_prints_its_summary(tiny_trm):
@@ -63,8 +71,11 @@ def test_the_cli_has_every_tool_on_real_runs_and_files(scripted):
     assert trainguard(scripted, "summary", "../outside.log").returncode == 2
 
     diagnosed = trainguard(scripted, "diagnose", bad_run)
-    assert diagnosed.returncode == 0 and "crash" in diagnosed.stdout and "RuntimeError: scripted failure" in (
-        diagnosed.stdout)
+    assert (
+        diagnosed.returncode == 0
+        and "crash" in diagnosed.stdout
+        and "RuntimeError: scripted failure" in (diagnosed.stdout)
+    )
     assert json.loads(trainguard(scripted, "diagnose", bad_run, "--json").stdout)["failure_class"] == "crash"
 
     compared = json.loads(trainguard(scripted, "compare", ok_run, bad_run, "--baseline", "0.5", "--json").stdout)
@@ -73,8 +84,9 @@ def test_the_cli_has_every_tool_on_real_runs_and_files(scripted):
 
     tail = trainguard(scripted, "logs", bad_run, "--lines", "1")
     assert tail.stdout.strip() == "RuntimeError: scripted failure"
-    picked = json.loads(trainguard(scripted, "logs", ok_run, "--stream", "stdout", "--pattern", "step [34] ",
-                                   "--json").stdout)
+    picked = json.loads(
+        trainguard(scripted, "logs", ok_run, "--stream", "stdout", "--pattern", "step [34] ", "--json").stdout
+    )
     assert [line.split()[1] for line in picked["lines"]] == ["3", "4"]
     assert "not a valid regular expression" in trainguard(scripted, "logs", ok_run, "--pattern", "(").stderr
 
@@ -86,8 +98,10 @@ def test_the_cli_has_every_tool_on_real_runs_and_files(scripted):
 
     assert trainguard(scripted, "scratchpad", "--append", "val acc 0.9 at step 5", "--kind", "loss").returncode == 0
     pad = json.loads(trainguard(scripted, "scratchpad", "--json").stdout)
-    assert "[loss] val acc 0.9 at step 5" in pad["own_today"]["text"] and f"[launch] launched {ok_run}" in (
-        pad["own_today"]["text"])
+    assert (
+        "[loss] val acc 0.9 at step 5" in pad["own_today"]["text"]
+        and f"[launch] launched {ok_run}" in (pad["own_today"]["text"])
+    )
 
     exps = json.loads(trainguard(scripted, "experiments", "--json").stdout)
     assert {"001-trm-fast-dev", "901-quick"} <= {e["id"] for e in exps}

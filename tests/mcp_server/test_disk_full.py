@@ -25,8 +25,12 @@ def small_disk(tmp_path: Path):
     """A tmpfs mounted for the test (CI and this machine run as root), unmounted after it."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=230m,nr_inodes=400", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=230m,nr_inodes=400", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.fail(f"cannot mount a tmpfs for the disk-full tests ({done.stderr.strip()}); run them as root")
     try:
@@ -88,8 +92,7 @@ def test_a_launch_that_runs_out_of_inodes_at_any_point_leaves_nothing_behind(scr
 def test_a_disk_that_fills_mid_run_is_recorded_as_disk_full(scripted, small_disk, monkeypatch):
     root = small_disk / "runs"
     monkeypatch.setenv("TRAINGUARD_RUNS_DIR", str(root))
-    write_experiment(scripted, "922-fill", "scripted", {"steps": 10, "interval": 0.2, "write_at": 3,
-                                                        "write_mb": 400})
+    write_experiment(scripted, "922-fill", "scripted", {"steps": 10, "interval": 0.2, "write_at": 3, "write_mb": 400})
     result = runs.launch("922")
     st = wait_until(lambda: (s := runs.status(result.run_id)).status in TERMINAL and s, 90, "the run to end")
     assert st.status == "failed" and st.failure.startswith("disk full on"), st

@@ -67,8 +67,9 @@ def test_trainer_exception_is_a_crash_with_its_traceback(scripted):
 
 def test_sigkill_from_outside_is_classified_as_the_oom_killer(scripted):
     result = runs.launch(experiment(scripted, "932-kill", {"steps": 100000, "interval": 0.02}))
-    state = wait_until(lambda: (s := runs.refresh(open_run(paths.runs_root(), result.run_id))).pid and s,
-                       what="trainer pid")
+    state = wait_until(
+        lambda: (s := runs.refresh(open_run(paths.runs_root(), result.run_id))).pid and s, what="trainer pid"
+    )
     wait_until(lambda: logged_steps(result.run_id), what="a first metric")
     os.kill(state.pid, signal.SIGKILL)  # not a stop_run: what the kernel's OOM killer does
     st = finish(result.run_id)
@@ -155,9 +156,13 @@ def test_tail_log_is_bounded_and_filtered(scripted, stream):
     finish(result.run_id)
     if stream == "stdout":
         out = runs.tail_log(result.run_id, "stdout", lines=5, pattern=r"loss 0\.0[45]")
-        assert out.lines == ["step 20 loss 0.05", "step 21 loss 0.047619047619047616",
-                             "step 22 loss 0.045454545454545456", "step 23 loss 0.043478260869565216",
-                             "step 24 loss 0.041666666666666664"]
+        assert out.lines == [
+            "step 20 loss 0.05",
+            "step 21 loss 0.047619047619047616",
+            "step 22 loss 0.045454545454545456",
+            "step 23 loss 0.043478260869565216",
+            "step 24 loss 0.041666666666666664",
+        ]
         assert out.matched == 8 and out.truncated  # steps 17-24 match (1/17 = 0.0588); the last 5 are kept
     else:
         out = runs.tail_log(result.run_id, "stderr", lines=1)
@@ -170,8 +175,9 @@ def test_wait_run_reports_progress_and_returns_on_the_end_or_an_event(scripted):
 
     from mcp_server.server import mcp
 
-    nan_id = runs.launch(experiment(scripted, "941-nanwarn", {"steps": 100000, "interval": 0.05, "nan_at": 60},
-                                    'nonfinite = "warn"')).run_id
+    nan_id = runs.launch(
+        experiment(scripted, "941-nanwarn", {"steps": 100000, "interval": 0.05, "nan_at": 60}, 'nonfinite = "warn"')
+    ).run_id
     long_id = runs.launch(experiment(scripted, "940-wait", {"steps": 120, "interval": 0.05})).run_id
     progress = []
 
@@ -180,12 +186,16 @@ def test_wait_run_reports_progress_and_returns_on_the_end_or_an_event(scripted):
 
     async def scenario():
         async with Client(mcp) as client:
-            timeout = await client.call_tool("wait_run", {"run_id": nan_id, "timeout_seconds": 0.5,
-                                                          "poll_seconds": 0.1})
+            timeout = await client.call_tool(
+                "wait_run", {"run_id": nan_id, "timeout_seconds": 0.5, "poll_seconds": 0.1}
+            )
             assert timeout.structured_content["reason"] == "timeout"  # its NaN comes at step 60, about 3 s in
             event = await client.call_tool("wait_run", {"run_id": nan_id, "timeout_seconds": 60, "poll_seconds": 0.1})
-            done = await client.call_tool("wait_run", {"run_id": long_id, "timeout_seconds": 60, "poll_seconds": 0.1},
-                                          progress_callback=on_progress)
+            done = await client.call_tool(
+                "wait_run",
+                {"run_id": long_id, "timeout_seconds": 60, "poll_seconds": 0.1},
+                progress_callback=on_progress,
+            )
             bad = await client.call_tool("wait_run", {"run_id": long_id, "timeout_seconds": 99999})
             return done.structured_content, event.structured_content, bad
 
@@ -200,7 +210,7 @@ def test_wait_run_reports_progress_and_returns_on_the_end_or_an_event(scripted):
     assert_clean(nan_id)
 
 
-FAULTY = '''
+FAULTY = """
 import sys
 case = sys.argv[sys.argv.index("--case") + 1]
 if case == "dtype":  # a real torch error: float indices (seed 002's edge_index must be long)
@@ -222,9 +232,9 @@ elif case == "device":
     sys.stderr.write("RuntimeError: Expected all tensors to be on the same device, but found at least two devices, "
                      "cuda:0 and cpu!\\n")
     sys.exit(1)
-'''
+"""
 
-FAULTY_SPEC = '''
+FAULTY_SPEC = """
 name = "faulty"
 description = "Fails in a chosen way."
 command = ["{python}", "{project_dir}/scripts/faulty.py"]
@@ -234,17 +244,20 @@ type = "str"
 flag = "--case"
 choices = ["dtype", "import", "missing", "cuda_oom", "hip_gfx", "device"]
 help = "How to fail."
-'''
+"""
 
 
-@pytest.mark.parametrize(("case", "failure_class", "evidence"), [
-    ("dtype", "wrong_dtype", "scalar types: Long, Int"),
-    ("import", "import_error", "No module named 'trainguard_no_such_module'"),
-    ("missing", "missing_file", "No such file or directory"),
-    ("cuda_oom", "gpu_out_of_memory", "CUDA out of memory"),
-    ("hip_gfx", "hip_missing_override", "HSA_OVERRIDE_GFX_VERSION is not in the run's environment"),
-    ("device", "device_mismatch", "Expected all tensors to be on the same device"),
-])
+@pytest.mark.parametrize(
+    ("case", "failure_class", "evidence"),
+    [
+        ("dtype", "wrong_dtype", "scalar types: Long, Int"),
+        ("import", "import_error", "No module named 'trainguard_no_such_module'"),
+        ("missing", "missing_file", "No such file or directory"),
+        ("cuda_oom", "gpu_out_of_memory", "CUDA out of memory"),
+        ("hip_gfx", "hip_missing_override", "HSA_OVERRIDE_GFX_VERSION is not in the run's environment"),
+        ("device", "device_mismatch", "Expected all tensors to be on the same device"),
+    ],
+)
 def test_diagnosis_names_each_failure_with_its_evidence_and_remedy(project, case, failure_class, evidence):
     (project / "scripts").mkdir(exist_ok=True)
     (project / "scripts" / "faulty.py").write_text(FAULTY)
@@ -285,8 +298,9 @@ def test_the_gpu_memory_watchdog_stops_a_real_gpu_run(project):
 
     if shutil.which("nvidia-smi") is None:
         pytest.skip("no NVIDIA driver on this machine")
-    folder = write_experiment(project, "944-gpu-limit", "trm_nav", {"epochs": 10000, "patience": 10000,
-                                                                     "num_train": 20000, "device": "cuda"})
+    folder = write_experiment(
+        project, "944-gpu-limit", "trm_nav", {"epochs": 10000, "patience": 10000, "num_train": 20000, "device": "cuda"}
+    )
     toml = folder / "experiment.toml"
     toml.write_text(toml.read_text() + '\n[watchdog]\ngpu_memory_gib = 0.05\ngpu_memory = "stop"\n')
     result = runs.launch("944")

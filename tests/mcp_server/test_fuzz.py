@@ -24,15 +24,43 @@ from mcp_server.server import mcp
 EXAMPLES = int(os.environ.get("TRAINGUARD_FUZZ_EXAMPLES", "100"))
 SEEN = {"inputs": 0}
 
-HOSTILE = ["../../etc/passwd", "/etc/shadow", "--lr", "-rf", "a\x00b", "x; rm -rf /", "$(touch pwned)", "`id`",
-           "a|b", "images/../../..", "\n--device\ncuda", "\x1b[2J", "C:\\Windows", "~root", "%2e%2e/", "*", "",
-           " " * 3, "é" * 2000, "001-trm-fast-dev/../../..", "999", "-1", "1e309", "nan"]
-text = st.one_of(st.sampled_from(HOSTILE), st.text(max_size=60),
-                 st.text(alphabet=string.printable, max_size=30))
-scalar = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-                   st.floats(allow_nan=True, allow_infinity=True), text)
-json_value = st.recursive(scalar, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
-                          max_leaves=8)
+HOSTILE = [
+    "../../etc/passwd",
+    "/etc/shadow",
+    "--lr",
+    "-rf",
+    "a\x00b",
+    "x; rm -rf /",
+    "$(touch pwned)",
+    "`id`",
+    "a|b",
+    "images/../../..",
+    "\n--device\ncuda",
+    "\x1b[2J",
+    "C:\\Windows",
+    "~root",
+    "%2e%2e/",
+    "*",
+    "",
+    " " * 3,
+    "é" * 2000,
+    "001-trm-fast-dev/../../..",
+    "999",
+    "-1",
+    "1e309",
+    "nan",
+]
+text = st.one_of(st.sampled_from(HOSTILE), st.text(max_size=60), st.text(alphabet=string.printable, max_size=30))
+scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    text,
+)
+json_value = st.recursive(
+    scalar, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4), max_leaves=8
+)
 # Experiment references that would resolve to a real experiment start real work (a torch probe, a
 # trace, data preparation); those paths have their own tests. Fuzzing keeps to the refusals.
 not_a_ref = text.filter(lambda s: not s.strip().lstrip("0").split("-")[0].isdigit())
@@ -42,8 +70,14 @@ TOOLS = {
     "preflight": {"experiment": not_a_ref, "overrides": json_value},
     "estimate_memory": {"experiment": not_a_ref, "overrides": json_value, "gpu_memory_gib": scalar},
     "prepare_data": {"experiment": not_a_ref, "overrides": json_value},
-    "launch_run": {"experiment": not_a_ref, "overrides": json_value, "note": text, "agent": text,
-                   "acknowledge": json_value, "dry_run": scalar},
+    "launch_run": {
+        "experiment": not_a_ref,
+        "overrides": json_value,
+        "note": text,
+        "agent": text,
+        "acknowledge": json_value,
+        "dry_run": scalar,
+    },
     "resume_run": {"run_id": text, "overrides": json_value, "note": text, "acknowledge": json_value},
     "list_runs": {},
     "run_status": {"run_id": text},
@@ -56,9 +90,17 @@ TOOLS = {
     "tail_log": {"run_id": text, "stream": text, "lines": scalar, "pattern": text},
     "gpu_status": {},
     # Valid waits are kept under 0.3 s so the fuzzing does not sleep; every other type is fair game.
-    "gpu_watch": {"seconds": st.one_of(st.floats(min_value=-5, max_value=0.3), st.integers(max_value=0), text,
-                                       st.none(), st.booleans(), json_value.filter(lambda v: isinstance(v, list))),
-                  "interval": st.one_of(st.floats(allow_nan=True), text, st.none())},
+    "gpu_watch": {
+        "seconds": st.one_of(
+            st.floats(min_value=-5, max_value=0.3),
+            st.integers(max_value=0),
+            text,
+            st.none(),
+            st.booleans(),
+            json_value.filter(lambda v: isinstance(v, list)),
+        ),
+        "interval": st.one_of(st.floats(allow_nan=True), text, st.none()),
+    },
     "scratchpad_read": {"agent": text, "coordinator": text, "max_chars": scalar},
     "scratchpad_append": {"text": text, "agent": text, "kind": text},
     # A valid build would really install torch (minutes): fuzzing keeps to the refusals.
@@ -91,8 +133,12 @@ def test_fuzzed_input_gets_a_result_or_a_tool_error(project, tool):
     write_experiment(project, "961-fuzz", "trm_nav", {"epochs": 1})  # something real beside the noise
     with session() as call:
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        )
         @given(args=arguments(tool))
         def check(args):
             SEEN["inputs"] += 1
@@ -134,12 +180,15 @@ def test_symlink_escape_is_refused(project, tmp_path):
     assert "outside" in text and str(outside) in text
 
 
-@pytest.mark.parametrize(("overrides", "needle"), [
-    ({"renderer": "--evil"}, "may not start with '-'"),
-    ({"--lr": 1}, "unknown parameter"),
-    ({"lr": "1e-5 --device cuda"}, "takes a float"),
-    ({"data_dir": "images\nx"}, "NUL or line breaks"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"renderer": "--evil"}, "may not start with '-'"),
+        ({"--lr": 1}, "unknown parameter"),
+        ({"lr": "1e-5 --device cuda"}, "takes a float"),
+        ({"data_dir": "images\nx"}, "NUL or line breaks"),
+    ],
+)
 def test_flag_injection_is_refused(project, overrides, needle):
     assert needle in error("preflight", {"experiment": "2", "overrides": overrides})
 
@@ -151,8 +200,9 @@ def test_env_injection_is_refused(project):
 
 def test_shell_metacharacters_stay_one_literal_argument(project):
     """A path with shell syntax is confined and passed as one argv element; nothing runs it."""
-    result = ok("launch_run", {"experiment": "12", "overrides": {"config": "cfg; touch pwned $(id).toml"},
-                               "dry_run": True})
+    result = ok(
+        "launch_run", {"experiment": "12", "overrides": {"config": "cfg; touch pwned $(id).toml"}, "dry_run": True}
+    )
     argv = result["argv"]
     assert argv[argv.index("--config") + 1] == "cfg; touch pwned $(id).toml"
     assert not (project / "pwned").exists()
@@ -187,23 +237,43 @@ def test_a_run_folder_or_log_that_links_out_is_refused(scripted, tmp_path):
 
 # ---------------------------------------------------------------------------- hostile project files
 
-PYTHONS = ["scripts/python", "scripts/evil.sh", "../../usr/bin/python3", "/bin/sh", ".venv/bin/python",
-           "fake/bin/python", "scripts/python\n", "a\x00b"]
-toml_value = st.one_of(st.sampled_from(HOSTILE), st.text(max_size=40)).map(lambda s: s.replace("\\", "\\\\")
-                                                                               .replace('"', '\\"'))
+PYTHONS = [
+    "scripts/python",
+    "scripts/evil.sh",
+    "../../usr/bin/python3",
+    "/bin/sh",
+    ".venv/bin/python",
+    "fake/bin/python",
+    "scripts/python\n",
+    "a\x00b",
+]
+toml_value = st.one_of(st.sampled_from(HOSTILE), st.text(max_size=40)).map(
+    lambda s: s.replace("\\", "\\\\").replace('"', '\\"')
+)
 experiment_toml = st.one_of(
     st.binary(max_size=200),
-    st.builds(lambda trainer, python, title, junk: (
-        f'trainer = "{trainer}"\ntitle = "{title}"\npython = "{python}"\n{junk}\n[args]\nsteps = 2\n').encode(
-        "utf-8", "surrogatepass"),
-        st.sampled_from(["scripted", "hostile", "nope"]), st.sampled_from(PYTHONS).map(
-            lambda p: p.replace("\n", "\\n").replace("\x00", "\\u0000")), toml_value,
-        st.sampled_from(["", "x = " + "[" * 3000 + "]" * 3000, "\xff", "[args", "description = 1"])),
+    st.builds(
+        lambda trainer, python, title, junk: (
+            f'trainer = "{trainer}"\ntitle = "{title}"\npython = "{python}"\n{junk}\n[args]\nsteps = 2\n'
+        ).encode("utf-8", "surrogatepass"),
+        st.sampled_from(["scripted", "hostile", "nope"]),
+        st.sampled_from(PYTHONS).map(lambda p: p.replace("\n", "\\n").replace("\x00", "\\u0000")),
+        toml_value,
+        st.sampled_from(["", "x = " + "[" * 3000 + "]" * 3000, "\xff", "[args", "description = 1"]),
+    ),
 )
-spec_toml = st.one_of(st.binary(max_size=200), st.sampled_from([
-    b'name = "hostile"\ndescription = "d"\ncommand = ["{python}", "-c", "pass"]\n[params]\n',
-    b'name = "hostile"\ndescription = "d"\ncommand = ["{python}"]\n[params]\n[memory]\nscript = "/tmp/x.py"\n',
-    b'name = "hostile"\ndescription = "\xff"\n', b"[" * 4000, b""]))
+spec_toml = st.one_of(
+    st.binary(max_size=200),
+    st.sampled_from(
+        [
+            b'name = "hostile"\ndescription = "d"\ncommand = ["{python}", "-c", "pass"]\n[params]\n',
+            b'name = "hostile"\ndescription = "d"\ncommand = ["{python}"]\n[params]\n[memory]\nscript = "/tmp/x.py"\n',
+            b'name = "hostile"\ndescription = "\xff"\n',
+            b"[" * 4000,
+            b"",
+        ]
+    ),
+)
 
 
 def test_hostile_project_files_get_a_listing_row_or_a_tool_error_and_run_nothing(scripted):
@@ -217,8 +287,12 @@ def test_hostile_project_files_get_a_listing_row_or_a_tool_error_and_run_nothing
     spec = scripted / "experiments" / "trainers" / "hostile.toml"
     with session() as call:
 
-        @settings(max_examples=max(10, EXAMPLES // 4), deadline=None, database=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+        @settings(
+            max_examples=max(10, EXAMPLES // 4),
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        )
         @given(toml=experiment_toml, hypothesis_md=st.binary(max_size=100), spec_file=spec_toml)
         def check(toml, hypothesis_md, spec_file):
             SEEN["inputs"] += 1

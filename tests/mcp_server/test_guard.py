@@ -50,8 +50,11 @@ def test_launches_in_the_same_second_each_name_only_their_own_folder(scripted, m
         assert st.status == "succeeded" and st.checkpoints == ["last.json"]
         # Each run's own stream holds exactly its own 20 steps: nobody else wrote into it.
         assert st.latest["train/loss"] == pytest.approx(1 / 20, rel=1e-3)
-        start_events = [line for line in open_run(paths.runs_root(), result.run_id).metrics.read_text().splitlines()
-                        if '"event": "start"' in line or '"event":"start"' in line]
+        start_events = [
+            line
+            for line in open_run(paths.runs_root(), result.run_id).metrics.read_text().splitlines()
+            if '"event": "start"' in line or '"event":"start"' in line
+        ]
         assert len(start_events) == 1
 
 
@@ -84,8 +87,9 @@ def test_a_killed_supervisor_never_lets_a_second_trainer_onto_its_slot(scripted,
     assert again.how == "none" and again.processes_left == 0
 
 
-STUBBORN = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\n"
-            "time.sleep(600)\n")
+STUBBORN = (
+    "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(600)\n"
+)
 
 
 def test_a_trainer_that_survives_its_supervisor_keeps_its_slot_until_it_is_stopped(scripted, monkeypatch):
@@ -95,10 +99,12 @@ def test_a_trainer_that_survives_its_supervisor_keeps_its_slot_until_it_is_stopp
     (scripted / "scripts" / "stubborn.py").write_text(STUBBORN)
     spec = (scripted / "experiments/trainers/scripted.toml").read_text()
     (scripted / "experiments/trainers/stubborn.toml").write_text(
-        spec.replace('name = "scripted"', 'name = "stubborn"').replace("scripted_trainer.py", "stubborn.py"))
+        spec.replace('name = "scripted"', 'name = "stubborn"').replace("scripted_trainer.py", "stubborn.py")
+    )
     folder = write_experiment(scripted, "908-stubborn", "stubborn", {})
-    (folder / "experiment.toml").write_text((folder / "experiment.toml").read_text()
-                                            + "\n[watchdog]\nstop_grace_s = 1\n")
+    (folder / "experiment.toml").write_text(
+        (folder / "experiment.toml").read_text() + "\n[watchdog]\nstop_grace_s = 1\n"
+    )
     write_experiment(scripted, "909-next", "scripted", {"steps": 2})
     first = runs.launch("908")
     second = runs.launch("909")
@@ -128,9 +134,16 @@ def test_stop_run_never_signals_a_process_a_forged_state_names(scripted):
         assert stopped.status == "stopped" and stopped.processes_left == 0  # the real run stopped
         assert foreign.poll() is None and psutil.Process(foreign.pid).status() != psutil.STATUS_ZOMBIE
         # A state naming the foreign process as the trainer, start time and all: still not signalled.
-        forged = run.read_state().model_copy(update={
-            "status": "running", "pid": foreign.pid, "pgid": foreign.pid,
-            "pid_started": procs.start_time(foreign.pid), "supervisor_pid": None, "finished_at": None})
+        forged = run.read_state().model_copy(
+            update={
+                "status": "running",
+                "pid": foreign.pid,
+                "pgid": foreign.pid,
+                "pid_started": procs.start_time(foreign.pid),
+                "supervisor_pid": None,
+                "finished_at": None,
+            }
+        )
         run.write_state(forged)
         assert not procs.RunProcesses(run.run_id, foreign.pid, procs.start_time(foreign.pid)).members()
         assert runs.stop(result.run_id, grace_s=1).status == "lost"
@@ -174,7 +187,8 @@ def test_a_script_without_a_signal_handler_stops_on_sigterm_at_once(scripted):
     (scripted / "scripts" / "plain.py").write_text(PLAIN)
     spec = (scripted / "experiments/trainers/scripted.toml").read_text()
     (scripted / "experiments/trainers/plain.toml").write_text(
-        spec.replace('name = "scripted"', 'name = "plain"').replace("scripted_trainer.py", "plain.py"))
+        spec.replace('name = "scripted"', 'name = "plain"').replace("scripted_trainer.py", "plain.py")
+    )
     write_experiment(scripted, "923-plain", "plain", {})
     result = runs.launch("923")
     run = open_run(paths.runs_root(), result.run_id)

@@ -10,17 +10,35 @@ from conftest import FIXTURES, make_venv, wait_until, write_experiment
 from mcp_server import gpu, preflight
 from mcp_server.preflight import run_preflight
 
-CPU_TORCH = {"python": "3.11", "torch": "2.13.0+cpu", "cuda": None, "hip": None, "cuda_available": False,
-             "devices": [], "mps_available": False}
+CPU_TORCH = {
+    "python": "3.11",
+    "torch": "2.13.0+cpu",
+    "cuda": None,
+    "hip": None,
+    "cuda_available": False,
+    "devices": [],
+    "mps_available": False,
+}
 CUDA_TORCH = CPU_TORCH | {"torch": "2.13.0+cu130", "cuda": "13.0", "cuda_available": True, "devices": ["H100"]}
 
 
 def report_with(*vendors):
     host = gpu.host_status()
     devices = [
-        gpu.GpuDevice(index=i, vendor=v, name=f"{v} gpu", uuid=None, memory_used_bytes=0,
-                      memory_total_bytes=2**34, utilization_percent=0, temperature_c=30, power_w=None,
-                      power_limit_w=None, processes=[], unavailable={})
+        gpu.GpuDevice(
+            index=i,
+            vendor=v,
+            name=f"{v} gpu",
+            uuid=None,
+            memory_used_bytes=0,
+            memory_total_bytes=2**34,
+            utilization_percent=0,
+            temperature_c=30,
+            power_w=None,
+            power_limit_w=None,
+            processes=[],
+            unavailable={},
+        )
         for i, v in enumerate(vendors)
     ]
     return gpu.GpuReport(backend="fake", devices=devices, note="", host=host)
@@ -37,8 +55,14 @@ def test_torch_build_matches_the_gpu_that_is_there():
 
 @pytest.mark.parametrize(
     ("info", "device", "verdict"),
-    [(CUDA_TORCH, "auto", "pass"), (CPU_TORCH, "auto", "warn"), (CPU_TORCH, "cuda", "fail"),
-     (CUDA_TORCH, "cuda", "pass"), (CPU_TORCH, "cpu", "pass"), (CPU_TORCH, "mps", "fail")],
+    [
+        (CUDA_TORCH, "auto", "pass"),
+        (CPU_TORCH, "auto", "warn"),
+        (CPU_TORCH, "cuda", "fail"),
+        (CUDA_TORCH, "cuda", "pass"),
+        (CPU_TORCH, "cpu", "pass"),
+        (CPU_TORCH, "mps", "fail"),
+    ],
 )
 def test_device_check(info, device, verdict):
     assert preflight._device_check(info, device).verdict == verdict
@@ -271,8 +295,10 @@ def test_gpu_processes_are_named_ours_or_not(scripted):
     run = open_run(paths.runs_root(scripted), launched.run_id)
     trainer_pid = wait_until(lambda: run.read_state().pid, what="the trainer's pid")
     devices = report_with("nvidia").devices
-    devices[0].processes = [gpu.GpuProcess(pid=trainer_pid, used_memory_bytes=2**30, name="python"),
-                            gpu.GpuProcess(pid=os.getpid(), used_memory_bytes=None, name="someone-else")]
+    devices[0].processes = [
+        gpu.GpuProcess(pid=trainer_pid, used_memory_bytes=2**30, name="python"),
+        gpu.GpuProcess(pid=os.getpid(), used_memory_bytes=None, name="someone-else"),
+    ]
     backend = SimpleNamespace(name="fake", devices=lambda: devices)
     report = gpu.Sampler(paths.runs_root(scripted), backend, nested_pid_namespace=False).sample()  # as pre-flight
     check = preflight._gpu_check(report)

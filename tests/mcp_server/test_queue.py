@@ -88,8 +88,11 @@ def server_params(project):
 
 def our_servers():
     """The stdio server processes this test started (the launcher execs Python)."""
-    return [p for p in psutil.Process().children(recursive=True)
-            if "mcp_server" in " ".join(p.cmdline()) and "supervisor" not in " ".join(p.cmdline())]
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "mcp_server" in " ".join(p.cmdline()) and "supervisor" not in " ".join(p.cmdline())
+    ]
 
 
 def test_a_run_survives_its_server_being_killed_and_a_new_server_finds_it(scripted):
@@ -122,8 +125,15 @@ def test_a_run_survives_its_server_being_killed_and_a_new_server_finds_it(script
 
 
 def test_resume_run_continues_a_stopped_trm_run_from_its_last_checkpoint(project):
-    long_trm = {"epochs": 10000, "patience": 10000, "dim": 16, "depth": 1, "num_train": 1500, "num_test": 60,
-                "device": "cpu"}
+    long_trm = {
+        "epochs": 10000,
+        "patience": 10000,
+        "dim": 16,
+        "depth": 1,
+        "num_train": 1500,
+        "num_test": 60,
+        "device": "cpu",
+    }
     write_experiment(project, "955-trm-resume", "trm_nav", long_trm)
     first = runs.launch("955")
     epoch = wait_until(lambda: (e := runs.status(first.run_id).epoch) and e >= 2 and e, 120, "two epochs")
@@ -181,8 +191,11 @@ def test_a_run_of_two_takes_both_slots_at_once_or_none(tmp_path):
 def test_a_gpu_run_sees_only_the_gpus_of_its_slots():
     from mcp_server import slots
 
-    assert slots.device_env([1, 2], {}) == {"CUDA_VISIBLE_DEVICES": "1,2", "HIP_VISIBLE_DEVICES": "1,2",
-                                            "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert slots.device_env([1, 2], {}) == {
+        "CUDA_VISIBLE_DEVICES": "1,2",
+        "HIP_VISIBLE_DEVICES": "1,2",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    }
     # The server was shown GPUs 4-7: slot i is the i-th of them, by index or UUID.
     env = slots.device_env([0, 2], {"CUDA_VISIBLE_DEVICES": "4,5,GPU-6a,7"})
     assert env["CUDA_VISIBLE_DEVICES"] == "4,GPU-6a" and env["HIP_VISIBLE_DEVICES"] == "0,2"

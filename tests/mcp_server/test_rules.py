@@ -43,10 +43,16 @@ def ruled(scripted):
 @pytest.mark.parametrize(
     ("cond", "value", "holds"),
     [
-        ({"eq": "tile"}, "tile", True), ({"ne": "tile"}, "tile", False),
-        ({"in": ["wavefield", "fourier"]}, "fourier", True), ({"not_in": ["tile"]}, "dense", True),
-        ({"gt": 0.1}, 0.05, False), ({"ge": 1, "le": 2}, 2, True), ({"lt": 1e-4}, 1e-4, False),
-        ({"glob": "*synthetic*"}, "data/Synthetic_v2", True), ({"gt": 1}, "abc", False), ({"eq": 1}, None, False),
+        ({"eq": "tile"}, "tile", True),
+        ({"ne": "tile"}, "tile", False),
+        ({"in": ["wavefield", "fourier"]}, "fourier", True),
+        ({"not_in": ["tile"]}, "dense", True),
+        ({"gt": 0.1}, 0.05, False),
+        ({"ge": 1, "le": 2}, 2, True),
+        ({"lt": 1e-4}, 1e-4, False),
+        ({"glob": "*synthetic*"}, "data/Synthetic_v2", True),
+        ({"gt": 1}, "abc", False),
+        ({"eq": 1}, None, False),
     ],
 )
 def test_conditions(cond, value, holds):
@@ -64,8 +70,12 @@ def test_a_rule_needs_every_condition_and_a_valid_id():
 
 
 def test_rules_must_name_parameters_of_the_spec():
-    base = {"name": "t", "description": "d", "command": ["x"],
-            "params": {"lr": {"type": "float", "flag": "--lr", "help": "h"}}}
+    base = {
+        "name": "t",
+        "description": "d",
+        "command": ["x"],
+        "params": {"lr": {"type": "float", "flag": "--lr", "help": "h"}},
+    }
     with pytest.raises(ValidationError, match="'renderer', which is not a parameter"):
         TrainerSpec.model_validate(base | {"danger": [{"id": "r", "message": "m", "when": {"renderer": {"eq": 1}}}]})
     with pytest.raises(ValidationError, match="known_good names 'lrr'"):
@@ -73,8 +83,10 @@ def test_rules_must_name_parameters_of_the_spec():
 
 
 def test_deviations_name_the_reason_and_respect_tolerance():
-    table = {"lr": KnownGood(value=1e-5, reason="7x lower prevents instability"),
-             "occ_weight": KnownGood(value=2.7, reason="placement", rel_tol=0.1)}
+    table = {
+        "lr": KnownGood(value=1e-5, reason="7x lower prevents instability"),
+        "occ_weight": KnownGood(value=2.7, reason="placement", rel_tol=0.1),
+    }
     assert deviations(table, {"lr": 1e-5, "occ_weight": 2.8}) == []
     (line,) = deviations(table, {"lr": 1e-4, "occ_weight": 2.7})
     assert line == "lr=0.0001 (known-good: 1e-05: 7x lower prevents instability)"

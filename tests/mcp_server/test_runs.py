@@ -71,8 +71,9 @@ def test_stop_leaves_no_process_of_the_group(scripted):
 
 def test_a_trainer_that_ignores_sigterm_is_killed_after_the_grace(scripted):
     script = scripted / "scripts" / "stubborn.py"
-    script.write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\n"
-                      "time.sleep(600)\n")
+    script.write_text(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(600)\n"
+    )
     spec = (scripted / "experiments/trainers/scripted.toml").read_text()
     (scripted / "experiments/trainers/stubborn.toml").write_text(
         spec.replace('name = "scripted"', 'name = "stubborn"').replace("scripted_trainer.py", "stubborn.py")

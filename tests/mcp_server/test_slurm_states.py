@@ -26,17 +26,34 @@ class ScriptedSlurm(slurm.SlurmCommands):
     def run(self, argv, timeout=30.0, input_text=None, cwd=None):
         self.calls.append(argv)
         if argv[0] == "squeue":
-            return subprocess.CompletedProcess(argv, self.squeue_code, "\n".join(self.lines) + "\n",
-                                               "" if self.squeue_code == 0 else "slurm_load_jobs error: timed out")
+            return subprocess.CompletedProcess(
+                argv,
+                self.squeue_code,
+                "\n".join(self.lines) + "\n",
+                "" if self.squeue_code == 0 else "slurm_load_jobs error: timed out",
+            )
         return subprocess.CompletedProcess(argv, 1, "", "not scripted")
 
 
 def slurm_run(tmp_path, status="running"):
     run = create_run_dir(tmp_path / "runs", "950-slurm")
-    manifest = Manifest(run_id=run.run_id, created_at="2026-12-01T00:00:00", experiment="950-slurm",
-                        experiment_dir=str(tmp_path), source="project", title="t", trainer="scripted",
-                        primary_metric="val/acc", argv=["srun", "python", "train.py"], env={}, cwd=str(tmp_path),
-                        project_dir=str(tmp_path), agent="training-runner", backend="slurm", job_id="77")
+    manifest = Manifest(
+        run_id=run.run_id,
+        created_at="2026-12-01T00:00:00",
+        experiment="950-slurm",
+        experiment_dir=str(tmp_path),
+        source="project",
+        title="t",
+        trainer="scripted",
+        primary_metric="val/acc",
+        argv=["srun", "python", "train.py"],
+        env={},
+        cwd=str(tmp_path),
+        project_dir=str(tmp_path),
+        agent="training-runner",
+        backend="slurm",
+        job_id="77",
+    )
     run.write_state(RunState(status=status, updated_at=time.time(), job_id="77"))
     write_json_atomic(run.manifest, manifest.model_dump(mode="json"))
     return run
@@ -46,16 +63,19 @@ def line(state: str, run_id: str, reason: str = "None") -> str:
     return f"77|{state}|{reason}|{slurm.job_name(run_id)}|{getpass.getuser()}"
 
 
-@pytest.mark.parametrize(("slurm_state", "status", "failure_class"), [
-    ("TIMEOUT", "failed", "slurm_time_limit"),
-    ("OUT_OF_MEMORY", "failed", "slurm_memory_limit"),
-    ("NODE_FAIL", "failed", "slurm_node_failure"),
-    ("BOOT_FAIL", "failed", "slurm_node_failure"),
-    ("PREEMPTED", "failed", "slurm_preempted"),
-    ("CANCELLED", "stopped", None),
-    ("FAILED", "failed", None),
-    ("DEADLINE", "failed", None),
-])
+@pytest.mark.parametrize(
+    ("slurm_state", "status", "failure_class"),
+    [
+        ("TIMEOUT", "failed", "slurm_time_limit"),
+        ("OUT_OF_MEMORY", "failed", "slurm_memory_limit"),
+        ("NODE_FAIL", "failed", "slurm_node_failure"),
+        ("BOOT_FAIL", "failed", "slurm_node_failure"),
+        ("PREEMPTED", "failed", "slurm_preempted"),
+        ("CANCELLED", "stopped", None),
+        ("FAILED", "failed", None),
+        ("DEADLINE", "failed", None),
+    ],
+)
 def test_a_job_slurm_ended_is_recorded_with_its_cause_and_diagnosed(tmp_path, slurm_state, status, failure_class):
     run = slurm_run(tmp_path)
     backend = slurm.SlurmBackend(ScriptedSlurm([line(slurm_state, run.run_id)]), slurm.JobTable())
@@ -110,8 +130,14 @@ def test_sbatch_options_are_validated_whole():
 
     from mcp_server.backends.model import Resources
 
-    for bad in ({"partition": "gpu\n#SBATCH --uid=0"}, {"time": "1:00; rm -rf ~"}, {"mem": "16G --wrap=x"},
-                {"extra": {"chdir": "/"}}, {"extra": {"comment": "a b"}}, {"account": "-x"}):
+    for bad in (
+        {"partition": "gpu\n#SBATCH --uid=0"},
+        {"time": "1:00; rm -rf ~"},
+        {"mem": "16G --wrap=x"},
+        {"extra": {"chdir": "/"}},
+        {"extra": {"comment": "a b"}},
+        {"account": "-x"},
+    ):
         with pytest.raises(ValidationError):
             Resources(**bad)
     ok = Resources(partition="gpu", account="lab", time="1-12:00:00", mem="64G", extra={"mail-type": "END,FAIL"})

@@ -30,8 +30,12 @@ def params(project: Path):
 
 def test_train_stop_and_bad_input_over_stdio(tiny_trm):
     project = tiny_trm
-    write_experiment(project, "912-trm-long", "trm_nav", {"epochs": 10000, "patience": 10000, "dim": 16,
-                                                          "depth": 1, "num_train": 2000, "device": "cpu"})
+    write_experiment(
+        project,
+        "912-trm-long",
+        "trm_nav",
+        {"epochs": 10000, "patience": 10000, "dim": 16, "depth": 1, "num_train": 2000, "device": "cpu"},
+    )
 
     async def scenario():
         async with Client(params(project)) as client:

@@ -47,8 +47,14 @@ def test_a_ddp_run_trains_stops_without_a_rank_left_and_resumes(project):
             backend = next(c for c in checked["checks"] if c["name"] == "backend")
             assert backend["verdict"] == "pass" and "32 samples per rank of the global batch 64" in backend["detail"]
             launched = await ok(client, "launch_run", {"experiment": "921", **TORCHRUN})
-            assert launched["argv"][1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                                             "--log-dir"]
+            assert launched["argv"][1:7] == [
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                "2",
+                "--log-dir",
+            ]
             run_id = launched["run_id"]
             final = await poll(client, run_id, lambda s: s["status"] not in ("starting", "queued", "running"))
             assert final["status"] == "succeeded" and final["backend"] == "torchrun" and final["nproc"] == 2, final
@@ -127,8 +133,10 @@ def test_a_rank_that_raises_ends_the_job_and_is_named_by_diagnose(project):
             found = await ok(client, "diagnose_run", {"run_id": run_id})
             assert found["rank"] == 1, found
             assert "Rank 1 failed first" in found["summary"]
-            assert found["evidence"][0] == {"source": "rank 1",
-                                            "text": "ValueError: the shard of rank 1 holds a corrupt sample 4711"}
+            assert found["evidence"][0] == {
+                "source": "rank 1",
+                "text": "ValueError: the shard of rank 1 holds a corrupt sample 4711",
+            }
 
     anyio.run(scenario)
 
@@ -163,8 +171,9 @@ def test_a_one_gpu_nccl_job_trains_on_the_gpu_of_its_slot(project):
 
     async def scenario():
         async with Client(launcher_params(project)) as client:
-            run_id = (await ok(client, "launch_run", {"experiment": "925", "backend": "torchrun",
-                                                      "resources": {"nproc": 1}}))["run_id"]
+            run_id = (
+                await ok(client, "launch_run", {"experiment": "925", "backend": "torchrun", "resources": {"nproc": 1}})
+            )["run_id"]
             return await poll(client, run_id, lambda s: s["status"] not in ("starting", "queued", "running"))
 
     final = anyio.run(scenario)

@@ -25,7 +25,8 @@ from conftest import REPO, TINY_TRM, error, make_venv, ok, wait_until
 
 
 def test_install_torch_makes_the_trainers_environment_and_a_bundled_experiment_trains_with_it(
-        project, tmp_path, monkeypatch):
+    project, tmp_path, monkeypatch
+):
     data = tmp_path / "plugin-data"
     monkeypatch.setenv("CLAUDE_PLUGIN_DATA", str(data))
     monkeypatch.setenv("TRAINGUARD_TORCH_INDEX", "")
@@ -44,14 +45,35 @@ def test_install_torch_makes_the_trainers_environment_and_a_bundled_experiment_t
     assert report["python"] == installed["python"]
     assert next(c for c in report["checks"] if c["name"] == "torch")["verdict"] == "pass"
 
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CLAUDE_PROJECT_DIR": str(project),
-           "CLAUDE_PLUGIN_DATA": str(data), "TRAINGUARD_CPU_SLOTS": "4"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "CLAUDE_PROJECT_DIR": str(project),
+        "CLAUDE_PLUGIN_DATA": str(data),
+        "TRAINGUARD_CPU_SLOTS": "4",
+    }
     sets = [f"--set={k}={v}" for k, v in TINY_TRM.items()]
-    out = subprocess.run([sys.executable, "-m", "mcp_server.cli", "train", "1", *sets], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600, check=False, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        [sys.executable, "-m", "mcp_server.cli", "train", "1", *sets],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     assert out.returncode == 0 and ": succeeded" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
-    runs = json.loads(subprocess.run([sys.executable, "-m", "mcp_server.cli", "runs", "--json"], cwd=REPO, env=env,
-                                     capture_output=True, text=True, check=True).stdout)["runs"]
+    runs = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "mcp_server.cli", "runs", "--json"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )["runs"]
     manifest = json.loads((project / "runs" / runs[0]["run_id"] / "manifest.json").read_text())
     assert manifest["argv"][0] == installed["python"]  # the trainer ran with the environment install_torch made
 
@@ -118,8 +140,11 @@ def test_a_cancelled_install_stops_its_pip_and_releases_the_install(project, tmp
         busy = portal.call(client.call_tool, "install_torch", {"build": "cpu"})
         assert busy.is_error and "being installed by another call" in busy.content[0].text
         call.cancel()
-        wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-                   15, "the cancelled install's pip to end")
+        wait_until(
+            lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+            15,
+            "the cancelled install's pip to end",
+        )
     assert not (data / "trainers" / ".torch-ready").exists()
     with open(data / "install-torch.lock", "a") as lock:  # released: the next call may install
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -24,9 +24,20 @@ SMALL = {"epochs": 2, "image_size": 32, "num_gaussians": 16, "batch_size": 4, "d
 def example_project(project: Path) -> Path:
     shutil.copytree(EXAMPLE, project, dirs_exist_ok=True)
     make_venv(project / ".venv")
-    subprocess.run([sys.executable, str(REPO / "trainers" / "prepare_images.py"), "--output-dir",
-                    str(project / "images" / "training_diverse"), "--image-size", "32", "--crops-per-image", "2"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "trainers" / "prepare_images.py"),
+            "--output-dir",
+            str(project / "images" / "training_diverse"),
+            "--image-size",
+            "32",
+            "--crops-per-image",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return project
 
 
@@ -67,12 +78,14 @@ def test_seed_000_project_through_stdio(example_project):
             assert bad["danger_fired"] == ["wavefield-renderer", "lr-unstable"]
             known = checks(bad)["known-good"]
             assert known["verdict"] == "warn" and "7x lower prevents instability" in known["detail"]
-            blending = await ok(client, "preflight", {"experiment": 2, "overrides": {"experiment": 4,
-                                                                                    "use_phase_blending": True}})
+            blending = await ok(
+                client, "preflight", {"experiment": 2, "overrides": {"experiment": 4, "use_phase_blending": True}}
+            )
             assert {"phase-blending-experiment-4", "experiment-4"} <= set(blending["danger_fired"])
             (project / "images" / "synthetic_v2").mkdir()
-            synthetic = await ok(client, "preflight",
-                                 {"experiment": 2, "overrides": {"data_dir": "images/synthetic_v2"}})
+            synthetic = await ok(
+                client, "preflight", {"experiment": 2, "overrides": {"data_dir": "images/synthetic_v2"}}
+            )
             rule = checks(synthetic)["danger:synthetic-data"]
             assert rule["verdict"] == "fail" and "garbage in, garbage out" in rule["detail"]
             strong = await ok(client, "preflight", {"experiment": 3, "overrides": {"phase_retrieval_weight": 0.1}})
@@ -80,8 +93,9 @@ def test_seed_000_project_through_stdio(example_project):
 
             # Seed 000's hardware table, computed: the dense renderers need more than the tile one.
             tile = await ok(client, "estimate_memory", {"experiment": 2, "overrides": {"image_size": 256}})
-            wave = await ok(client, "estimate_memory", {"experiment": 2, "overrides": {"image_size": 256,
-                                                                                         "renderer": "wavefield"}})
+            wave = await ok(
+                client, "estimate_memory", {"experiment": 2, "overrides": {"image_size": 256, "renderer": "wavefield"}}
+            )
             assert tile["method"] == "fake" and 4 in [row["batch_size"] for row in tile["table"]]
             assert wave["tensor_bytes"] > 1.5 * tile["tensor_bytes"]
 
@@ -89,11 +103,19 @@ def test_seed_000_project_through_stdio(example_project):
             wavefield = SMALL | {"renderer": "wavefield"}
             refused = await client.call_tool("launch_run", {"experiment": 2, "overrides": wavefield})
             assert refused.is_error and "acknowledge=['wavefield-renderer']" in refused.content[0].text
-            dry = await ok(client, "launch_run", {"experiment": 2, "overrides": SMALL | {"renderer": "wavefield"},
-                                                  "acknowledge": ["wavefield-renderer"], "dry_run": True})
+            dry = await ok(
+                client,
+                "launch_run",
+                {
+                    "experiment": 2,
+                    "overrides": SMALL | {"renderer": "wavefield"},
+                    "acknowledge": ["wavefield-renderer"],
+                    "dry_run": True,
+                },
+            )
             assert dry["argv"][0] == str(project / ".venv" / "bin" / "python")
             assert dry["argv"][1] == str(project / "scripts" / "training" / "train_gaussian_decoder.py")
-            assert ["--renderer", "wavefield"] == dry["argv"][dry["argv"].index("--renderer"):][:2]
+            assert ["--renderer", "wavefield"] == dry["argv"][dry["argv"].index("--renderer") :][:2]
             assert dry["env"]["HSA_OVERRIDE_GFX_VERSION"] == "11.0.0"
 
             # A real run of the user's script, through its venv, to the end.

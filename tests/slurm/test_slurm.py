@@ -39,8 +39,13 @@ async def poll(client, run_id, until, timeout=240.0):
 def cluster(tmp_path_factory):
     """SLURM_CONF of a running single-node cluster, stopped at the end of the module."""
     where = tmp_path_factory.mktemp("slurm")
-    started = subprocess.run([str(REPO / "scripts" / "slurm-cluster"), "start", str(where)], capture_output=True,
-                             text=True, timeout=120, check=False)
+    started = subprocess.run(
+        [str(REPO / "scripts" / "slurm-cluster"), "start", str(where)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if started.returncode != 0:
         reason = f"the Slurm daemons did not start: {started.stderr.strip()[-1500:]}"
         if os.environ.get("CI"):
@@ -59,20 +64,36 @@ def slurm_project(project, cluster, monkeypatch):
     shutil.copy(FIXTURES / "scripted_trainer.py", scripts)
     shutil.copy(REPO / "trainers" / "trainkit.py", scripts)
     (project / "experiments" / "trainers").mkdir(parents=True)
-    resumable = textwrap.dedent(SCRIPTED_SPEC).replace('name = "scripted"', 'name = "scripted_resume"').replace(
-        'primary_mode = "max"\n', 'primary_mode = "max"\nresume_checkpoint = "last.json"\n\n'
-        '[params.resume]\ntype = "path"\nflag = "--resume"\nmust_exist = true\nhelp = "A last.json: go on from it."\n')
+    resumable = (
+        textwrap.dedent(SCRIPTED_SPEC)
+        .replace('name = "scripted"', 'name = "scripted_resume"')
+        .replace(
+            'primary_mode = "max"\n',
+            'primary_mode = "max"\nresume_checkpoint = "last.json"\n\n'
+            '[params.resume]\ntype = "path"\nflag = "--resume"\nmust_exist = true\n'
+            'help = "A last.json: go on from it."\n',
+        )
+    )
     (project / "experiments" / "trainers" / "scripted_resume.toml").write_text(resumable)
     (project / "experiments" / "trainers" / "scripted.toml").write_text(textwrap.dedent(SCRIPTED_SPEC))
     yield project
-    subprocess.run(["scancel", "--user=" + (os.environ.get("USER") or "root")], env={**os.environ}, timeout=30,
-                   check=False, capture_output=True)
+    subprocess.run(
+        ["scancel", "--user=" + (os.environ.get("USER") or "root")],
+        env={**os.environ},
+        timeout=30,
+        check=False,
+        capture_output=True,
+    )
 
 
 def test_a_two_task_ddp_job_trains_on_slurm_and_a_stop_leaves_a_checkpoint(slurm_project, cluster):
     write_experiment(slurm_project, "931-trm-slurm", "trm_nav", TINY_TRM | {"batch_size": 64})
-    write_experiment(slurm_project, "932-trm-slurm-long", "trm_nav",
-                     TINY_TRM | {"epochs": 10000, "patience": 10000, "num_train": 2000})
+    write_experiment(
+        slurm_project,
+        "932-trm-slurm-long",
+        "trm_nav",
+        TINY_TRM | {"epochs": 10000, "patience": 10000, "num_train": 2000},
+    )
     slurm = {"backend": "slurm", "resources": {"nproc": 2, "time": "10"}}
 
     async def scenario():
@@ -83,8 +104,13 @@ def test_a_two_task_ddp_job_trains_on_slurm_and_a_stop_leaves_a_checkpoint(slurm
             final = await poll(client, run_id, lambda s: s["status"] not in ENDING)
             assert final["status"] == "succeeded" and final["backend"] == "slurm" and final["job_id"], final
             assert (await ok(client, "list_runs"))["runs"][0]["job_id"] == final["job_id"]
-            first = json.loads(next(line for line in (Path(final["run_dir"]) / "metrics.jsonl").read_text()
-                                    .splitlines() if '"start"' in line))
+            first = json.loads(
+                next(
+                    line
+                    for line in (Path(final["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+                    if '"start"' in line
+                )
+            )
             assert first["config"]["world_size"] == 2
             summary = (await ok(client, "summarize_run", {"run_id": run_id}))["summary"]
             assert summary["primary"]["name"] == "val/acc"
@@ -110,10 +136,28 @@ def test_a_job_at_its_time_limit_checkpoints_requeues_and_finishes(slurm_project
 
     async def scenario():
         async with Client(launcher_params(slurm_project, SLURM_CONF=cluster)) as client:
-            again = (await ok(client, "launch_run", {"experiment": "933", "backend": "slurm", "resources": {
-                "partition": "short", "time": "2", "signal_s": 60, "requeue": True}}))["run_id"]
-            once = (await ok(client, "launch_run", {"experiment": "934", "backend": "slurm", "resources": {
-                "partition": "short", "time": "1", "signal_s": 30}}))["run_id"]
+            again = (
+                await ok(
+                    client,
+                    "launch_run",
+                    {
+                        "experiment": "933",
+                        "backend": "slurm",
+                        "resources": {"partition": "short", "time": "2", "signal_s": 60, "requeue": True},
+                    },
+                )
+            )["run_id"]
+            once = (
+                await ok(
+                    client,
+                    "launch_run",
+                    {
+                        "experiment": "934",
+                        "backend": "slurm",
+                        "resources": {"partition": "short", "time": "1", "signal_s": 30},
+                    },
+                )
+            )["run_id"]
             ended = await poll(client, once, lambda s: s["status"] not in ENDING, timeout=200)
             assert ended["status"] == "failed" and "time limit" in ended["failure"], ended
             found = await ok(client, "diagnose_run", {"run_id": once})
@@ -135,8 +179,9 @@ def test_a_held_job_is_queued_with_slurms_reason_and_pre_flight_knows_the_partit
 
     async def scenario():
         async with Client(launcher_params(slurm_project, SLURM_CONF=cluster)) as client:
-            report = await ok(client, "preflight", {"experiment": "935", "backend": "slurm",
-                                                    "resources": {"partition": "gpu-a100"}})
+            report = await ok(
+                client, "preflight", {"experiment": "935", "backend": "slurm", "resources": {"partition": "gpu-a100"}}
+            )
             check = next(c for c in report["checks"] if c["name"] == "slurm")
             assert report["verdict"] == "fail" and "partition 'gpu-a100' does not exist" in check["detail"]
             assert "debug" in check["detail"] and "short" in check["detail"]
@@ -161,12 +206,12 @@ def test_a_server_killed_mid_job_finds_the_job_again(slurm_project, cluster):
 
     async def launch_and_die():
         async with Client(launcher_params(slurm_project, SLURM_CONF=cluster)) as client:
-            run_id = (await ok(client, "launch_run", {"experiment": "936", "backend": "slurm",
-                                                      "resources": {"time": "10"}}))["run_id"]
+            run_id = (
+                await ok(client, "launch_run", {"experiment": "936", "backend": "slurm", "resources": {"time": "10"}})
+            )["run_id"]
             st = await poll(client, run_id, lambda s: s["status"] == "running")
             seen.update(run_id=run_id, job_id=st["job_id"])
-            server = next(p for p in psutil.Process().children(recursive=True)
-                          if "mcp_server" in " ".join(p.cmdline()))
+            server = next(p for p in psutil.Process().children(recursive=True) if "mcp_server" in " ".join(p.cmdline()))
             server.send_signal(signal.SIGKILL)
             server.wait(10)
 

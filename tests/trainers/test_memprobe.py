@@ -98,8 +98,14 @@ def write_script(folder: Path, name: str, body: str) -> Path:
 
 
 def run_cli(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
-    out = subprocess.run([sys.executable, str(MEMPROBE), *args], capture_output=True, text=True, timeout=120,
-                         stdin=subprocess.DEVNULL, check=False)
+    out = subprocess.run(
+        [sys.executable, str(MEMPROBE), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     lines = out.stdout.strip().splitlines()
     assert lines, out.stderr
     return out, json.loads(lines[-1])
@@ -164,7 +170,8 @@ def test_fake_trace_agrees_with_a_real_trace_and_grows_with_the_batch(tmp_path, 
     real = {b: step_peak(entry, argv, b, fake=False) for b in (4, 16)}
     for b in (4, 16):
         assert real[b] > 0 and abs(fake[b] - real[b]) <= TOLERANCE[case] * real[b], (
-            f"batch {b}: fake trace {fake[b]} B vs real tensors {real[b]} B ({fake[b] / real[b] - 1:+.1%})")
+            f"batch {b}: fake trace {fake[b]} B vs real tensors {real[b]} B ({fake[b] / real[b] - 1:+.1%})"
+        )
     assert fake[16] > fake[4] and real[16] > real[4]
 
 

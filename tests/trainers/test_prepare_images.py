@@ -98,13 +98,34 @@ def test_bad_requests_are_refused_with_a_reason(tmp_path):
 
 
 def test_the_command_builds_then_refuses_to_clobber(tmp_path):
-    argv = [sys.executable, str(SCRIPT), "--output-dir", "images/set", "--image-size", "16", "--crops-per-image", "1",
-            "--val-sources", "1", "--sources", "camera", "coins"]
+    argv = [
+        sys.executable,
+        str(SCRIPT),
+        "--output-dir",
+        "images/set",
+        "--image-size",
+        "16",
+        "--crops-per-image",
+        "1",
+        "--val-sources",
+        "1",
+        "--sources",
+        "camera",
+        "coins",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "TRAINGUARD_METRICS"}
 
     def run() -> subprocess.CompletedProcess:
-        return subprocess.run(argv, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=120, check=False)
+        return subprocess.run(
+            argv,
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     first = run()
     assert first.returncode == 0, first.stderr

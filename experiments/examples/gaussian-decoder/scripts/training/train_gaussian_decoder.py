@@ -49,8 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--occ_threshold", type=float, default=0.5)
     p.add_argument("--phase_retrieval_weight", type=float, default=0.0, help="physics loss; seed 000: 0.05, not 0.1")
     p.add_argument("--use_phase_blending", action="store_true")
-    p.add_argument("--renderer", choices=["tile", "wavefield", "fourier"], default=None,
-                   help="default: tile, or fourier for experiment 4")
+    p.add_argument(
+        "--renderer",
+        choices=["tile", "wavefield", "fourier"],
+        default=None,
+        help="default: tile, or fourier for experiment 4",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -69,8 +73,13 @@ class Decoder(nn.Module):
         self.grid = math.isqrt(num_gaussians)
         self.size = image_size
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, 32, 3, 2, 1), nn.GELU(), nn.Conv2d(32, 64, 3, 2, 1), nn.GELU(),
-            nn.Conv2d(64, 64, 3, 1, 1), nn.GELU(), nn.AdaptiveAvgPool2d(self.grid),
+            nn.Conv2d(3, 32, 3, 2, 1),
+            nn.GELU(),
+            nn.Conv2d(32, 64, 3, 2, 1),
+            nn.GELU(),
+            nn.Conv2d(64, 64, 3, 1, 1),
+            nn.GELU(),
+            nn.AdaptiveAvgPool2d(self.grid),
             nn.Conv2d(64, 9, 1),  # dx, dy, log sx, log sy, rotation, r, g, b, opacity... + phase below
         )
         self.phase = nn.Conv2d(64, 1, 1)
@@ -117,8 +126,15 @@ def render(g: dict[str, torch.Tensor], size: int, renderer: str, phase_blending:
         acc, cover = 0, 0
         for k in range(0, colour.shape[1], TILE_CHUNK):
             sl = slice(k, k + TILE_CHUNK)
-            a, c = checkpoint(part, g["means"][:, sl], g["scales"][:, sl], g["rotation"][:, sl], g["opacity"][:, sl],
-                              colour[:, sl], use_reentrant=False)
+            a, c = checkpoint(
+                part,
+                g["means"][:, sl],
+                g["scales"][:, sl],
+                g["rotation"][:, sl],
+                g["opacity"][:, sl],
+                colour[:, sl],
+                use_reentrant=False,
+            )
             acc, cover = acc + a, cover + c
     else:
         acc, cover = part(g["means"], g["scales"], g["rotation"], g["opacity"], colour)
