@@ -75,3 +75,18 @@ def test_a_time_budget_fires_once(tmp_path):
     assert [(e["kind"], e["action"]) for e in events] == [("timeout", "stop")]
     assert events[0]["detail"] == "ran 61 s, past its budget of 60 s"
     assert dog.poll(now=120.0) == []
+
+
+def test_every_spelling_the_summary_calls_non_finite_trips_the_watchdog(tmp_path):
+    """One vocabulary (curves.names): "+inf" is a finding in the summary, so it stops the run too;
+    the primary metric is matched however it is spelt ("val_acc" for "val/acc")."""
+    from mcp_server.curves.names import NONFINITE
+
+    for i, word in enumerate(NONFINITE):
+        path = tmp_path / f"m{i}.jsonl"
+        dog = Watchdog(WatchdogConfig(), path, "val/acc", now=0.0)
+        write(path, {"step": 1, "train_loss": word}, {"step": 1, "val_acc": word})
+        assert [e["detail"] for e in dog.poll(now=1.0)] == [
+            f"train_loss is {word} at step 1",
+            f"val_acc is {word} at step 1",
+        ], word
