@@ -205,7 +205,7 @@ def test_wait_run_reports_progress_and_returns_on_the_end_or_an_event(scripted):
     assert any("running" in message for _, _, message in progress)
     assert event["reason"] == "event" and event["new_events"][0]["kind"] == "nonfinite"
     assert event["run"]["status"] == "running"  # a warning does not stop the run
-    assert bad.is_error and "timeout_seconds takes 0-3600" in bad.content[0].text
+    assert bad.is_error and "timeout_seconds is 99999; pass more than 0 and at most 3600" in bad.content[0].text
     runs.stop(nan_id, grace_s=1.0)
     assert_clean(nan_id)
 
