@@ -6,7 +6,7 @@
     trainguard memory 2 [--set batch_size=16] [--gpu-gib 16]  peak memory; the largest batch that fits
     trainguard prepare 2                                 create missing data (e.g. the image folder)
     trainguard runs | status RUN | stop RUN | plot RUN | gpu | experiments
-    trainguard summary RUN|PATH | diagnose RUN | compare RUN RUN... | logs RUN | wait RUN | resume RUN
+    trainguard summary RUN|PATH | diagnose RUN | compare RUN RUN...|--experiment N | logs RUN | wait RUN | resume RUN
     trainguard watch [--seconds S] | scratchpad [--append TEXT]
     trainguard serve [--project DIR]                     MCP over stdio (what the plugin starts)
 
@@ -307,7 +307,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    c = compare.compare_runs(args.run_ids, args.metric, args.baseline)
+    c = compare.compare_runs(args.run_ids or None, args.metric, args.baseline, experiment=args.experiment)
     if args.json:
         _emit_json(c)
         return 0
@@ -541,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run_id"
     )
     p = add("compare", cmd_compare, "several runs on one metric, best first, with what differs")
-    p.add_argument("run_ids", nargs="+", metavar="RUN")
+    p.add_argument("run_ids", nargs="*", metavar="RUN")
+    p.add_argument("--experiment", help="instead of RUNs: that experiment's newest finished runs, e.g. 001")
     p.add_argument("--metric")
     p.add_argument("--baseline", help="a run id or a figure, e.g. 20.47")
     p = add("logs", cmd_logs, "the end of a run's log, optionally filtered (RE2 pattern)")

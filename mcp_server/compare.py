@@ -1,6 +1,6 @@
-"""`compare_runs`: several runs' best value of one metric in a table, best first, with the
-hyperparameters that differ between them and each run's distance to a baseline (seed 003:
-"19.78 dB vs 20.47 baseline").
+"""`compare_runs`: several runs' (or one experiment's newest finished runs') best value of one
+metric in a table, best first, with the hyperparameters that differ between them and each run's
+distance to a baseline (seed 003: "19.78 dB vs 20.47 baseline").
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from mcp_server import budget, paths
+from mcp_server import budget, ledger, paths
 from mcp_server.curves.load import loaded
 from mcp_server.curves.names import direction_of
 from mcp_server.curves.stats import metric_stats
 from mcp_server.curves.summary import find_metric
-from mcp_server.errors import InvalidInput
-from mcp_server.rundir import open_run
+from mcp_server.errors import InvalidInput, NotFound
+from mcp_server.rundir import TERMINAL, RunDir, open_run
 from mcp_server.runs import refresh
 
 MAX_RUNS = 20
@@ -51,17 +51,35 @@ class Comparison(BaseModel):
 
 
 def compare_runs(
-    run_ids: list[str], metric: str | None = None, baseline: str | None = None, project: Path | None = None
+    run_ids: list[str] | None = None,
+    metric: str | None = None,
+    baseline: str | None = None,
+    project: Path | None = None,
+    experiment: str | None = None,
 ) -> Comparison:
-    """Compare `run_ids` (2-20) on `metric` (default: the first run's primary metric).
+    """Compare `run_ids` (2-20), or the newest finished runs of `experiment` (up to 20), on
+    `metric` (default: the first run's primary metric).
 
     `baseline` is one of the runs or a number (a published figure, an earlier result).
+
+    Raises:
+        InvalidInput: unless exactly one of `run_ids` and `experiment` is given.
+        NotFound: for an experiment without a finished run.
     """
-    ids = list(dict.fromkeys(run_ids))
-    if not 2 <= len(ids) <= MAX_RUNS:
-        raise InvalidInput(f"compare_runs takes 2-{MAX_RUNS} distinct run ids; got {len(ids)}.")
-    root = paths.runs_root(project or paths.project_root())
-    runs = [open_run(root, r) for r in ids]
+    project = project or paths.project_root()
+    if (run_ids is None) == (experiment is None):
+        raise InvalidInput(
+            "compare_runs takes either run_ids (2-20 runs, e.g. ['001-trm-nav-20261201-101500', ...]) "
+            "or experiment (e.g. '001': its newest finished runs), not both and not neither."
+        )
+    if experiment is not None:
+        runs = experiment_runs(experiment, project)
+    else:
+        ids = list(dict.fromkeys(run_ids or []))
+        if not 2 <= len(ids) <= MAX_RUNS:
+            raise InvalidInput(f"compare_runs takes 2-{MAX_RUNS} distinct run ids; got {len(ids)}.")
+        root = paths.runs_root(project)
+        runs = [open_run(root, r) for r in ids]
     manifests = [r.read_manifest() for r in runs]
     metric = metric or manifests[0].primary_metric
     direction = next((m.primary_mode for m in manifests if m.primary_metric == metric), None) or (
@@ -118,6 +136,30 @@ def compare_runs(
         same=dict(list(same.items())[:MAX_SAME]),
         note=note,
     )
+
+
+def experiment_runs(experiment: str, project: Path) -> list[RunDir]:
+    """The newest MAX_RUNS finished runs of `experiment`, newest first.
+
+    Raises:
+        NotFound: if it has none (the message says how to get one).
+    """
+    found: list[RunDir] = []
+    for run in ledger.runs_of(experiment, project):
+        try:
+            finished = refresh(run).status in TERMINAL
+        except (OSError, InvalidInput):
+            continue  # a damaged run folder is list_runs' to report, not a comparison's
+        if finished:
+            found.append(run)
+            if len(found) == MAX_RUNS:
+                break
+    if not found:
+        raise NotFound(
+            f"experiment {experiment!r} has no finished run in {paths.runs_root(project)}; "
+            "launch_run it and let it end, or pass run_ids."
+        )
+    return found
 
 
 def _shown(differing: list[str], configs: list[dict[str, Any]]) -> int:

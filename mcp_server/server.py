@@ -347,15 +347,17 @@ def summarize_run(
 
 @tool(READ_ONLY)
 def compare_runs(
-    run_ids: Annotated[list[str], Field(min_length=2, max_length=MAX_RUNS)],
+    run_ids: Annotated[list[str], Field(min_length=2, max_length=MAX_RUNS)] | None = None,
     metric: str | None = None,
     baseline: str | None = None,
+    experiment: str | int | None = None,
 ) -> Comparison:
     """Compare 2-20 runs on one metric (default: the first run's primary metric): a table, best
     first, with each run's best (and its step/epoch), last value, and the hyperparameters that
-    differ between the runs. `baseline` is one of the run ids or a number (e.g. 20.47 for a
-    published figure): each row then says how far it is from it."""
-    return _compare_runs(run_ids, metric, baseline)
+    differ between the runs. Pass `run_ids`, or `experiment` (e.g. '001') for that experiment's
+    newest 20 finished runs (its results.md lists them all). `baseline` is one of the run ids or
+    a number (e.g. 20.47 for a published figure): each row then says how far it is from it."""
+    return _compare_runs(run_ids, metric, baseline, experiment=None if experiment is None else str(experiment))
 
 
 @tool(WRITES)

@@ -24,13 +24,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from mcp_server import gpu, procs, safefiles, scratchpad, slots
+from mcp_server import budget, gpu, ledger, procs, safefiles, scratchpad, slots
 from mcp_server.backends import slurm
 from mcp_server.errors import TrainguardError
 from mcp_server.rundir import Manifest, RunDir, RunState
 from mcp_server.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from mcp_server.curves.summary import CurveSummary
 
 log = logging.getLogger("trainguard.supervisor")
 POLL_S = 0.5
@@ -360,17 +363,24 @@ def _scratchpad_event(run: RunDir, manifest: Manifest, event: dict) -> None:
 
 
 def _finish(run: RunDir, manifest: Manifest, state: RunState) -> None:
-    """Write the scratchpad's finish entry, then the terminal state with the curves' final
-    headline: once a reader sees the run ended, everything about its end is on disk, and
-    `list_runs` shows it without reading its logs again."""
+    """Write the scratchpad's finish entry and the experiment's results row, then the terminal
+    state with the curves' final headline: once a reader sees the run ended, everything about
+    its end is on disk, and `list_runs` shows it without reading its logs again."""
+    summary = None
     try:
-        state.headline = _final_headline(run, manifest)
+        summary = _final_summary(run, manifest)
+        state.headline = budget.clip(summary.headline, 240) or ""
     except (OSError, ValueError, TrainguardError) as exc:  # the outcome must be recorded even so
         log.warning("final headline not computed: %s", exc)
     try:
         _scratchpad_finish(run, manifest, state)
     except (OSError, TrainguardError) as exc:  # the outcome must be recorded even so
         state.failure = (state.failure or "") + f" (scratchpad not written: {exc})"
+    try:
+        ledger.record(run, manifest, state, summary)
+    except (OSError, TrainguardError) as exc:  # the outcome must be recorded even so
+        log.warning("results row not written: %s", exc)
+        state.failure = ((state.failure or "") + f" (results.md row not written: {exc})").strip()
     _write_outcome(run, state)
     (run.path / ".reserve").unlink(missing_ok=True)
 
@@ -388,15 +398,14 @@ def _write_outcome(run: RunDir, state: RunState) -> None:
         run.write_state(state)
 
 
-def _final_headline(run: RunDir, manifest: Manifest) -> str:
+def _final_summary(run: RunDir, manifest: Manifest) -> CurveSummary:
     # Imported only now, the trainer gone: numpy starts a BLAS thread (polars a pool), and while
     # the trainer runs the supervisor must stay one thread. Linux sends the leash's death signal
     # each time the thread the trainer is reparented to ends, so a second thread means a second
     # SIGTERM, which trainers (trainkit's StopFlag) take as "stop now, no checkpoint".
-    from mcp_server import budget
     from mcp_server.curves.summary import summarize_run_dir
 
-    return budget.clip(summarize_run_dir(run.path, manifest).headline, 240) or ""
+    return summarize_run_dir(run.path, manifest)
 
 
 def _scratchpad_finish(run: RunDir, manifest: Manifest, state: RunState) -> None:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mcp_server import paths, procs, safefiles, scratchpad, textlog
+from mcp_server import ledger, paths, procs, safefiles, scratchpad, textlog
 from mcp_server.backends.model import Resources
 from mcp_server.checks import Check
 from mcp_server.errors import TrainguardError
@@ -58,7 +58,7 @@ class LocalBackend:
         """A run whose supervisor is gone is never forgotten: while any of its processes lives it
         has SIGTERM (from the leash on Linux, else from here: it checkpoints; its slot stays taken
         until it exits), then SIGKILL after the stop grace; once none is left it is `lost`, with a
-        finish entry in the scratchpad."""
+        finish entry in the scratchpad and a row in the experiment's results.md."""
         if state.status in TERMINAL or procs.is_alive(state.supervisor_pid, state.supervisor_started):
             return state
         if (
@@ -91,6 +91,7 @@ class LocalBackend:
             state.finished_at = time.time()
             run.write_state(state)
             _scratchpad_lost(run, state)
+            ledger.record_lost(run, state)
         return state
 
     def stop(self, run: RunDir, state: RunState, grace_s: float) -> str:

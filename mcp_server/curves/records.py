@@ -2,7 +2,7 @@
 line-by-line way, the watchdog, the GPU sampler's memory figures).
 
 Standard library and orjson only, no numpy or polars: the supervisor runs the watchdog while its
-trainer runs, and must stay one thread (see supervisor._final_headline).
+trainer runs, and must stay one thread (see supervisor._final_summary).
 """
 
 from __future__ import annotations
