@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -173,3 +175,14 @@ def test_runs_of_lists_newest_first_and_matches_a_removed_experiment_by_number(s
     assert list(ledger.runs_of("901-other", scripted)) == []
     with pytest.raises(InvalidInput, match="not a number"):
         list(ledger.runs_of("../901", scripted))
+
+
+def test_a_run_found_lost_gets_its_row_once(scripted):
+    run_id = runs.launch("902").run_id
+    run = open_run(paths.runs_root(), run_id)
+    wait_until(lambda: run.metrics.exists() and run.metrics.stat().st_size > 0, what="first metrics")
+    os.kill(run.read_state().supervisor_pid, signal.SIGKILL)
+    wait_until(lambda: runs.status(run_id).status == "lost", what="lost status")
+    runs.status(run_id)  # a later check records nothing more
+    (row,) = rows(scripted / "experiments" / "902-hang" / "results.md")
+    assert row["run"] == run_id and row["status"].startswith("lost (the supervisor ended") and row["best"]
