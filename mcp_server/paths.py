@@ -1,4 +1,4 @@
-"""Where things live: the plugin's own files, the user's project, its runs and scratchpad.
+"""Where things live: the plugin's own files, the user's project, its runs, scratchpad and hand-off notes.
 
 The plugin may be installed anywhere (Claude Code copies it into its cache and ignores
 `cwd`), so the user's project comes from `TRAINGUARD_PROJECT_DIR` (`trainguard serve --project`,
@@ -47,6 +47,11 @@ def runs_root(project: Path | None = None) -> Path:
 def scratchpad_root(project: Path | None = None) -> Path:
     """Folder of the agents' scratchpads (seed 002): `<project>/.claude/scratchpad`."""
     return (project or project_root()) / ".claude" / "scratchpad"
+
+
+def handoff_root(project: Path | None = None) -> Path:
+    """Folder of the session hand-off notes (seed 003): `<project>/.claude/handoff`."""
+    return (project or project_root()) / ".claude" / "handoff"
 
 
 def confine(root: Path, candidate: str | os.PathLike[str], what: str = "path") -> Path:

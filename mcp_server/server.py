@@ -28,6 +28,7 @@ from mcp_server import (
     budget,
     diagnose,
     gpu,
+    handoff,
     memory,
     paths,
     prepare,
@@ -493,6 +494,66 @@ def scratchpad_append(
     kind 'summary'. `kind` is one short word (note, gpu, loss, error, observation, summary). Keep
     entries short (under 4,000 characters): summaries, never pasted logs."""
     return scratchpad.record(paths.project_root(), agent, text, kind=kind)
+
+
+@tool(READ_ONLY)
+def handoff_read() -> handoff.HandoffNote:
+    """Read the newest hand-off note (seed 003) at the start of a session, before anything else:
+    the previous session's state, completed and remaining work, decisions, blockers, context and
+    next action, and `server_facts` (runs going, latest results against the baseline, open
+    findings, as trainguard saw them when the note was written). Notes live in
+    .claude/handoff/; `notes_total` counts them. Without one it says so and what to do. At most
+    ~5,000 characters. Cheap."""
+    return handoff.read(paths.project_root())
+
+
+@tool(WRITES)
+def handoff_write(
+    current_state: Annotated[str, Field(description=handoff.describe("current_state"))],
+    completed_work: Annotated[str, Field(description=handoff.describe("completed_work"))],
+    remaining_work: Annotated[str, Field(description=handoff.describe("remaining_work"))],
+    next_action: Annotated[str, Field(description=handoff.describe("next_action"))],
+    decisions_made: Annotated[str, Field(description=handoff.describe("decisions_made"))] = "",
+    blockers: Annotated[str, Field(description=handoff.describe("blockers"))] = "",
+    context: Annotated[str, Field(description=handoff.describe("context"))] = "",
+    files_modified: Annotated[str, Field(description=handoff.describe("files_modified"))] = "",
+    phase: Annotated[
+        str, Field(description=f"the phase or plan, e.g. '04-architecture'; at most {handoff.FRONT_CHARS} characters")
+    ] = "",
+    task: Annotated[str, Field(description=f"the task, one line; at most {handoff.FRONT_CHARS} characters")] = "",
+    status: handoff.NoteStatus = "in_progress",
+    agent: Agent = "training-runner",
+    baseline: Annotated[
+        str | None,
+        Field(
+            description="a run id or a figure (e.g. '20.47') the latest results are measured against; "
+            "default: the previous note's"
+        ),
+    ] = None,
+) -> handoff.WriteResult:
+    """Write a hand-off note for the next session (seed 003) before you return with work left, or
+    when the user asks: a NEW file in .claude/handoff/ (earlier notes stay), with front matter
+    (phase, status, last_updated) and one tagged section per field. The server adds
+    `server_facts` itself: runs running or queued with status and headline, the latest results
+    (best primary metric, against `baseline`) and their open warn/fail findings; do not restate
+    them, say what they mean. Each field has a limit (see its description); longer text is
+    clipped with a note and named in `clipped`. Cheap."""
+    return handoff.write(
+        paths.project_root(),
+        current_state=current_state,
+        completed_work=completed_work,
+        remaining_work=remaining_work,
+        next_action=next_action,
+        decisions_made=decisions_made,
+        blockers=blockers,
+        context=context,
+        files_modified=files_modified,
+        phase=phase,
+        task=task,
+        status=status,
+        agent=agent,
+        baseline=baseline,
+    )
 
 
 def serve() -> None:

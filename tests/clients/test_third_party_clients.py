@@ -45,7 +45,8 @@ def test_claude_validates_the_plugin_strictly(home, project):
     assert report["success"] is True
     provides = report["provides"]
     assert [s["name"] for s in provides["mcpServers"]] == ["trainguard"]
-    assert provides["skills"] == ["trainguard:train"] and provides["agents"] == ["trainguard:training-runner"]
+    assert sorted(provides["skills"]) == ["trainguard:handoff", "trainguard:train"]
+    assert provides["agents"] == ["trainguard:training-runner"]
     assert [(h["event"], h["command"]) for h in provides["hooks"]] == [
         ("SessionStart", '"${CLAUDE_PLUGIN_ROOT}/bin/trainguard-mcp" --setup')
     ]  # builds the server's environment

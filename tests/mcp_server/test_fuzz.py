@@ -103,6 +103,18 @@ TOOLS = {
     },
     "scratchpad_read": {"agent": text, "coordinator": text, "max_chars": scalar},
     "scratchpad_append": {"text": text, "agent": text, "kind": text},
+    "handoff_read": {},
+    "handoff_write": {
+        "current_state": text,
+        "completed_work": text,
+        "remaining_work": text,
+        "next_action": text,
+        "blockers": json_value,
+        "phase": text,
+        "status": text,
+        "agent": text,
+        "baseline": text,
+    },
     # A valid build would really install torch (minutes): fuzzing keeps to the refusals.
     "install_torch": {"build": text.filter(lambda s: s not in ("cpu", "cuda", "rocm")), "target": text},
 }

@@ -28,6 +28,8 @@ TOOLS = {
     "compare_runs",
     "plot_run",
     "install_torch",
+    "handoff_read",
+    "handoff_write",
 }
 
 
@@ -45,6 +47,9 @@ def test_every_tool_is_listed_with_schema_docstring_and_annotations():
     assert tools["list_runs"].annotations.read_only_hint is True
     assert tools["preflight"].annotations.read_only_hint is False  # it runs project code (issue 12)
     assert tools["launch_run"].annotations.read_only_hint is False
+    assert tools["handoff_read"].annotations.read_only_hint is True
+    assert tools["handoff_write"].annotations.read_only_hint is False
+    assert tools["handoff_write"].annotations.destructive_hint is False  # a new note; earlier ones stay
 
 
 def test_list_experiments_shows_bundled_and_project_ones(scripted):
@@ -149,3 +154,5 @@ def test_limits_and_enums_are_in_the_schemas_a_client_lists():
     assert props["tail_log"]["stream"]["enum"] == ["stderr", "stdout", "metrics", "supervisor"]
     assert props["scratchpad_read"]["max_chars"]["maximum"] == 5000
     assert props["gpu_watch"]["seconds"]["maximum"] == 300
+    assert props["handoff_write"]["status"]["enum"] == ["in_progress", "blocked", "complete"]
+    assert "at most 500 characters" in props["handoff_write"]["current_state"]["description"]

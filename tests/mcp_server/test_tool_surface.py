@@ -31,9 +31,9 @@ PREFIX = "mcp__plugin_trainguard_trainguard__"  # how Claude Code names a plugin
 # (agents/training-runner.md says so), so only the /train skill, which asks first, may call it.
 NOT_FOR_THE_AGENT = {"install_torch"}
 # settings.json allows without asking the tools that change nothing (idempotent, not destructive:
-# read-only ones, and pre-flight's checks that run project code but write nothing) and the
-# scratchpad entries, which are the agent's own notes.
-ALSO_ALLOWED = {"scratchpad_append"}
+# read-only ones, and pre-flight's checks that run project code but write nothing), the
+# scratchpad entries and the hand-off notes, which are the agent's own notes (a new file each).
+ALSO_ALLOWED = {"scratchpad_append", "handoff_write"}
 
 
 def listed_tools(project: Path) -> list[dict]:
