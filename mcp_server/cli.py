@@ -8,6 +8,8 @@
     trainguard runs | status RUN | stop RUN | plot RUN | gpu | experiments
     trainguard summary RUN|PATH | diagnose RUN | compare RUN RUN...|--experiment N | logs RUN | wait RUN | resume RUN
     trainguard watch [--seconds S] | scratchpad [--append TEXT]
+    trainguard sweep 1 [--space dim=64,128 --space lr=1e-4:1e-2:log] [--strategy tpe] [--detach]
+    trainguard sweeps [SWEEP] | sweep-stop SWEEP | promote SWEEP [--top-k 2] [--set quick_search=false]
     trainguard serve [--project DIR]                     MCP over stdio (what the plugin starts)
 
 Every command but `serve` takes --json for the same structured result the MCP tool returns.
@@ -462,6 +464,118 @@ def cmd_install_torch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_space(pairs: list[str]) -> dict[str, Any] | None:
+    """--space dim=64,128,256 (a list) or --space lr=1e-4:1e-2:log (a range)."""
+    space: dict[str, Any] = {}
+    for name, text in _parse_sets(pairs).items():
+        if ":" in text:
+            parts = text.split(":")
+            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
+                raise InvalidInput(f"--space {name}={text}: a range is LOW:HIGH or LOW:HIGH:log, e.g. 1e-4:1e-2:log.")
+            try:
+                space[name] = {"low": float(parts[0]), "high": float(parts[1]), "log": len(parts) == 3}
+            except ValueError:
+                raise InvalidInput(f"--space {name}={text}: LOW and HIGH must be numbers.") from None
+        else:
+            space[name] = [v.strip() for v in text.split(",") if v.strip()]
+    return space or None
+
+
+def _print_sweep(st: Any) -> None:
+    print(
+        f"Sweep {st.sweep_id} of {st.experiment}: {st.status}, {st.settings['strategy']}, "
+        f"{sum(st.counts.values())}/{st.trials_total} trials ({', '.join(f'{n} {k}' for k, n in st.counts.items())})"
+    )
+    for line in st.table:
+        params = ", ".join(f"{k}={v}" for k, v in line.params.items())
+        best = f"{st.metric} {line.best:.4g} at {line.at}" if line.best is not None else "no value yet"
+        extra = f"  ({line.reason})" if line.reason and line.status in ("pruned", "skipped", "failed") else ""
+        print(f"  #{line.trial:<3} {line.status:<9} {best:<28} {params}{extra}")
+    if st.best_config:
+        print("Best config: " + ", ".join(f"{k}={v}" for k, v in st.best_config.items()))
+    if st.importance:
+        print("Importance: " + ", ".join(f"{k} {v:.2f}" for k, v in st.importance.items()))
+    if st.failure:
+        print(f"Failure: {st.failure}")
+    print(st.next_step)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mcp_server.sweeps import api as sweeps
+
+    launched = sweeps.launch_sweep(
+        args.experiment,
+        space=_parse_space(args.space),
+        strategy=args.strategy,
+        max_trials=args.trials,
+        parallel=args.parallel,
+        prune=args.prune,
+        trial_budget_s=args.trial_budget,
+        overrides=_parse_sets(args.set) or None,
+        acknowledge=args.acknowledge or None,
+        note=args.note,
+    )
+    if args.json and args.detach:
+        _emit_json(launched)
+        return 0
+    if not args.json:
+        print(f"Launched sweep {launched.sweep_id}: {launched.settings}")
+    if args.detach:
+        print(f"It runs by itself; see it with: trainguard sweeps {launched.sweep_id}")
+        return 0
+    live = _Live()
+    while True:
+        st = sweeps.sweep_status(launched.sweep_id)
+        live.show(f"{st.status}: {sum(st.counts.values())}/{st.trials_total} trials {st.counts}")
+        if st.status in ("finished", "stopped", "failed"):
+            break
+        time.sleep(2.0)
+    live.done()
+    _emit_json(st) if args.json else _print_sweep(st)
+    return 0 if st.status == "finished" else 1
+
+
+def cmd_sweeps(args: argparse.Namespace) -> int:
+    from mcp_server.sweeps import api as sweeps
+
+    st = sweeps.sweep_status(args.sweep_id, args.experiment, args.limit)
+    if args.json:
+        _emit_json(st)
+        return 0
+    _print_sweep(st)
+    for other in st.other_sweeps:
+        print(f"  also: {other['sweep_id']} ({other['status']})")
+    return 0
+
+
+def cmd_sweep_stop(args: argparse.Namespace) -> int:
+    from mcp_server.sweeps import api as sweeps
+
+    result = sweeps.stop_sweep(args.sweep_id)
+    _emit_json(result) if args.json else print(result.message)
+    return 0 if result.processes_left == 0 else 1
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from mcp_server.sweeps import api as sweeps
+
+    result = sweeps.promote_sweep(
+        args.sweep_id,
+        args.top_k,
+        _parse_sets(args.set) or None,
+        note=args.note,
+        acknowledge=args.acknowledge or None,
+        dry_run=args.dry_run,
+    )
+    if args.json:
+        _emit_json(result)
+        return 0
+    for item in result.launched:
+        print(f"trial {item['trial']} ({item['trial_best']:.4g}) -> {item['run_id'] or 'dry run'} {item['status']}")
+    print(result.next_step)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.project is not None:
         if not args.project.is_dir():
@@ -571,6 +685,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("plot", cmd_plot, "draw a run's curves to <run dir>/plot.png")
     p.add_argument("run_id")
     p.add_argument("--metric", action="append", help="a metric to draw (repeat for more); default: primary and losses")
+    p = add("sweep", cmd_sweep, "search an experiment's parameters: every trial a guarded run, losers pruned")
+    p.add_argument("experiment", help="N, NNN or NNN-slug (its sweep.toml gives the defaults)")
+    p.add_argument("--space", action="append", default=[], metavar="NAME=V1,V2|LOW:HIGH[:log]")
+    p.add_argument("--strategy", choices=("grid", "random", "tpe"))
+    p.add_argument("--trials", type=int, help="at most this many trials (a grid: its size)")
+    p.add_argument("--parallel", type=int, help="trials at once (default: one per GPU, one on a CPU)")
+    p.add_argument("--prune", choices=("none", "median", "asha"))
+    p.add_argument("--trial-budget", type=float, metavar="SECONDS", help="training time per trial at most")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="fixed for every trial")
+    p.add_argument("--acknowledge", action="append", default=[], metavar="RULE_ID")
+    p.add_argument("--note", default="")
+    p.add_argument("--detach", action="store_true", help="return after launching; the sweep goes on")
+    p = add("sweeps", cmd_sweeps, "a sweep's table, best first (default: the newest sweep)")
+    p.add_argument("sweep_id", nargs="?")
+    p.add_argument("--experiment", help="that experiment's newest sweep")
+    p.add_argument("--limit", type=int, default=20)
+    add("sweep-stop", cmd_sweep_stop, "stop a sweep and its running trials").add_argument("sweep_id")
+    p = add("promote", cmd_promote, "run a sweep's best configurations in full (quick search, then full)")
+    p.add_argument("sweep_id")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="e.g. quick_search=false")
+    p.add_argument("--note", default="")
+    p.add_argument("--acknowledge", action="append", default=[], metavar="RULE_ID")
+    p.add_argument("--dry-run", action="store_true")
     add("gpu", cmd_gpu, "GPUs and host status")
     p = add("install-torch", cmd_install_torch, "install torch for the trainers (minutes; GBs for a GPU build)")
     p.add_argument("--torch", default="cpu", choices=["cpu", "cuda", "rocm"], help="which build (default cpu)")

@@ -127,12 +127,13 @@ def _signal_name(number: int | None) -> str | None:
 
 
 def _user_stop(f: _Facts) -> list[Evidence]:
-    if f.state.status == "stopped" or (f.run.stop_marker.exists() and f.state.status != "succeeded"):
+    if f.state.status in ("stopped", "pruned") or (f.run.stop_marker.exists() and f.state.status != "succeeded"):
         return [
             Evidence(
                 source="state",
                 text=f"stop requested; status {f.state.status}, "
-                f"signal {_signal_name(f.state.signal)}, exit code {f.state.exit_code}",
+                f"signal {_signal_name(f.state.signal)}, exit code {f.state.exit_code}"
+                + (f"; {f.state.stopped_because}" if f.state.stopped_because else ""),
             )
         ]
     return []

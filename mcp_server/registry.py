@@ -125,7 +125,7 @@ def load_experiment(ref: str, project: Path | None = None) -> Experiment:
     toml_path = folder / "experiment.toml"
     if not toml_path.exists():
         raise NotFound(f"{folder} has no experiment.toml; create it with at least `trainer` and `title`.")
-    raw = _read_toml(toml_path)
+    raw = read_toml(toml_path)
     try:
         spec_file = ExperimentFile.model_validate(raw)
     except ValidationError as exc:
@@ -232,7 +232,7 @@ def load_trainer(name: str, project: Path | None = None) -> TrainerSpec:
         path = folder / f"{name}.toml"
         if path.exists():
             try:
-                return TrainerSpec.model_validate({**_read_toml(path), "source": path.resolve()})
+                return TrainerSpec.model_validate({**read_toml(path), "source": path.resolve()})
             except ValidationError as exc:
                 raise InvalidInput(f"trainer spec {path} is invalid: {_first_errors(exc)}.") from None
     raise NotFound(f"unknown trainer {name!r}; known trainers: {', '.join(known_trainers(project)) or 'none'}.")
@@ -259,7 +259,12 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
+    """A project TOML file (a regular file of a sane size), parsed.
+
+    Raises:
+        InvalidInput: naming the file and what is wrong with it.
+    """
     text = _read_text(path)
     try:
         return tomllib.loads(text)

@@ -31,8 +31,10 @@ from mcp_server.watchdog import WatchdogConfig
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
-Status = Literal["starting", "queued", "running", "succeeded", "failed", "stopped", "lost"]
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "stopped", "lost"})
+# pruned: stopped early by its sweep's pruner (a losing trial); `stopped_because` holds the evidence
+Status = Literal["starting", "queued", "running", "succeeded", "failed", "stopped", "pruned", "lost"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "stopped", "pruned", "lost"})
+STOP_OUTCOMES = ("stopped", "pruned")  # what a stop request may ask the run to be recorded as
 
 
 class RunState(BaseModel):
@@ -61,6 +63,7 @@ class RunState(BaseModel):
     slurm_reason: str | None = None  # Slurm's reason a pending job waits (Priority, Resources, BeginTime...)
     requeues: int = 0  # times the job went back to Slurm's queue (time limit, preemption) and resumed
     headline: str | None = None  # the curves' final headline, written with the outcome: list_runs reads no log
+    stopped_because: str | None = None  # who stopped it and why (a sweep's pruner with its evidence, a trial budget)
 
     @field_validator("job_id")
     @classmethod
@@ -105,6 +108,8 @@ class Manifest(BaseModel):
     job_id: str | None = None  # Slurm's, once submitted
     resume_flag: str | None = None  # the trainer's resume flag: a requeued Slurm job resumes with it
     resume_checkpoint: str | None = None  # glob, in the checkpoints folder, of what it resumes from
+    sweep_id: str | None = None  # the sweep this run is a trial of (mcp_server.sweeps)
+    trial: int | None = None  # its trial number in that sweep
 
     @field_validator("job_id")
     @classmethod
@@ -136,13 +141,26 @@ class RunDir:
     metrics = property(lambda self: self.path / "metrics.jsonl")
     checkpoints = property(lambda self: self.path / "checkpoints")
 
+    def stop_request(self) -> dict[str, Any]:
+        """What the stop marker asks: {"outcome": "stopped" or "pruned", "because": why}; {} when
+        nobody asked, or the marker is not one of ours (an empty or damaged file: a plain stop)."""
+        try:
+            data = json.loads(safefiles.read_bytes(self.stop_marker, follow_links=False, limit=64 * 1024))
+        except (OSError, ValueError, safefiles.NotRegular):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        outcome = data.get("outcome") if data.get("outcome") in STOP_OUTCOMES else "stopped"
+        because = data.get("because") if isinstance(data.get("because"), str) else None
+        return {"outcome": outcome, "because": because[:600] if because else None}
+
     def read_manifest(self) -> Manifest:
         """The manifest, validated.
 
         Raises:
             InvalidInput: naming the file and what is wrong with it (a link, not JSON, a field).
         """
-        return _read_model(self.manifest, Manifest, f"run {self.run_id}'s manifest")
+        return read_model(self.manifest, Manifest, f"run {self.run_id}'s manifest")
 
     def read_state(self) -> RunState:
         """The state, validated. A launch writes it before the manifest, so a run without one
@@ -152,7 +170,7 @@ class RunDir:
             InvalidInput: naming the file and what is wrong with it.
         """
         try:
-            return _read_model(self.state_file, RunState, f"run {self.run_id}'s state")
+            return read_model(self.state_file, RunState, f"run {self.run_id}'s state")
         except FileNotFoundError:
             raise InvalidInput(
                 f"{self.state_file} is missing: the launch that made this folder did not finish. "
@@ -175,7 +193,7 @@ class RunDir:
 MAX_JSON_BYTES = 16 * 2**20  # a manifest or state is a few KB; anything this big is not ours
 
 
-def _read_model(path: Path, model: type[BaseModel], what: str) -> Any:
+def read_model(path: Path, model: type[BaseModel], what: str) -> Any:
     data = safefiles.read_bytes(path, follow_links=False, limit=MAX_JSON_BYTES)
     try:
         return model.model_validate_json(data)

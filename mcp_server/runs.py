@@ -101,6 +101,9 @@ class RunInfo(BaseModel):
     slurm_state: str | None = None
     queue_reason: str | None = None  # why Slurm keeps it pending
     requeues: int = 0
+    stopped_because: str | None = None  # a stop's reason: a sweep's pruner and its evidence, a trial budget
+    sweep_id: str | None = None  # the sweep this run is a trial of
+    trial: int | None = None
 
 
 class RunStatus(RunInfo):
@@ -172,9 +175,11 @@ def launch(
     project: Path | None = None,
     backend: str | None = None,
     resources: dict[str, Any] | None = None,
+    sweep: tuple[str, int] | None = None,
 ) -> LaunchResult:
     """Re-run pre-flight, then start the experiment's trainer under a supervisor, on the
-    experiment's backend (its `[run]` table) or `backend` with `resources`.
+    experiment's backend (its `[run]` table) or `backend` with `resources`. `sweep` is
+    (sweep id, trial number) when a sweep's driver launches it as a trial.
 
     All or nothing: the run folder is made first, everything the run is told (argv, env) names
     that folder, and a launch that fails part-way removes what it made.
@@ -252,6 +257,8 @@ def launch(
             resume_checkpoint=spec.resume_checkpoint,
             chance=(spec.chance | exp.chance) or None,
             remedies=spec.remedies,
+            sweep_id=sweep[0] if sweep else None,
+            trial=sweep[1] if sweep else None,
             git_commit=_git_commit(project),
             versions={
                 "trainguard": __version__,
@@ -377,6 +384,9 @@ def _info_fields(
         "slurm_state": state.slurm_state,
         "queue_reason": state.slurm_reason if state.status == "queued" else None,
         "requeues": state.requeues,
+        "stopped_because": budget.clip(state.stopped_because, 300),
+        "sweep_id": manifest.sweep_id,
+        "trial": manifest.trial,
         "status": state.status,
         "created_at": manifest.created_at,
         "elapsed_s": round(end - state.started_at, 1) if state.started_at else None,
@@ -541,9 +551,17 @@ def plot(run_id: str, metrics: list[str] | None = None, project: Path | None = N
     return out, drawn
 
 
-def stop(run_id: str, grace_s: float = 30.0, project: Path | None = None) -> StopResult:
+def stop(
+    run_id: str,
+    grace_s: float = 30.0,
+    project: Path | None = None,
+    *,
+    outcome: Literal["stopped", "pruned"] = "stopped",
+    because: str | None = None,
+) -> StopResult:
     """Ask the trainer to stop (SIGTERM: it checkpoints), then SIGKILL what is left of it after
-    `grace_s`. Only processes verified as the run's are signalled (procs.RunProcesses)."""
+    `grace_s`. Only processes verified as the run's are signalled (procs.RunProcesses). The run
+    is recorded as `outcome` (a sweep's pruner asks for `pruned`) with `because` as the reason."""
     run = open_run(paths.runs_root(project or paths.project_root()), run_id)
     state = refresh(run)
     if state.status in TERMINAL:
@@ -554,7 +572,7 @@ def stop(run_id: str, grace_s: float = 30.0, project: Path | None = None) -> Sto
             processes_left=0,
             message=f"run already ended ({state.status}); nothing to stop.",
         )
-    write_json_atomic(run.stop_marker, {"requested_at": time.time()})
+    write_json_atomic(run.stop_marker, {"requested_at": time.time(), "outcome": outcome, "because": because})
     backend = _backend(run)
     how = backend.stop(run, state, grace_s)
     state = refresh(run)

@@ -14,6 +14,7 @@ import base64
 import functools
 import inspect
 import logging
+import threading
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -46,6 +47,8 @@ from mcp_server.gpu.sampling import INTERVAL_S, WATCH_S
 from mcp_server.preflight import PreflightReport, run_preflight
 from mcp_server.preflight import estimate_memory as _estimate_memory
 from mcp_server.specs import Scalar
+from mcp_server.sweeps import api as sweeps
+from mcp_server.sweeps import spec as sweep_spec
 
 log = logging.getLogger("trainguard.server")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -556,7 +559,114 @@ def handoff_write(
     )
 
 
+SweepId = Annotated[
+    str, Field(description="a sweep id (NNN-sweep-YYYYMMDD-HHMMSS), as launch_sweep or sweep_status shows it")
+]
+
+
+@tool(WRITES)
+def launch_sweep(
+    experiment: str | int,
+    space: Annotated[
+        dict[str, Any] | None,
+        Field(
+            description="parameter -> a list of values (grid, or choices for random/tpe), "
+            "{'low': a, 'high': b, 'log': true} (random/tpe), or {'choices': [...]}; "
+            "default: the experiment's sweep.toml"
+        ),
+    ] = None,
+    strategy: sweep_spec.Strategy | None = None,
+    max_trials: Annotated[int, Field(ge=1, le=sweep_spec.MAX_TRIALS)] | None = None,
+    parallel: Annotated[int, Field(ge=1, le=sweep_spec.MAX_PARALLEL)] | None = None,
+    metric: str | None = None,
+    prune: sweep_spec.PruneKind | sweep_spec.Pruning | None = None,
+    trial_budget_s: Annotated[float, Field(gt=0, le=sweep_spec.MAX_BUDGET_S)] | None = None,
+    overrides: dict[str, Scalar] | None = None,
+    acknowledge: list[str] | None = None,
+    note: str = "",
+    agent: str = "training-runner",
+) -> sweeps.SweepLaunch:
+    """Start a hyperparameter sweep of an experiment in the background: every trial is an
+    ordinary run (same pre-flight, danger rules, slots and watchdog as launch_run), launched by a
+    sweep driver that outlives this session. `space` maps parameters to lists (strategy grid, in
+    the order written) or ranges (random, or tpe: Optuna's model-based sampler); default is the
+    experiment's sweep.toml, and these arguments override its keys. `overrides` are fixed for
+    every trial (e.g. {"epochs": 8}). `prune` (median, asha or none; default median) stops a
+    losing trial early (it checkpoints) and records it `pruned` with the evidence;
+    `trial_budget_s` caps each trial's training time. `parallel`: trials at once (default one
+    per GPU, one on a CPU). A config that fails pre-flight is recorded as skipped; one whose
+    danger rule fires needs it in `acknowledge`. Then call sweep_status every few minutes."""
+    return sweeps.launch_sweep(
+        str(experiment),
+        space=space,
+        strategy=strategy,
+        max_trials=max_trials,
+        parallel=parallel,
+        metric=metric,
+        prune=prune,
+        trial_budget_s=trial_budget_s,
+        overrides=overrides,
+        acknowledge=acknowledge,
+        note=note,
+        agent=agent,
+    )
+
+
+@tool(READ_ONLY)
+def sweep_status(
+    sweep_id: SweepId | None = None,
+    experiment: str | int | None = None,
+    limit: Annotated[int, Field(ge=sweeps.TABLE_ROWS[0], le=sweeps.TABLE_ROWS[1])] = 20,
+) -> sweeps.SweepStatus:
+    """A sweep's table, best first: each trial's parameters that differ, best value of the
+    sweep's metric with its epoch, status (running, queued, complete, pruned with the evidence,
+    skipped with the pre-flight's reason, failed), the best configuration so far, trials left
+    and, with enough complete trials, each parameter's importance. Give `sweep_id`, or
+    `experiment` for its newest sweep, or nothing for the project's newest; `other_sweeps` lists
+    the rest. A sweep whose driver died (a reboot) is given a new one and goes on. Cheap."""
+    return sweeps.sweep_status(sweep_id, None if experiment is None else str(experiment), limit)
+
+
+@tool(DESTRUCTIVE)
+def stop_sweep(sweep_id: SweepId) -> sweeps.SweepStop:
+    """Stop a sweep: no new trial starts, and each running or queued trial is stopped (SIGTERM:
+    it saves a checkpoint). Returns when none of its processes is left. Finished trials stay;
+    promote_sweep still works on them."""
+    return sweeps.stop_sweep(sweep_id)
+
+
+@tool(WRITES)
+def promote_sweep(
+    sweep_id: SweepId,
+    top_k: Annotated[int, Field(ge=1, le=sweeps.MAX_PROMOTE)] = 1,
+    overrides: dict[str, Scalar] | None = None,
+    note: str = "",
+    agent: str = "training-runner",
+    acknowledge: list[str] | None = None,
+    dry_run: bool = False,
+) -> sweeps.Promoted:
+    """Quick search, then full (seed 003): launch the full-budget run of the sweep's best `top_k`
+    complete trials, each with its parameters over the sweep's overrides and `overrides` over
+    both (e.g. {"quick_search": false} or {"epochs": 100}), through the same pre-flight as
+    launch_run. Returns the new run ids; wait_run on them."""
+    return sweeps.promote_sweep(
+        sweep_id, top_k, overrides, note=note, agent=agent, acknowledge=acknowledge, dry_run=dry_run
+    )
+
+
 def serve() -> None:
     """Serve MCP over stdio. Logging goes to stderr: stdout is the wire."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    threading.Thread(target=_revive_sweeps, name="revive-sweeps", daemon=True).start()
     mcp.run("stdio")
+
+
+def _revive_sweeps() -> None:
+    """Give each sweep that should be running and has no driver (a reboot killed it) a new one."""
+    try:
+        revived = sweeps.revive(paths.project_root())
+    except (OSError, TrainguardError) as exc:
+        log.warning("sweeps not checked for a lost driver: %s", exc)
+        return
+    if revived:
+        log.info("sweeps going on with a new driver: %s", ", ".join(revived))

@@ -109,6 +109,7 @@ def supervise(run: RunDir) -> int:
         argv = manifest.argv
     if held is None:  # cancelled while queued
         state.status, state.finished_at = "stopped", time.time()
+        state.stopped_because = run.stop_request().get("because")
         _finish(run, manifest, state)
         return 0
     if not in_slurm:
@@ -172,6 +173,11 @@ def supervise(run: RunDir) -> int:
         state.status, state.failure = "failed", f"stopped by the watchdog: {stopped_by['detail']}"
     elif state.status == "failed" and (full or safefiles.disk_full(run.path)):
         state.failure = f"{full or safefiles.disk_full(run.path)} ({state.failure})"
+    elif state.status == "stopped":  # a stop someone asked for: a sweep's pruner, a trial budget, a user
+        request = run.stop_request()
+        state.stopped_because = request.get("because")
+        if request.get("outcome") == "pruned":
+            state.status = "pruned"
     state.finished_at = time.time()
     _finish(run, manifest, state)
     return returncode
