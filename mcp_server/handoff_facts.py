@@ -61,10 +61,34 @@ class Facts(BaseModel):
     scanned: int
 
 
+MAX_SWEEPS = 4
+
+
 def sweep_lines(project: Path) -> list[str]:
-    """Sweeps in progress, one line each. The hook for issue 16's sweeps: this version tracks
-    none, so the note leaves the section out rather than say something it cannot know."""
-    return []
+    """Sweeps in progress, one line each: trials done of the total, by status, and the best so
+    far with its parameters (from each sweep's state.json, as sweep_status reads it)."""
+    from mcp_server.sweeps import api as sweeps
+
+    lines = []
+    for folder in sweeps.sweepdir.all_sweeps(paths.runs_root(project)):
+        try:
+            state = folder.read_state()
+            if state.status in sweeps.SWEEP_DONE:
+                continue
+            st = sweeps.sweep_status(folder.sweep_id, project=project, limit=1, revive=False)
+        except (OSError, TrainguardError):
+            continue
+        counts = ", ".join(f"{n} {k}" for k, n in st.counts.items())
+        done = sum(st.counts.values())
+        line = f"{st.sweep_id} ({st.experiment}, {st.settings['strategy']}): {done}/{st.trials_total} trials"
+        line += f" ({counts})" if counts else ""
+        if st.best is not None and st.best.best is not None:
+            params = ", ".join(f"{k}={v}" for k, v in st.best.params.items())
+            line += f"; best {st.metric} {st.best.best:.4g} at {st.best.at} (trial {st.best.trial}: {params})"
+        lines.append(line)
+        if len(lines) == MAX_SWEEPS:
+            break
+    return lines
 
 
 def _summary(run_id: str, project: Path) -> tuple[runs.RunInfo, CurveSummary] | None:

@@ -322,10 +322,16 @@ def _pick(
 
 
 def sweep_status(
-    sweep_id: str | None = None, experiment: str | None = None, limit: int = 20, project: Path | None = None
+    sweep_id: str | None = None,
+    experiment: str | None = None,
+    limit: int = 20,
+    project: Path | None = None,
+    *,
+    revive: bool = True,
 ) -> SweepStatus:
     """The sweep's table, best first (a sweep of `experiment`, or the newest, when no id is
-    given), within the answer budget. A sweep whose driver died is given a new one.
+    given), within the answer budget. A sweep whose driver died is given a new one (unless
+    `revive` is False: a reader that only reports).
 
     Raises:
         InvalidInput / NotFound: a bad id, or no sweep.
@@ -336,7 +342,7 @@ def sweep_status(
     root = _runs_root(project)
     folder, others = _pick(root, sweep_id, experiment, project)
     spec = folder.read_spec()
-    state, alive = _refresh(folder)
+    state, alive = _refresh(folder) if revive else (folder.read_state(), folder.driver_alive())
     maximize = spec.direction == "max"
     rows = state.trials
     differing = [k for k in spec.space if len({repr(r.params.get(k)) for r in rows}) > 1] or list(spec.space)

@@ -115,6 +115,18 @@ TOOLS = {
         "agent": text,
         "baseline": text,
     },
+    "launch_sweep": {
+        "experiment": not_a_ref,
+        "space": json_value,
+        "strategy": text,
+        "max_trials": scalar,
+        "prune": json_value,
+        "trial_budget_s": scalar,
+        "overrides": json_value,
+    },
+    "sweep_status": {"sweep_id": text, "experiment": not_a_ref, "limit": scalar},
+    "stop_sweep": {"sweep_id": text},
+    "promote_sweep": {"sweep_id": text, "top_k": scalar, "overrides": json_value, "dry_run": scalar},
     # A valid build would really install torch (minutes): fuzzing keeps to the refusals.
     "install_torch": {"build": text.filter(lambda s: s not in ("cpu", "cuda", "rocm")), "target": text},
 }

@@ -200,3 +200,31 @@ def test_bad_arguments_are_refused_with_what_to_pass(project, args, needle):
         full.pop("current_state")
     assert needle in error("handoff_write", full | args)
     assert not (project / ".claude" / "handoff").exists() or not os.listdir(project / ".claude" / "handoff")
+
+
+def test_a_sweep_in_progress_is_in_the_facts_with_its_best_so_far(tiny_trm):
+    """The facts read the sweep's own state (as sweep_status does), and never start its driver."""
+    from mcp_server.rundir import write_json_atomic
+    from mcp_server.sweeps import folder
+    from mcp_server.sweeps.spec import resolve
+
+    sweep = folder.create(tiny_trm / "runs", "911-sweep-20261202-101500")
+    spec = resolve(
+        "911", {"space": {"dim": [16, 24, 32]}}, tiny_trm, sweep_id=sweep.sweep_id, created_at="now", agent="a", note=""
+    )
+    write_json_atomic(sweep.spec_file, spec.model_dump(mode="json"))
+    trials = [
+        folder.TrialRow(number=0, trial_id=0, params={"dim": 16}, status="complete", best=0.61, best_at=3),
+        folder.TrialRow(number=1, trial_id=1, params={"dim": 24}, status="pruned", best=0.3, best_at=1, pruned_at=2),
+        folder.TrialRow(number=2, trial_id=2, params={"dim": 32}, status="running", best=0.5, best_at=1),
+    ]
+    sweep.write_state(folder.SweepState(status="running", updated_at=0, started_at=1.0, trials=trials))
+    base = {k: SEED_003[k] for k in ("current_state", "completed_work", "remaining_work", "next_action")}
+    ok("handoff_write", base)
+    facts = _section(ok("handoff_read")["text"], "server_facts")
+    assert "Sweeps in progress:" in facts
+    assert (
+        f"- {sweep.sweep_id} (911-trm-tiny, grid): 3/3 trials (1 complete, 1 pruned, 1 running); "
+        "best val/acc 0.61 at epoch 3 (trial 0: dim=16)"
+    ) in facts
+    assert not sweep.driver_alive() and not sweep.driver_log.exists()

@@ -30,6 +30,10 @@ TOOLS = {
     "install_torch",
     "handoff_read",
     "handoff_write",
+    "launch_sweep",
+    "sweep_status",
+    "stop_sweep",
+    "promote_sweep",
 }
 
 
