@@ -16,6 +16,7 @@ from mcp import StdioServerParameters
 from mcp_server import paths, runs
 from mcp_server.errors import TrainguardError
 from mcp_server.rundir import TERMINAL, all_runs
+from mcp_server.sweeps import api as sweeps
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -149,8 +150,8 @@ help = "Step at which a malformed metrics line is written."
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """An empty user project, made current through CLAUDE_PROJECT_DIR. Every run it started is
-    stopped at teardown, so no test leaves a process behind."""
+    """An empty user project, made current through CLAUDE_PROJECT_DIR. Every sweep and run it
+    started is stopped at teardown, so no test leaves a process behind."""
     proj = tmp_path / "project"
     proj.mkdir()
     monkeypatch.setenv("CLAUDE_PROJECT_DIR", str(proj))
@@ -158,6 +159,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TRAINGUARD_PYTHON", sys.executable)
     monkeypatch.setenv("TRAINGUARD_CPU_SLOTS", "16")  # tests run several small runs at once; test_queue sets 1
     yield proj
+    for sweep in sweeps.sweepdir.all_sweeps(paths.runs_root(proj)):  # first: a driver launches more runs
+        try:
+            sweeps.stop_sweep(sweep.sweep_id, project=proj, wait_s=60.0)
+        except TrainguardError:
+            continue
     for run in all_runs(paths.runs_root(proj)):
         try:
             if runs.refresh(run).status not in TERMINAL:

@@ -163,8 +163,7 @@ def launch_sweep(
     try:
         write_json_atomic(folder.spec_file, spec.model_dump(mode="json"))
         folder.write_state(SweepState(status="starting", updated_at=time.time(), parallel=spec.parallel))
-        _start_driver(folder)
-        state = _wait_started(folder)
+        state = _wait_started(folder, _start_driver(folder))
     except BaseException:
         _discard(folder)
         raise
@@ -220,11 +219,12 @@ def _start_driver(folder: SweepDir) -> subprocess.Popen:
     return proc
 
 
-def _wait_started(folder: SweepDir) -> SweepState:
+def _wait_started(folder: SweepDir, proc: subprocess.Popen) -> SweepState:
     """The state once the driver has taken the sweep over.
 
     Raises:
-        TrainguardError: it failed or did not start in time.
+        TrainguardError: it failed, exited or did not start in time (it is killed then: the
+            caller removes the folder).
     """
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
@@ -233,11 +233,16 @@ def _wait_started(folder: SweepDir) -> SweepState:
             raise TrainguardError(f"the sweep's driver failed at once: {state.failure}")
         if state.status != "starting":
             return state
-        if time.monotonic() >= deadline:
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            if proc.poll() is None:
+                proc.kill()  # our own child, unreaped: its pid is still its own
+                proc.wait()
+            elif folder.read_state().status != "starting":
+                continue
             from mcp_server import textlog
 
             raise TrainguardError(
-                f"the sweep's driver did not start within {START_TIMEOUT_S:.0f} s: "
+                f"the sweep's driver did not start (exit code {proc.returncode}): "
                 f"{textlog.tail(folder.driver_log, lines=5, max_chars=600) or 'no output'}; nothing launched."
             )
         time.sleep(0.05)

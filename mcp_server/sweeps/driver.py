@@ -178,8 +178,9 @@ class Driver:
 
     def _take_over(self) -> None:
         """After a restart: a trial recorded as launching may have got its run before the old
-        driver died (its manifest names the trial), else it is launched now; what the old driver
-        reported to the pruner is in the study, so it is not reported twice."""
+        driver died (its manifest names the trial), else it is launched now; one it had decided
+        to prune (or found over budget) is stopped now; what it reported to the pruner is in
+        the study, so it is not reported twice."""
         frozen = {t.number: t for t in self.study.get_trials(deepcopy=False)}
         for row in self._live():
             done = frozen.get(row.number)
@@ -191,6 +192,15 @@ class Driver:
                 row.run_id = self._run_of_trial(row.number)
                 if row.run_id is None:
                     self._launch(row)
+            elif row.run_id is not None and (row.pruned_at is not None or row.budget_reached):
+                # decided and written, then the old driver died: the stop may not have happened
+                runs.stop(
+                    row.run_id,
+                    grace_s=30.0,
+                    project=self.project,
+                    outcome="pruned" if row.pruned_at is not None else "stopped",
+                    because=f"sweep {self.spec.sweep_id}: {row.reason}",
+                )
 
     def _run_of_trial(self, number: int) -> str | None:
         for run in all_runs(self.runs_root):
@@ -214,6 +224,8 @@ class Driver:
                 warnings.simplefilter("ignore")  # the grid sampler's note on queued (fixed) trials
                 trial = self.study.ask(self.distributions)
             self.trials[trial.number] = trial
+            # Optuna names a trial by its number and, in its storage, by _trial_id: kept so a
+            # driver taking over can reopen the same trial (optuna.trial.Trial(study, trial_id))
             row = TrialRow(number=trial.number, trial_id=trial._trial_id, params=dict(trial.params), status="launching")
             self.state.trials.append(row)
             self._write()  # the trial is on disk before its run exists (see _take_over)
@@ -287,10 +299,12 @@ class Driver:
             self._report(row, run)
             self._conclude(row, run, run_state)
             return True
-        if run_state.status != "running":
+        if run_state.status != "running" or row.budget_reached:
             return changed
-        if changed and self._should_prune(row):
+        if changed and row.pruned_at is None and self._should_prune(row):
             evidence = self._evidence(row)
+            row.pruned_at, row.reason = row.last_at, evidence
+            self._write()  # decided before it is acted on: a driver taking over stops it again
             runs.stop(
                 row.run_id,
                 run.read_manifest().watchdog.stop_grace_s,
@@ -298,22 +312,28 @@ class Driver:
                 outcome="pruned",
                 because=f"pruned by sweep {self.spec.sweep_id}: {evidence}",
             )
-            row.pruned_at, row.reason = row.last_at, evidence
-            self._conclude(row, run, runs.refresh(run))
-            return True
+            return self._end_if_over(row, run)
         budget_s = self.spec.trial_budget_s
         if budget_s and run_state.started_at and time.time() - run_state.started_at > budget_s:
+            row.budget_reached = True
+            row.reason = f"trial budget of {budget_s:g} s reached at {row.at_unit} {row.last_at}"
+            self._write()
             runs.stop(
                 row.run_id,
                 run.read_manifest().watchdog.stop_grace_s,
                 self.project,
                 because=f"the trial budget of sweep {self.spec.sweep_id} ({budget_s:g} s of training) ran out",
             )
-            row.reason = f"trial budget of {budget_s:g} s reached at {row.at_unit} {row.last_at}"
-            self._report(row, run)
-            self._conclude(row, run, runs.refresh(run), budget_reached=True)
-            return True
+            return self._end_if_over(row, run)
         return changed
+
+    def _end_if_over(self, row: TrialRow, run: RunDir) -> bool:
+        """After a stop: record the trial's end if its run has ended (else the next poll will)."""
+        run_state = runs.refresh(run)
+        if run_state.status in TERMINAL:
+            self._report(row, run)
+            self._conclude(row, run, run_state)
+        return True
 
     def _report(self, row: TrialRow, run: RunDir) -> bool:
         points, unit = metric_points(run.path, self.spec.metric, row.last_at)
@@ -359,7 +379,7 @@ class Driver:
             f"that reached it (they reach {ranked[keep - 1]:.4g})"
         )
 
-    def _conclude(self, row: TrialRow, run: RunDir, run_state: RunState, budget_reached: bool = False) -> None:
+    def _conclude(self, row: TrialRow, run: RunDir, run_state: RunState) -> None:
         """Record an ended trial in the study and the table."""
         row.finished_at = run_state.finished_at or time.time()
         row.started_at = row.started_at or run_state.started_at
@@ -369,7 +389,7 @@ class Driver:
             row.pruned_at = row.pruned_at if row.pruned_at is not None else row.last_at
             row.reason = row.reason or run_state.stopped_because
             self.study.tell(row.number, state=TrialState.PRUNED, skip_if_finished=True)
-        elif status == "succeeded" or (status == "stopped" and budget_reached):
+        elif status == "succeeded" or (status == "stopped" and row.budget_reached):
             if row.best is None:
                 row.status, row.reason = "failed", f"the run logged no finite {self.spec.metric}"
                 self.study.tell(row.number, state=TrialState.FAIL, skip_if_finished=True)

@@ -52,6 +52,7 @@ class TrialRow(BaseModel):
     last: float | None = None  # the value reported then
     at_unit: Literal["epoch", "step"] = "epoch"
     pruned_at: int | None = None
+    budget_reached: bool = False  # stopped at trial_budget_s: it counts, with its best so far
     reason: str | None = None  # the pruner's evidence, the pre-flight failure, the run's failure
     started_at: float | None = None
     finished_at: float | None = None

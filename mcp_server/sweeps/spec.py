@@ -195,7 +195,8 @@ def resolve(
     experiment: str, raw: dict[str, Any], project: Path, *, sweep_id: str, created_at: str, agent: str, note: str
 ) -> SweepSpec:
     """The sweep of `experiment` that `raw` describes (its sweep.toml's keys, with the tool's
-    arguments laid over them), checked against the trainer.
+    arguments laid over them: `space` replaces the file's, `overrides` and `acknowledge` add to
+    the file's, a fixed value that is now swept is dropped), checked against the trainer.
 
     Raises:
         InvalidInput / NotFound: what is wrong, and what to pass instead.
@@ -203,7 +204,17 @@ def resolve(
     exp = registry.load_experiment(experiment, project)
     trainer = registry.load_trainer(exp.trainer, project)
     from_file = read_file(exp.dir)
-    merged = {**from_file, **{k: v for k, v in raw.items() if v is not None}}
+    given = {k: v for k, v in raw.items() if v is not None}
+    merged = {**from_file, **given}
+    if isinstance(from_file.get("overrides"), dict) and isinstance(given.get("overrides"), dict):
+        # the file's fixed values stay unless given again, or swept now
+        space_keys = set(merged.get("space") or {})
+        kept = {k: v for k, v in from_file["overrides"].items() if k not in space_keys}
+        merged["overrides"] = kept | given["overrides"]
+    elif isinstance(from_file.get("overrides"), dict) and "space" in given and isinstance(given["space"], dict):
+        merged["overrides"] = {k: v for k, v in from_file["overrides"].items() if k not in given["space"]}
+    if isinstance(from_file.get("acknowledge"), list) and isinstance(given.get("acknowledge"), list):
+        merged["acknowledge"] = [*from_file["acknowledge"], *given["acknowledge"]]
     if not merged.get("space"):
         raise NotFound(
             f"experiment {exp.id} has no {SWEEP_FILE} and no space was given: pass space, e.g. "

@@ -45,7 +45,7 @@ def test_claude_validates_the_plugin_strictly(home, project):
     assert report["success"] is True
     provides = report["provides"]
     assert [s["name"] for s in provides["mcpServers"]] == ["trainguard"]
-    assert sorted(provides["skills"]) == ["trainguard:handoff", "trainguard:train"]
+    assert sorted(provides["skills"]) == ["trainguard:handoff", "trainguard:sweep", "trainguard:train"]
     assert provides["agents"] == ["trainguard:training-runner"]
     assert [(h["event"], h["command"]) for h in provides["hooks"]] == [
         ("SessionStart", '"${CLAUDE_PLUGIN_ROOT}/bin/trainguard-mcp" --setup')

@@ -321,3 +321,26 @@ def test_a_sweep_folder_that_is_a_link_is_refused(project, tmp_path):
         api.sweep_status("001-sweep-20260101-000000", project=project)
     with pytest.raises(NotFound, match="no sweep yet"):
         api.sweep_status(project=project)  # a link is no sweep to list either
+
+
+def test_a_trial_at_its_budget_is_stopped_and_counts_with_its_best_so_far(project):
+    write_experiment(project, "925-trm-budget", "trm_nav", TINY | {"epochs": 10000, "patience": 10000})
+
+    async def scenario():
+        async with Client(launcher_params(project)) as client:
+            launched = await ok(
+                client,
+                "launch_sweep",
+                {"experiment": "925", "space": {"dim": [16, 24]}, "parallel": 1, "trial_budget_s": 4, "prune": "none"},
+            )
+            return await until_done(client, launched["sweep_id"])
+
+    final = anyio.run(scenario)
+    assert final["status"] == "finished" and final["counts"] == {"complete": 2}, final
+    for row in final["table"]:
+        assert row["best"] is not None and "trial budget of 4 s reached" in row["reason"]
+        run = open_run(project / "runs", row["run_id"])
+        state = run.read_state()
+        assert state.status == "stopped" and "trial budget" in state.stopped_because
+        assert 4 <= state.finished_at - state.started_at < 30
+        assert (run.checkpoints / "last.pt").is_file()

@@ -90,10 +90,17 @@ def test_the_skill_agent_and_settings_name_exactly_the_servers_tools(project):
     skill = _frontmatter_list(REPO / "skills" / "train" / "SKILL.md", "allowed-tools")
     agent = _frontmatter_list(REPO / "agents" / "training-runner.md", "tools")
     allow = set(json.loads((REPO / ".claude" / "settings.json").read_text())["permissions"]["allow"])
+    other_skills = [
+        (f"skills/{p.parent.name}/SKILL.md", _frontmatter_list(p, "allowed-tools"))
+        for p in sorted((REPO / "skills").glob("*/SKILL.md"))
+        if p.parent.name != "train"
+    ]
+    assert {where for where, _ in other_skills} >= {"skills/handoff/SKILL.md", "skills/sweep/SKILL.md"}
     for where, names in (
         ("skills/train/SKILL.md", skill),
         ("agents/training-runner.md", agent),
         (".claude/settings.json", allow),
+        *other_skills,
     ):
         stale = sorted(n for n in names if n.startswith("mcp__") and n.removeprefix(PREFIX) not in served)
         assert not stale, f"{where} names tools the server does not have: {stale}"
