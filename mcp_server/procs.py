@@ -15,13 +15,16 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from mcp_server import safefiles
 from mcp_server.errors import InvalidInput
 
 POLL_S = 0.05
@@ -189,6 +192,28 @@ class RunProcesses:
         self.signal(signal.SIGKILL)
         self.wait_gone(5.0)
         return "killed"
+
+
+def start_detached(module: str, target: Path, log_file: Path, plugin_root: Path, source_tree: bool) -> subprocess.Popen:
+    """`python -m module target` in a session of its own (it outlives this process: a run's
+    supervisor, a sweep's driver), stdin closed, output to `log_file` (opened without following a
+    link), reaped by a thread when it exits so no zombie lingers while this process lives."""
+    env = dict(os.environ)
+    if source_tree:  # an installed wheel is on the interpreter's path already
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugin_root), env.get("PYTHONPATH")]))
+    with safefiles.open_append(log_file) as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, str(target)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=env,
+            cwd=str(plugin_root),
+            start_new_session=True,
+            close_fds=True,
+        )
+    threading.Thread(target=proc.wait, name=f"reap-{target.name}", daemon=True).start()
+    return proc
 
 
 def leashed(argv: list[str], sig: signal.Signals = signal.SIGTERM) -> list[str]:

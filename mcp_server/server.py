@@ -306,9 +306,10 @@ def launch_run(
 @tool(READ_ONLY)
 def list_runs(limit: Limit = 20, offset: Offset = 0) -> runs.RunPage:
     """List runs, newest first: id, experiment, status (queued with its position, running,
-    succeeded, failed, stopped, lost; a damaged folder with its error), elapsed time, exit code
-    and a one-line headline of the primary metric. Pages: `total` runs in all, and
-    `next_offset` to pass as `offset` for the next page (a page stops early to stay short). Cheap."""
+    succeeded, failed, stopped, pruned by its sweep, lost; a damaged folder with its error),
+    elapsed time, exit code, a one-line headline of the primary metric, and the sweep and trial
+    of a sweep's run. Pages: `total` runs in all, and `next_offset` to pass as `offset` for the
+    next page (a page stops early to stay short). Cheap."""
     return runs.list_runs(limit=limit, offset=offset)
 
 
@@ -593,7 +594,8 @@ def launch_sweep(
     experiment's sweep.toml, and these arguments override its keys. `overrides` are fixed for
     every trial (e.g. {"epochs": 8}). `prune` (median, asha or none; default median) stops a
     losing trial early (it checkpoints) and records it `pruned` with the evidence;
-    `trial_budget_s` caps each trial's training time. `parallel`: trials at once (default one
+    `trial_budget_s` caps each trial's wall-clock time from its trainer's start (it then stops
+    and counts with its best so far). `parallel`: trials at once (default one
     per GPU, one on a CPU). A config that fails pre-flight is recorded as skipped; one whose
     danger rule fires needs it in `acknowledge`. Then call sweep_status every few minutes."""
     return sweeps.launch_sweep(

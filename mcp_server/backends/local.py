@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from mcp_server import ledger, paths, procs, safefiles, scratchpad, textlog
+from mcp_server import ledger, paths, procs, scratchpad, textlog
 from mcp_server.backends.model import Resources
 from mcp_server.checks import Check
 from mcp_server.errors import TrainguardError
@@ -113,23 +110,9 @@ def processes(run: RunDir, state: RunState) -> procs.RunProcesses:
 
 
 def _start_supervisor(run: RunDir) -> subprocess.Popen:
-    env = dict(os.environ)
-    if paths.SOURCE_TREE:  # an installed wheel is on the interpreter's path already
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.PLUGIN_ROOT), env.get("PYTHONPATH")]))
-    with safefiles.open_append(run.supervisor_log) as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mcp_server.supervisor", str(run.path)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            env=env,
-            cwd=str(paths.PLUGIN_ROOT),
-            start_new_session=True,
-            close_fds=True,
-        )
-    # Reap it when it exits so no zombie lingers while this server lives.
-    threading.Thread(target=proc.wait, name=f"reap-{run.run_id}", daemon=True).start()
-    return proc
+    return procs.start_detached(
+        "mcp_server.supervisor", run.path, run.supervisor_log, paths.PLUGIN_ROOT, paths.SOURCE_TREE
+    )
 
 
 def _wait_started(run: RunDir, proc: subprocess.Popen) -> RunState:

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_server import budget, paths, registry, safefiles, scratchpad
+from mcp_server import budget, paths, procs, registry, scratchpad
 from mcp_server import runs as runs_mod
 from mcp_server.errors import Conflict, InvalidInput, NotFound, TrainguardError
 from mcp_server.rundir import write_json_atomic
@@ -94,7 +91,7 @@ class SweepStop(BaseModel):
 
     sweep_id: str
     status: str
-    trials_stopped: int
+    trials_stopped: int  # trials whose runs were going (queued or running)
     processes_left: int
     message: str
 
@@ -201,22 +198,9 @@ def _discard(folder: SweepDir) -> None:
 
 
 def _start_driver(folder: SweepDir) -> subprocess.Popen:
-    env = dict(os.environ)
-    if paths.SOURCE_TREE:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.PLUGIN_ROOT), env.get("PYTHONPATH")]))
-    with safefiles.open_append(folder.driver_log) as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mcp_server.sweeps.driver", str(folder.path)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            env=env,
-            cwd=str(paths.PLUGIN_ROOT),
-            start_new_session=True,
-            close_fds=True,
-        )
-    threading.Thread(target=proc.wait, name=f"reap-{folder.sweep_id}", daemon=True).start()
-    return proc
+    return procs.start_detached(
+        "mcp_server.sweeps.driver", folder.path, folder.driver_log, paths.PLUGIN_ROOT, paths.SOURCE_TREE
+    )
 
 
 def _wait_started(folder: SweepDir, proc: subprocess.Popen) -> SweepState:
@@ -434,7 +418,7 @@ def stop_sweep(sweep_id: str, project: Path | None = None, wait_s: float = 120.0
             processes_left=0,
             message=f"the sweep already ended ({state.status}); nothing to stop.",
         )
-    live_before = sum(r.status in TRIAL_LIVE for r in state.trials)
+    live_before = sum(r.status in TRIAL_LIVE and r.run_id is not None for r in state.trials)
     write_json_atomic(folder.stop_marker, {"requested_at": time.time()})
     deadline = time.monotonic() + wait_s
     left = 0

@@ -28,6 +28,7 @@ import math
 import os
 import statistics
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -44,13 +45,14 @@ from mcp_server import budget, paths, procs, runs, scratchpad, slots
 from mcp_server.curves import load as curves_load
 from mcp_server.curves.summary import find_metric
 from mcp_server.errors import TrainguardError
+from mcp_server.preflight import run_preflight
 from mcp_server.rundir import TERMINAL, RunDir, RunState, all_runs, open_run
 from mcp_server.sweeps.api import IMPORTANCE_MIN_TRIALS, stop_live_trials
 from mcp_server.sweeps.folder import TRIAL_LIVE, SweepDir, SweepState, TrialRow
 from mcp_server.sweeps.spec import Range, SweepSpec, values_of
 
 log = logging.getLogger("trainguard.sweeps.driver")
-POLL_S = 1.0
+POLL_S = 0.5
 WRITE_EVERY_S = 5.0  # state.json at least this often while something changes
 FAILED_PREFLIGHTS_TO_GIVE_UP = 3  # the first trials all refused: the cause is the sweep's, not a config's
 STUDY = "sweep"
@@ -132,6 +134,7 @@ class Driver:
         self.maximize = spec.direction == "max"
         self.trials: dict[int, optuna.Trial] = {}
         self.refused: dict[str, str] = {}  # config -> its pre-flight failure: pre-flight once per config
+        self.warming: threading.Thread | None = None  # the waiting trial's pre-flight
         self.told: set[int] = set()  # trials the study has as finished though state.json had them live
         self.last_write = 0.0
         trainer_params = _trainer_param_types(spec)
@@ -146,7 +149,7 @@ class Driver:
                 self._stop_all("stop_sweep asked the sweep to stop")
                 self.state.status = "stopped"
                 break
-            changed = any([self._watch(row) for row in self._live()])
+            changed = any([self._watch(row) for row in self._launched()])
             changed = self._fill() or changed
             if not self._live() and self._exhausted():
                 self.state.status = "finished"
@@ -188,10 +191,12 @@ class Driver:
                 row.last_at = max(done.intermediate_values)
             if done is not None and done.state.is_finished():
                 self.told.add(row.number)  # the old driver told the study, then died before state.json
-            if row.status == "launching" and row.run_id is None:
+            if row.status in ("launching", "waiting") and row.run_id is None:
                 row.run_id = self._run_of_trial(row.number)
-                if row.run_id is None:
+                if row.run_id is None and row.status == "launching":
                     self._launch(row)
+                elif row.run_id is not None:
+                    row.status = "running"  # launched before the old driver died; _watch corrects it
             elif row.run_id is not None and (row.pruned_at is not None or row.budget_reached):
                 # decided and written, then the old driver died: the stop may not have happened
                 runs.stop(
@@ -215,22 +220,17 @@ class Driver:
     # -- trials ------------------------------------------------------------------------------
 
     def _fill(self) -> bool:
-        """Launch trials while fewer than `parallel` live. True if any was asked for."""
-        asked = False
-        while self.state.status == "running" and len(self._live()) < (self.state.parallel or 1):
-            if self._exhausted():
+        """Launch trials while fewer than `parallel` are launched and live; then ask for the next
+        one and run its pre-flight in the background while these train, so that a slot that
+        frees is filled at once (a pre-flight traces a training step: seconds). True if any
+        trial was asked for or launched."""
+        changed = False
+        while self.state.status == "running" and len(self._launched()) < (self.state.parallel or 1):
+            row = self._waiting() or self._ask()
+            if row is None:
                 break
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the grid sampler's note on queued (fixed) trials
-                trial = self.study.ask(self.distributions)
-            self.trials[trial.number] = trial
-            # Optuna names a trial by its number and, in its storage, by _trial_id: kept so a
-            # driver taking over can reopen the same trial (optuna.trial.Trial(study, trial_id))
-            row = TrialRow(number=trial.number, trial_id=trial._trial_id, params=dict(trial.params), status="launching")
-            self.state.trials.append(row)
-            self._write()  # the trial is on disk before its run exists (see _take_over)
             self._launch(row)
-            asked = True
+            changed = True
             first = self.state.trials[:FAILED_PREFLIGHTS_TO_GIVE_UP]
             if len(self.state.trials) == FAILED_PREFLIGHTS_TO_GIVE_UP and all(r.status == "skipped" for r in first):
                 self.state.status = "failed"
@@ -238,9 +238,49 @@ class Driver:
                     f"the first {FAILED_PREFLIGHTS_TO_GIVE_UP} trials were all refused, so the cause is likely "
                     f"the sweep's, not one configuration's: {first[-1].reason}"
                 )
-        return asked
+        if self.state.status == "running" and self._launched() and self._waiting() is None:
+            row = self._ask(status="waiting")
+            if row is not None:
+                self.warming = threading.Thread(target=self._warm, args=(row,), name="warm-preflight", daemon=True)
+                self.warming.start()
+                changed = True
+        return changed
+
+    def _launched(self) -> list[TrialRow]:
+        return [row for row in self.state.trials if row.status in ("launching", "queued", "running")]
+
+    def _waiting(self) -> TrialRow | None:
+        return next((row for row in self.state.trials if row.status == "waiting"), None)
+
+    def _ask(self, status: str = "launching") -> TrialRow | None:
+        """The next configuration from the sampler, recorded in the table (None when the sweep
+        has all its trials)."""
+        if self._exhausted():
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the grid sampler's note on queued (fixed) trials
+            trial = self.study.ask(self.distributions)
+        self.trials[trial.number] = trial
+        # Optuna names a trial by its number and, in its storage, by _trial_id: kept so a
+        # driver taking over can reopen the same trial (optuna.trial.Trial(study, trial_id))
+        row = TrialRow(number=trial.number, trial_id=trial._trial_id, params=dict(trial.params), status=status)
+        self.state.trials.append(row)
+        self._write()  # the trial is on disk before its run exists (see _take_over)
+        return row
+
+    def _warm(self, row: TrialRow) -> None:
+        """Pre-flight a waiting trial's configuration: the launch then finds every probe's answer
+        in the cache (the same process). Its verdict does not matter here; the launch decides."""
+        try:
+            run_preflight(self.spec.experiment, {**self.spec.overrides, **row.params}, self.project)
+        except Exception as exc:  # noqa: BLE001 - a warm-up only: the launch runs it again and reports
+            log.info("pre-flight of trial %s ahead of its launch: %s", row.number, exc)
 
     def _launch(self, row: TrialRow) -> None:
+        if self.warming is not None:  # one pre-flight at a time: the probe cache is the process's
+            self.warming.join()
+            self.warming = None
+        row.status = "launching"
         key = repr(sorted(row.params.items()))
         if key in self.refused:
             self._skip(row, self.refused[key])

@@ -34,8 +34,9 @@ from mcp_server.sweeps.spec import SweepSpec
 SWEEP_ID_RE = re.compile(r"\d{3}-sweep-\d{8}-\d{6}(-\d{1,3})?")
 SweepStatusName = Literal["starting", "running", "finished", "stopped", "failed"]
 SWEEP_DONE: frozenset[str] = frozenset({"finished", "stopped", "failed"})
-TrialStatus = Literal["launching", "queued", "running", "complete", "pruned", "failed", "skipped", "stopped"]
-TRIAL_LIVE: frozenset[str] = frozenset({"launching", "queued", "running"})
+# waiting: asked for, its pre-flight running while the trials before it train; launching: being launched
+TrialStatus = Literal["waiting", "launching", "queued", "running", "complete", "pruned", "failed", "skipped", "stopped"]
+TRIAL_LIVE: frozenset[str] = frozenset({"waiting", "launching", "queued", "running"})
 
 
 class TrialRow(BaseModel):

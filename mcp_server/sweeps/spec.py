@@ -4,7 +4,7 @@ experiment), checked against the experiment's trainer before any trial starts.
     # experiments/001-trm-fast-dev/sweep.toml
     strategy = "grid"                 # grid | random | tpe
     parallel = 1                      # trials at once (default: one per GPU, one on a CPU)
-    trial_budget_s = 300              # wall-clock seconds of training per trial
+    trial_budget_s = 300              # seconds per trial from its trainer's start, at most
     prune = "median"                  # none | median | asha, or a [prune] table
     [overrides]                       # the same for every trial
     epochs = 8

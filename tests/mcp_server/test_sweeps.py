@@ -236,7 +236,10 @@ def test_stop_sweep_stops_its_running_trial_and_launches_no_more(project):
     stopped, again, final = anyio.run(scenario)
     assert stopped["status"] == "stopped" and stopped["processes_left"] == 0 and stopped["trials_stopped"] == 1
     assert "already ended" in again["message"]
-    assert final["counts"] == {"stopped": 1} and final["trials_left"] == 1
+    # the second trial was asked for (its pre-flight ran while the first trained) and never launched
+    assert final["counts"] == {"stopped": 2} and final["trials_left"] == 0
+    assert [row["run_id"] is not None for row in final["table"]] == [True, False]
+    assert sorted(run_states(project, final["sweep_id"])) == [0]
     run = open_run(project / "runs", final["table"][0]["run_id"])
     assert run.read_state().status == "stopped" and (run.checkpoints / "last.pt").is_file()
 
@@ -331,16 +334,16 @@ def test_a_trial_at_its_budget_is_stopped_and_counts_with_its_best_so_far(projec
             launched = await ok(
                 client,
                 "launch_sweep",
-                {"experiment": "925", "space": {"dim": [16, 24]}, "parallel": 1, "trial_budget_s": 4, "prune": "none"},
+                {"experiment": "925", "space": {"dim": [16, 24]}, "parallel": 1, "trial_budget_s": 8, "prune": "none"},
             )
             return await until_done(client, launched["sweep_id"])
 
     final = anyio.run(scenario)
     assert final["status"] == "finished" and final["counts"] == {"complete": 2}, final
     for row in final["table"]:
-        assert row["best"] is not None and "trial budget of 4 s reached" in row["reason"]
+        assert row["best"] is not None and "trial budget of 8 s reached" in row["reason"]
         run = open_run(project / "runs", row["run_id"])
         state = run.read_state()
         assert state.status == "stopped" and "trial budget" in state.stopped_because
-        assert 4 <= state.finished_at - state.started_at < 30
+        assert 8 <= state.finished_at - state.started_at < 40
         assert (run.checkpoints / "last.pt").is_file()
