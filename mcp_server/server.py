@@ -591,7 +591,8 @@ def launch_sweep(
     ordinary run (same pre-flight, danger rules, slots and watchdog as launch_run), launched by a
     sweep driver that outlives this session. `space` maps parameters to lists (strategy grid, in
     the order written) or ranges (random, or tpe: Optuna's model-based sampler); default is the
-    experiment's sweep.toml, and these arguments override its keys. `overrides` are fixed for
+    experiment's sweep.toml, whose keys these arguments override (`overrides` and `acknowledge`
+    add to its own). `overrides` are fixed for
     every trial (e.g. {"epochs": 8}). `prune` (median, asha or none; default median) stops a
     losing trial early (it checkpoints) and records it `pruned` with the evidence;
     `trial_budget_s` caps each trial's wall-clock time from its trainer's start (it then stops

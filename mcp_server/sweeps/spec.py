@@ -153,10 +153,16 @@ def parse(raw: dict[str, Any], where: str) -> SweepFile:
     try:
         return SweepFile.model_validate(raw)
     except ValidationError as exc:
+        errors = exc.errors()
+        # A dimension is a union (list | range | choices): pydantic reports every branch; our own
+        # checks (value errors) say what is wrong with the one meant, so they go first.
+        errors = [e for e in errors if e["type"] == "value_error"] or errors
         parts = []
-        for err in exc.errors()[:3]:
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            parts.append(f"{loc}: {err['msg']}")
+        for err in errors[:3]:
+            loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and "[" in p)) or "(top level)"
+            part = f"{loc}: {err['msg'].removeprefix('Value error, ')}"
+            if part not in parts:
+                parts.append(part)
         raise InvalidInput(
             f"{where}: " + "; ".join(parts) + ". A dimension is a list ([64, 128]), {low, high, log} or "
             "{choices = [...]}; strategy is grid, random or tpe; prune is none, median or asha."
@@ -175,7 +181,10 @@ def _check_dimension(name: str, dimension: Dimension, trainer: TrainerSpec, proj
     param = trainer.params[name]
     listed = values_of(dimension)
     if listed is not None:
-        typed = [coerce_value(name, param, v, project) for v in listed]
+        try:
+            typed = [coerce_value(name, param, v, project) for v in listed]
+        except InvalidInput as exc:
+            raise InvalidInput(f"space {name!r}: {exc}") from None
         if len(set(map(repr, typed))) != len(typed):
             raise InvalidInput(f"space {name!r} lists a value twice: {listed}; list each once.")
         return Choices(choices=typed) if isinstance(dimension, Choices) else typed
@@ -185,7 +194,10 @@ def _check_dimension(name: str, dimension: Dimension, trainer: TrainerSpec, proj
             f"space {name!r} is a range, but {name!r} takes {param.type} values; list them: {name} = [...]."
         )
     for bound in (dimension.low, dimension.high):
-        coerce_value(name, param, int(bound) if param.type == "int" else bound, project)
+        try:
+            coerce_value(name, param, int(bound) if param.type == "int" else bound, project)
+        except InvalidInput as exc:
+            raise InvalidInput(f"space {name!r}: a bound is out of range: {exc}") from None
     if param.type == "int" and not (dimension.low.is_integer() and dimension.high.is_integer()):
         raise InvalidInput(f"space {name!r} takes integers; give low and high as integers.")
     return dimension
@@ -221,7 +233,9 @@ def resolve(
             "{'dim': [64, 128], 'lr': {'low': 1e-4, 'high': 1e-2, 'log': true}}, or write "
             f"{exp.dir / SWEEP_FILE} with a [space] table."
         )
-    sweep = parse(merged, f"the sweep of {exp.id}" + (f" ({exp.dir / SWEEP_FILE})" if from_file else ""))
+    sweep = parse(
+        merged, f"the sweep of {exp.id}" + (f" ({exp.dir / SWEEP_FILE} and the arguments)" if from_file else "")
+    )
     if len(sweep.space) > MAX_DIMENSIONS:
         raise InvalidInput(f"space has {len(sweep.space)} dimensions; sweep at most {MAX_DIMENSIONS} at once.")
     space = {name: _check_dimension(name, dim, trainer, project) for name, dim in sweep.space.items()}
