@@ -7,7 +7,7 @@
     trainguard prepare 2                                 create missing data (e.g. the image folder)
     trainguard runs | status RUN | stop RUN | plot RUN | gpu | experiments
     trainguard summary RUN|PATH | diagnose RUN | compare RUN RUN...|--experiment N | logs RUN | wait RUN | resume RUN
-    trainguard watch [--seconds S] | scratchpad [--append TEXT]
+    trainguard watch [--seconds S] | scratchpad [--append TEXT] | dashboard [--port P] [--open] [--stop]
     trainguard sweep 1 [--space dim=64,128 --space lr=1e-4:1e-2:log] [--strategy tpe] [--detach]
     trainguard sweeps [SWEEP] | sweep-stop SWEEP | promote SWEEP [--top-k 2] [--set quick_search=false]
     trainguard serve [--project DIR]                     MCP over stdio (what the plugin starts)
@@ -576,6 +576,25 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from mcp_server.dashboard import serve as dashboard
+
+    if args.stop:
+        stopped = dashboard.close()
+        print("the dashboard stopped." if stopped else "no dashboard runs for this project.")
+        return 0
+    info = dashboard.open_dashboard(port=args.port)
+    if args.json:
+        _emit_json(info)
+    else:
+        print(f"{'Dashboard running' if info.reused else 'Dashboard started'} (pid {info.pid}): {info.url}")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(info.url)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.project is not None:
         if not args.project.is_dir():
@@ -709,6 +728,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="")
     p.add_argument("--acknowledge", action="append", default=[], metavar="RULE_ID")
     p.add_argument("--dry-run", action="store_true")
+    p = add("dashboard", cmd_dashboard, "the live dashboard in a browser: runs, curves, GPUs, stop/resume")
+    p.add_argument("--port", type=int, help="listen on this port (default: a free one)")
+    p.add_argument("--open", action="store_true", help="open it in the browser")
+    p.add_argument("--stop", action="store_true", help="stop this project's dashboard")
     add("gpu", cmd_gpu, "GPUs and host status")
     p = add("install-torch", cmd_install_torch, "install torch for the trainers (minutes; GBs for a GPU build)")
     p.add_argument("--torch", default="cpu", choices=["cpu", "cuda", "rocm"], help="which build (default cpu)")

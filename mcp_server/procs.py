@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,8 +195,10 @@ class RunProcesses:
         return "killed"
 
 
-def start_detached(module: str, target: Path, log_file: Path, plugin_root: Path, source_tree: bool) -> subprocess.Popen:
-    """`python -m module target` in a session of its own (it outlives this process: a run's
+def start_detached(
+    module: str, target: Path, log_file: Path, plugin_root: Path, source_tree: bool, args: Sequence[str] = ()
+) -> subprocess.Popen:
+    """`python -m module target *args` in a session of its own (it outlives this process: a run's
     supervisor, a sweep's driver), stdin closed, output to `log_file` (opened without following a
     link), reaped by a thread when it exits so no zombie lingers while this process lives."""
     env = dict(os.environ)
@@ -203,7 +206,7 @@ def start_detached(module: str, target: Path, log_file: Path, plugin_root: Path,
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugin_root), env.get("PYTHONPATH")]))
     with safefiles.open_append(log_file) as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", module, str(target)],
+            [sys.executable, "-m", module, str(target), *args],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,

@@ -418,8 +418,9 @@ class RunPage(BaseModel):
     runs_dir: str
 
 
-def _info(run: RunDir) -> RunInfo:
-    """One run's row; a damaged run is a row that says what is wrong and what to do."""
+def row(run: RunDir) -> RunInfo:
+    """One run's row (list_runs', the dashboard's); a damaged run is a row that says what is
+    wrong and what to do."""
     try:
         manifest = run.read_manifest()
         fields = _info_fields(run, manifest, refresh(run))
@@ -445,7 +446,7 @@ def list_runs(project: Path | None = None, limit: int = 20, offset: int = 0) -> 
     `limit` runs; `next_offset` says where the next one starts)."""
     root = paths.runs_root(project or paths.project_root())
     found = newest_runs(root)
-    rows, next_offset = budget.page(found, offset, limit, lambda path: _info(RunDir(Path(path))))
+    rows, next_offset = budget.page(found, offset, limit, lambda path: row(RunDir(Path(path))))
     return RunPage(runs=rows, total=len(found), offset=offset, next_offset=next_offset, runs_dir=str(root))
 
 

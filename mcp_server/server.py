@@ -42,6 +42,7 @@ from mcp_server import (
 from mcp_server.backends.model import BackendName
 from mcp_server.compare import MAX_RUNS, Comparison
 from mcp_server.compare import compare_runs as _compare_runs
+from mcp_server.dashboard import serve as dashboard
 from mcp_server.errors import TrainguardError
 from mcp_server.gpu.sampling import INTERVAL_S, WATCH_S
 from mcp_server.preflight import PreflightReport, run_preflight
@@ -655,6 +656,18 @@ def promote_sweep(
     return sweeps.promote_sweep(
         sweep_id, top_k, overrides, note=note, agent=agent, acknowledge=acknowledge, dry_run=dry_run
     )
+
+
+@tool(WRITES)
+def open_dashboard(
+    port: Annotated[int, Field(ge=1024, le=65535, description="a port to listen on; default a free one")] | None = None,
+) -> dashboard.DashboardInfo:
+    """Start this project's live dashboard for the user (or find the one running) and return its
+    URL: every run live (status, queue, headline, findings), a run's curves as they grow with its
+    watchdog events, findings and diagnosis, the GPUs over the last minutes, runs compared, and
+    stop/resume buttons. It listens on 127.0.0.1 only and the URL carries its access token: give
+    the URL to the user; it is for people, the tools stay yours. Cheap when one runs already."""
+    return dashboard.open_dashboard(paths.project_root(), port)
 
 
 def serve() -> None:

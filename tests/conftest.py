@@ -14,6 +14,7 @@ import pytest
 from mcp import StdioServerParameters
 
 from mcp_server import paths, runs
+from mcp_server.dashboard import serve as dashboard
 from mcp_server.errors import TrainguardError
 from mcp_server.rundir import TERMINAL, all_runs
 from mcp_server.sweeps import api as sweeps
@@ -159,6 +160,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TRAINGUARD_PYTHON", sys.executable)
     monkeypatch.setenv("TRAINGUARD_CPU_SLOTS", "16")  # tests run several small runs at once; test_queue sets 1
     yield proj
+    dashboard.close(proj)
     for sweep in sweeps.sweepdir.all_sweeps(paths.runs_root(proj)):  # first: a driver launches more runs
         try:
             sweeps.stop_sweep(sweep.sweep_id, project=proj, wait_s=60.0)

@@ -25,14 +25,14 @@ def panel_key(name: str) -> str:
     return names.base(name) or names.key(name)
 
 
-def envelope(series: Series) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) with at most 2 * POINTS points: each bucket's min and max, in step order."""
+def envelope(series: Series, points: int = POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) with at most 2 * `points` points: each bucket's min and max, in step order."""
     steps, values = series.steps(), series.values()
     finite = np.isfinite(values)
     steps, values = steps[finite], values[finite]
-    if values.size <= 2 * POINTS:
+    if values.size <= 2 * points:
         return steps, values
-    edges = np.linspace(0, values.size, POINTS + 1).astype(np.int64)
+    edges = np.linspace(0, values.size, points + 1).astype(np.int64)
     lo = np.minimum.reduceat(values, edges[:-1])
     hi = np.maximum.reduceat(values, edges[:-1])
     mid = steps[(edges[:-1] + edges[1:]) // 2]

@@ -1,0 +1,154 @@
+"""The dashboard in a real browser (Debian's chromium, driven by Playwright through its
+executable_path) against real runs, and its guard against requests that must change nothing."""
+
+import http.client
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ok, wait_until
+from mcp_server import procs, runs
+from mcp_server.dashboard import serve
+from mcp_server.rundir import open_run
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(
+    os.environ.get("TRAINGUARD_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "tests" / ".artifacts")
+)
+
+
+@pytest.fixture
+def dash(scripted):
+    info = serve.open_dashboard(scripted)
+    state = json.loads((scripted / "runs" / ".dashboard.json").read_text())
+    return info, state["token"]
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"no chromium at {CHROMIUM}: .ci/run installs Debian's chromium")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+class Answer:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes):
+        self.status_code, self.headers, self.body = status, headers, body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def request(method: str, port: int, path: str, headers: dict[str, str] | None = None) -> Answer:
+    """One HTTP request with exactly these headers (a forged Host or Origin included)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, headers={"Host": f"127.0.0.1:{port}", **(headers or {})})
+        response = conn.getresponse()
+        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        conn.close()
+
+
+def status(project: Path, run_id: str) -> str:
+    return open_run(project / "runs", run_id).read_state().status
+
+
+def test_the_same_project_gets_the_same_dashboard_and_another_its_own(dash, tmp_path, monkeypatch):
+    info, _ = dash
+    again = serve.open_dashboard(Path(info.project))
+    assert again.reused and again.url == info.url and again.pid == info.pid
+    other = tmp_path / "other"
+    other.mkdir()
+    second = serve.open_dashboard(other)
+    try:
+        assert not second.reused and second.port != info.port
+        assert request("GET", second.port, "/" + second.url.split("/", 3)[3]).status_code == 200
+    finally:
+        assert serve.close(other)
+    assert (Path(info.project) / "runs" / ".dashboard.json").stat().st_mode & 0o077 == 0  # the token is a secret
+
+
+def test_requests_without_the_token_from_another_host_or_origin_are_refused_and_change_nothing(dash, scripted):
+    info, token = dash
+    run_id = ok("launch_run", {"experiment": "902"})["run_id"]
+    wait_until(lambda: status(scripted, run_id) == "running", what="the run to start")
+    port = info.port
+    stop = f"/api/runs/{run_id}/stop"
+    own = {"X-Trainguard-Token": token}
+    refused = [
+        request("GET", port, "/api/runs"),
+        request("GET", port, "/api/runs?token=wrong"),
+        request("GET", port, "/api/runs", {"X-Trainguard-Token": token[:-1] + "x"}),
+        request("GET", port, "/api/runs", own | {"Host": f"rebind.example:{port}"}),
+        request("GET", port, f"/?token={token}", {"Host": "127.0.0.1"}),
+        request("POST", port, stop),
+        request("POST", port, f"{stop}?token={token}"),  # a state change takes the header only
+        request("POST", port, stop, own | {"Origin": "http://evil.example"}),
+        request("POST", port, stop, own | {"Origin": f"http://127.0.0.1:{port + 1}"}),
+        request("POST", port, stop, own | {"Sec-Fetch-Site": "cross-site"}),
+        request("PUT", port, stop, own),
+    ]
+    assert [r.status_code for r in refused] == [403] * len(refused)
+    assert all("error" in r.json() for r in refused)
+    time.sleep(0.5)
+    assert status(scripted, run_id) == "running"  # nothing was stopped
+    assert request("GET", port, "/api/runs", own).status_code == 200
+    assert request("GET", port, f"/api/runs/{run_id}?token={token}").status_code == 200
+    page = request("GET", port, f"/?token={token}")
+    assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert request("GET", port, "/api/runs/..%2Fstate", own).status_code in (400, 404)
+
+
+def test_a_live_run_is_listed_its_chart_grows_and_the_stop_button_stops_it(dash, scripted, browser):
+    info, _ = dash
+    run_id = runs.launch("902", project=scripted).run_id  # not over MCP: Playwright's loop holds this thread
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(info.url)
+    row = page.wait_for_selector(f'tr[data-run="{run_id}"]', timeout=15000)
+    wait_until(lambda: "running" in row.inner_text(), timeout=15, what="the row to say running")
+
+    page.click(f'tr[data-run="{run_id}"] a')
+    page.wait_for_selector("#panels canvas[data-points]", timeout=15000)
+    first = int(page.get_attribute("#panels", "data-points"))
+    wait_until(lambda: int(page.get_attribute("#panels", "data-points") or 0) > first, timeout=20, what="more points")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "dashboard-run-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+    state = open_run(scripted / "runs", run_id).read_state()
+    page.on("dialog", lambda dialog: dialog.accept())  # "Stop run ...? It saves a checkpoint"
+    page.click("#stop")
+    wait_until(lambda: status(scripted, run_id) == "stopped", timeout=60, what="the run to stop")
+    page.wait_for_selector("#run-status:text('stopped')", timeout=10000)
+    assert procs.group_members(state.pgid) == []
+    assert (scripted / "runs" / run_id / "checkpoints" / "last.json").is_file()
+    assert errors == []
+
+
+def test_a_failed_run_shows_its_diagnosis(dash, scripted, browser):
+    info, _ = dash
+    run_id = runs.launch("903", project=scripted).run_id
+    wait_until(lambda: status(scripted, run_id) == "failed", timeout=60, what="the run to fail")
+    page = browser.new_page()
+    page.goto(f"{info.url}#/run/{run_id}")
+    box = page.wait_for_selector("#diagnosis", timeout=15000)
+    text = box.inner_text()
+    assert "Diagnosis: crash" in text and "scripted failure" in text
+    assert page.query_selector("#stop") is None
