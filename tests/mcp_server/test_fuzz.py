@@ -127,6 +127,15 @@ TOOLS = {
     "sweep_status": {"sweep_id": text, "experiment": not_a_ref, "limit": scalar},
     "stop_sweep": {"sweep_id": text},
     "promote_sweep": {"sweep_id": text, "top_k": scalar, "overrides": json_value, "dry_run": scalar},
+    # A valid port would really start a dashboard: fuzzing keeps to the refusals.
+    "open_dashboard": {
+        "port": st.one_of(
+            text.filter(lambda t: not t.strip().isdigit()),
+            st.integers(max_value=1023),
+            st.integers(min_value=65536),
+            st.floats(max_value=1000) | st.floats(min_value=70000),
+        )
+    },
     # A valid build would really install torch (minutes): fuzzing keeps to the refusals.
     "install_torch": {"build": text.filter(lambda s: s not in ("cpu", "cuda", "rocm")), "target": text},
 }
@@ -140,7 +149,7 @@ def session():
 
 
 # Keys every example carries: gpu_watch's default is a 10 s wait, too long to fuzz a hundred times.
-REQUIRED = {"gpu_watch": ("seconds",), "install_torch": ("build",)}
+REQUIRED = {"gpu_watch": ("seconds",), "install_torch": ("build",), "open_dashboard": ("port",)}
 
 
 def arguments(tool: str):

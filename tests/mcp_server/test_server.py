@@ -34,6 +34,7 @@ TOOLS = {
     "sweep_status",
     "stop_sweep",
     "promote_sweep",
+    "open_dashboard",
 }
 
 
