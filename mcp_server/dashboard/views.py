@@ -27,7 +27,9 @@ MAX_RUNS = 200  # rows on the runs page (newest first)
 POINTS = 1000  # envelope buckets per series: at most 2,000 points a curve reach the browser
 MAX_SERIES = 24
 MAX_EVENTS = 50
-PPO_PANEL = ("reward", "length", "policy", "value", "entropy", "action")  # seed 004's panel, by name part
+# Seed 004's panel for an RL run (one that logs a policy and a value loss): rewards (returns, food,
+# poison) and lengths per mode, the policy and value losses, the entropy, the actions.
+PPO_PANEL = ("return", "reward", "length", "food", "poison", "policy", "value", "entropy", "action")
 
 
 def _num(value: Any) -> Any:
@@ -121,12 +123,13 @@ def curves_view(project: Path, run_id: str, since: str | None = None) -> dict[st
                     "last": _num(float(values[-1])),
                 }
             )
+    rl = any("policy" in n for n in names) and any("value" in n for n in names)
     order = sorted(panels, key=lambda key: (primary is None or curves_plot.panel_key(primary) != key, key))
     out = []
     for key in order:
         finite = [y for s in panels[key] for y in s["y"] if y is not None]
         log = bool(finite) and min(finite) > 0 and max(finite) / min(finite) > 100
-        out.append({"panel": key, "log": log, "series": panels[key], "ppo": any(p in key for p in PPO_PANEL)})
+        out.append({"panel": key, "log": log, "series": panels[key], "ppo": rl and any(p in key for p in PPO_PANEL)})
     return {
         "version": version,
         "primary": primary,

@@ -1,0 +1,138 @@
+"""The dashboard's cost: CPU at rest with 10 live runs watched, the time of each update, and what
+a curve of a million points costs the page.
+
+Usage:
+    python bench/bench_dashboard.py               # 10 live runs, 30 s of watching (~1 min)
+    python bench/bench_dashboard.py --runs 4 --seconds 10
+
+Makes a project with a user's own trainer (a script that logs a train loss and a val accuracy
+through trainkit every 0.2 s, as a real trainer does per epoch), launches `--runs` runs of it,
+starts the dashboard, and plays 10 open run pages: each polls its run's view and curves every
+1.5 s as the page's script does (passing back the curves' version, so an unchanged log costs a
+stat). Prints the dashboard process's CPU over the window (psutil, its own user+system time), the
+median and worst update latency; then, for a finished run with 1,000,000 points, the first curves
+answer's time, size and points, and a repeated one's.
+
+Target (issue 17): at most 2% of one core at rest with 10 live runs, each update at most 50 ms,
+a 1M-point curve as at most a few thousand points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mcp_server import runs  # noqa: E402
+from mcp_server.dashboard import serve  # noqa: E402
+
+TRAINER = """
+import sys, time
+from trainkit import MetricsStream, StopFlag
+stop = StopFlag()
+with MetricsStream() as stream:
+    step = 0
+    while not stop.requested:
+        step += 1
+        stream.log(step, "train", epoch=step, loss=1.0 / step)
+        stream.log(step, "val", epoch=step, acc=1.0 - 0.5 / step)
+        time.sleep(0.2)
+    stream.event("done", reason="stopped")
+sys.exit(stop.exit_code)
+"""
+SPEC = """
+name = "ticker"
+description = "Logs a loss and an accuracy every 0.2 s until stopped (bench)."
+command = ["{python}", "{project_dir}/scripts/ticker.py"]
+output_flag = "--out"
+primary_metric = "val/acc"
+primary_mode = "max"
+"""
+
+
+def get(port: int, path: str, token: str) -> tuple[float, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    t0 = time.perf_counter()
+    conn.request("GET", path, headers={"Host": f"127.0.0.1:{port}", "X-Trainguard-Token": token})
+    body = conn.getresponse().read()
+    conn.close()
+    return time.perf_counter() - t0, body
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
+        project = Path(tmp)
+        (project / "scripts").mkdir()
+        (project / "scripts" / "ticker.py").write_text(TRAINER)
+        shutil.copy(ROOT / "trainers" / "trainkit.py", project / "scripts")
+        (project / "experiments" / "trainers").mkdir(parents=True)
+        (project / "experiments" / "trainers" / "ticker.toml").write_text(SPEC)
+        exp = project / "experiments" / "961-ticker"
+        exp.mkdir()
+        (exp / "experiment.toml").write_text('trainer = "ticker"\ntitle = "ticker"\n')
+        (exp / "hypothesis.md").write_text("It ticks.\n")
+        os.environ["CLAUDE_PROJECT_DIR"] = str(project)
+        os.environ.setdefault("TRAINGUARD_PYTHON", sys.executable)
+        os.environ["TRAINGUARD_CPU_SLOTS"] = str(args.runs)
+        launched = [runs.launch("961", project=project).run_id for _ in range(args.runs)]
+        info = serve.open_dashboard(project)
+        token = json.loads((project / "runs" / ".dashboard.json").read_text())["token"]
+        proc = psutil.Process(info.pid)
+        try:
+            time.sleep(3.0)  # the runs log; the dashboard warms up
+            versions: dict[str, str | None] = dict.fromkeys(launched)
+            latencies = []
+            cpu0, t0 = proc.cpu_times(), time.monotonic()
+            while time.monotonic() - t0 < args.seconds:
+                tick = time.monotonic()
+                for run_id in launched:
+                    took, _ = get(info.port, f"/api/runs/{run_id}", token)
+                    latencies.append(took)
+                    since = f"?since={versions[run_id]}" if versions[run_id] else ""
+                    took, body = get(info.port, f"/api/runs/{run_id}/curves{since}", token)
+                    latencies.append(took)
+                    versions[run_id] = json.loads(body)["version"]
+                time.sleep(max(0.0, 1.5 - (time.monotonic() - tick)))
+            cpu1, t1 = proc.cpu_times(), time.monotonic()
+            used = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+            print(
+                f"{args.runs} live runs, each page polling every 1.5 s for {t1 - t0:.0f} s: dashboard CPU "
+                f"{100 * used / (t1 - t0):.1f}% of one core; {len(latencies)} updates, median "
+                f"{1000 * statistics.median(latencies):.1f} ms, worst {1000 * max(latencies):.1f} ms"
+            )
+        finally:
+            for run_id in launched:
+                runs.stop(run_id, 5.0, project)
+        big = project / "runs" / launched[0] / "metrics.jsonl"
+        with big.open("a") as fh:
+            for i in range(1_000_000):
+                fh.write(f'{{"t": {i}, "step": {100000 + i}, "split": "train", "loss": {1.0 / (i + 1)}}}\n')
+        took, body = get(info.port, f"/api/runs/{launched[0]}/curves", token)
+        points = sum(len(s["x"]) for p in json.loads(body)["panels"] for s in p["series"])
+        again, _ = get(info.port, f"/api/runs/{launched[0]}/curves", token)
+        print(
+            f"a run with 1,000,000 more points: first curves answer {1000 * took:.0f} ms, {len(body) / 1024:.0f} KiB, "
+            f"{points} points in all its curves; again {1000 * again:.0f} ms"
+        )
+        serve.close(project)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
