@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,10 @@ def test_the_wheel_installs_in_a_clean_venv_and_serves_the_inspector(clean_env, 
     )
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     [wheel] = dist.glob("trainguard-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("index.html", "app.js", "app.css"):  # the dashboard's page
+        assert f"mcp_server/dashboard/static/{name}" in shipped
+    assert {"mcp_server/sweeps/driver.py", "mcp_server/bundled_experiments/001-trm-fast-dev/sweep.toml"} <= shipped
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     installed = run(
