@@ -39,7 +39,7 @@ from mcp_server import runs  # noqa: E402
 from mcp_server.dashboard import serve  # noqa: E402
 
 TRAINER = """
-import sys, time
+import sys, time  # its arguments (--seed, --out) are not needed
 from trainkit import MetricsStream, StopFlag
 stop = StopFlag()
 with MetricsStream() as stream:
@@ -59,6 +59,12 @@ command = ["{python}", "{project_dir}/scripts/ticker.py"]
 output_flag = "--out"
 primary_metric = "val/acc"
 primary_mode = "max"
+
+[params.seed]
+type = "int"
+flag = "--seed"
+default = 0
+help = "unused: the ticker takes no arguments it needs"
 """
 
 

@@ -8,6 +8,7 @@ polls gets `unchanged` while a run's logs have not changed (their stat signature
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -97,7 +98,7 @@ def curves_view(project: Path, run_id: str, since: str | None = None) -> dict[st
     each with the step its non-finite values start at and whether a log scale helps; `unchanged`
     when the logs have not changed since the `version` the page passes back."""
     run = open_run(paths.runs_root(project), run_id)
-    version = repr(signature(run.path))
+    version = hashlib.blake2s(repr(signature(run.path)).encode(), digest_size=8).hexdigest()  # the logs' stat
     if since is not None and since == version:
         return {"unchanged": True, "version": version}
     manifest = run.read_manifest()
