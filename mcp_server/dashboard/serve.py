@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 from pydantic import BaseModel
 
 from mcp_server import paths, procs, safefiles
@@ -53,8 +54,20 @@ def _read_state(project: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _alive(state: dict) -> bool:
+def _ours(state: dict, project: Path) -> bool:
+    """The recorded process is this project's dashboard: pid, start time and its command line
+    (the state file is a project file; it must not get another process signalled)."""
     if not procs.is_alive(state.get("pid"), state.get("started")):
+        return False
+    try:
+        cmdline = psutil.Process(int(state["pid"])).cmdline()
+    except (psutil.Error, ValueError, KeyError):
+        return False
+    return "mcp_server.dashboard" in cmdline and str(project) in cmdline
+
+
+def _alive(state: dict, project: Path) -> bool:
+    if not _ours(state, project):
         return False
     try:
         with socket.create_connection(("127.0.0.1", int(state["port"])), timeout=1.0):
@@ -73,9 +86,9 @@ def open_dashboard(project: Path | None = None, port: int | None = None) -> Dash
     if port is not None and not 1024 <= port <= 65535:
         raise InvalidInput(f"port is {port}; pass 1024 to 65535, or none for a free one.")
     state = _read_state(project)
-    if state is not None and _alive(state) and (port is None or int(state["port"]) == port):
+    if state is not None and _alive(state, project) and (port is None or int(state["port"]) == port):
         return _info(state, project, reused=True)
-    if state is not None and _alive(state):
+    if state is not None and _alive(state, project):
         raise InvalidInput(
             f"this project's dashboard already runs on port {state['port']}; open {state['url']}, "
             "or stop it (trainguard dashboard --stop) to start one on another port."
@@ -125,7 +138,7 @@ def close(project: Path | None = None) -> bool:
     """Stop the project's dashboard if one runs (only the process recorded, verified); True if one did."""
     project = project or paths.project_root()
     state = _read_state(project)
-    if state is None or not procs.is_alive(state.get("pid"), state.get("started")):
+    if state is None or not _ours(state, project):
         _state_path(project).unlink(missing_ok=True)
         return False
     os.kill(int(state["pid"]), signal.SIGTERM)

@@ -5,6 +5,8 @@ import http.client
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -152,3 +154,22 @@ def test_a_failed_run_shows_its_diagnosis(dash, scripted, browser):
     text = box.inner_text()
     assert "Diagnosis: crash" in text and "scripted failure" in text
     assert page.query_selector("#stop") is None
+
+
+def test_a_forged_state_file_gets_no_process_signalled(scripted):
+    """runs/.dashboard.json is a project file: one naming another live process (its real pid and
+    start time) is neither reused nor signalled."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        forged = {"url": "http://127.0.0.1:1/?token=x", "port": 1, "token": "x", "pid": other.pid}
+        forged["started"] = procs.start_time(other.pid)
+        (scripted / "runs").mkdir(exist_ok=True)
+        (scripted / "runs" / ".dashboard.json").write_text(json.dumps(forged))
+        assert serve.close(scripted) is False
+        assert other.poll() is None  # not signalled
+        (scripted / "runs" / ".dashboard.json").write_text(json.dumps(forged))
+        info = serve.open_dashboard(scripted)
+        assert not info.reused and info.pid != other.pid and other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
