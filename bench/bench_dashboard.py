@@ -122,6 +122,9 @@ def main() -> int:
                 f"{100 * used / (t1 - t0):.1f}% of one core; {len(latencies)} updates, median "
                 f"{1000 * statistics.median(latencies):.1f} ms, worst {1000 * max(latencies):.1f} ms"
             )
+        except BaseException:
+            serve.close(project)
+            raise
         finally:
             for run_id in launched:
                 runs.stop(run_id, 5.0, project)
