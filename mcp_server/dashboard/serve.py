@@ -10,6 +10,7 @@ file, so dashboards of several projects run side by side.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -94,8 +95,14 @@ def open_dashboard(project: Path | None = None, port: int | None = None) -> Dash
             "or stop it (trainguard dashboard --stop) to start one on another port."
         )
     root = paths.runs_root(project)
-    root.mkdir(parents=True, exist_ok=True)
-    _state_path(project).unlink(missing_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainguardError(
+            f"cannot make the runs folder {root} for the dashboard's state: {exc.strerror or exc}; "
+            "check that it is writable, or set TRAINGUARD_RUNS_DIR."
+        ) from None
+    _forget(project)
     log_file = root / ".dashboard.log"
     proc = procs.start_detached(
         "mcp_server.dashboard",
@@ -139,14 +146,20 @@ def close(project: Path | None = None) -> bool:
     project = project or paths.project_root()
     state = _read_state(project)
     if state is None or not _ours(state, project):
-        _state_path(project).unlink(missing_ok=True)
+        _forget(project)
         return False
     os.kill(int(state["pid"]), signal.SIGTERM)
     deadline = time.monotonic() + 10.0
     while procs.is_alive(state.get("pid"), state.get("started")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    _state_path(project).unlink(missing_ok=True)
+    _forget(project)
     return True
+
+
+def _forget(project: Path) -> None:
+    """Remove the state file of a dashboard that no longer runs (a runs folder that is not one: nothing)."""
+    with contextlib.suppress(OSError):
+        _state_path(project).unlink(missing_ok=True)
 
 
 def run(project: Path, port: int) -> int:
