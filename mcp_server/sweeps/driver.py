@@ -73,6 +73,9 @@ def _distribution(dimension: Any, param_type: str | None) -> BaseDistribution:
 def open_study(folder: SweepDir, spec: SweepSpec) -> optuna.Study:
     """The sweep's study in its journal file, created (with a grid's points queued in order) on
     the first call, loaded after."""
+    for path in (folder.journal, folder.path / f"{folder.journal.name}.lock"):
+        if path.is_symlink() or (path.exists() and not path.is_file()):  # Optuna opens them itself
+            raise TrainguardError(f"{path} is not a regular file; trainguard does not write through links.")
     storage = JournalStorage(JournalFileBackend(str(folder.journal), lock_obj=JournalFileOpenLock(str(folder.journal))))
     if spec.strategy == "grid":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(

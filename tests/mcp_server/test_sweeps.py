@@ -347,3 +347,17 @@ def test_a_trial_at_its_budget_is_stopped_and_counts_with_its_best_so_far(projec
         assert state.status == "stopped" and "trial budget" in state.stopped_because
         assert 8 <= state.finished_at - state.started_at < 40
         assert (run.checkpoints / "last.pt").is_file()
+
+
+def test_a_journal_that_is_a_link_is_refused_before_optuna_writes_through_it(tiny_trm, tmp_path):
+    from mcp_server.errors import TrainguardError
+    from mcp_server.sweeps import driver
+
+    sweep = folder.create(tiny_trm / "runs", "911-sweep-20261202-120000")
+    spec = _resolve(tiny_trm, {"space": {"dim": [16, 24]}})
+    target = tmp_path / "elsewhere.journal"
+    target.write_text("")
+    sweep.journal.symlink_to(target)
+    with pytest.raises(TrainguardError, match="does not write through links"):
+        driver.open_study(sweep, spec)
+    assert target.read_text() == ""
