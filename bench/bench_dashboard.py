@@ -1,17 +1,18 @@
-"""The dashboard's cost: CPU at rest with 10 live runs watched, the time of each update, and what
-a curve of a million points costs the page.
+"""The dashboard's cost: CPU at rest with 10 live runs watched, the time of each update, what a
+curve of a million points costs the page, and the runs page of a project with hundreds of runs.
 
 Usage:
-    python bench/bench_dashboard.py               # 10 live runs, 30 s of watching (~1 min)
-    python bench/bench_dashboard.py --runs 4 --seconds 10
+    python bench/bench_dashboard.py               # 10 live runs, 30 s of watching (~2 min)
+    python bench/bench_dashboard.py --runs 4 --seconds 10 --many 50
 
 Makes a project with a user's own trainer (a script that logs a train loss and a val accuracy
-through trainkit every 0.2 s, as a real trainer does per epoch), launches `--runs` runs of it,
-starts the dashboard, and plays 10 open run pages: each polls its run's view and curves every
-1.5 s as the page's script does (passing back the curves' version, so an unchanged log costs a
-stat). Prints the dashboard process's CPU over the window (psutil, its own user+system time), the
-median and worst update latency; then, for a finished run with 1,000,000 points, the first curves
-answer's time, size and points, and a repeated one's.
+through trainkit every 0.2 s: faster than a real trainer logs its epochs), launches `--runs` runs
+of it, starts the dashboard, and plays what a person has open: the runs page (polled every 3 s)
+and a page for each run (polled every 2 s), each passing back the version it has, as the page's
+script does. Prints the dashboard process's CPU over the window (psutil: its own user+system
+time), the median and worst update latency; then, for a finished run with 1,000,000 points, the
+first answer's time, size and points, and a repeated one's; then, with `--many` finished runs in
+the folder, the runs page's first answer and a repeated one.
 
 Target (issue 17): at most 2% of one core at rest with 10 live runs, each update at most 50 ms,
 a 1M-point curve as at most a few thousand points.
@@ -77,10 +78,19 @@ def get(port: int, path: str, token: str) -> tuple[float, bytes]:
     return time.perf_counter() - t0, body
 
 
+def poll(port: int, path: str, token: str, versions: dict[str, str | None], key: str) -> float:
+    """One poll as the page makes it: with the version it has; keeps the one it gets."""
+    since = f"?since={versions[key]}" if versions[key] else ""
+    took, body = get(port, path + since, token)
+    versions[key] = json.loads(body)["version"]
+    return took
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--many", type=int, default=300, help="finished runs for the runs page's figure")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
         project = Path(tmp)
@@ -102,25 +112,24 @@ def main() -> int:
         proc = psutil.Process(info.pid)
         try:
             time.sleep(3.0)  # the runs log; the dashboard warms up
-            versions: dict[str, str | None] = dict.fromkeys(launched)
+            versions: dict[str, str | None] = dict.fromkeys([*launched, ""])
             latencies = []
             cpu0, t0 = proc.cpu_times(), time.monotonic()
+            next_list = t0
             while time.monotonic() - t0 < args.seconds:
                 tick = time.monotonic()
-                for run_id in launched:
-                    took, _ = get(info.port, f"/api/runs/{run_id}", token)
-                    latencies.append(took)
-                    since = f"?since={versions[run_id]}" if versions[run_id] else ""
-                    took, body = get(info.port, f"/api/runs/{run_id}/curves{since}", token)
-                    latencies.append(took)
-                    versions[run_id] = json.loads(body)["version"]
-                time.sleep(max(0.0, 1.5 - (time.monotonic() - tick)))
+                if tick >= next_list:  # the runs page
+                    latencies.append(poll(info.port, "/api/runs", token, versions, ""))
+                    next_list = tick + 3.0
+                for run_id in launched:  # the run pages
+                    latencies.append(poll(info.port, f"/api/runs/{run_id}", token, versions, run_id))
+                time.sleep(max(0.0, 2.0 - (time.monotonic() - tick)))
             cpu1, t1 = proc.cpu_times(), time.monotonic()
             used = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
             print(
-                f"{args.runs} live runs, each page polling every 1.5 s for {t1 - t0:.0f} s: dashboard CPU "
-                f"{100 * used / (t1 - t0):.1f}% of one core; {len(latencies)} updates, median "
-                f"{1000 * statistics.median(latencies):.1f} ms, worst {1000 * max(latencies):.1f} ms"
+                f"{args.runs} live runs logging every 0.2 s, the runs page and {args.runs} run pages open for "
+                f"{t1 - t0:.0f} s: dashboard CPU {100 * used / (t1 - t0):.1f}% of one core; {len(latencies)} updates, "
+                f"median {1000 * statistics.median(latencies):.1f} ms, worst {1000 * max(latencies):.1f} ms"
             )
         except BaseException:
             serve.close(project)
@@ -132,12 +141,24 @@ def main() -> int:
         with big.open("a") as fh:
             for i in range(1_000_000):
                 fh.write(f'{{"t": {i}, "step": {100000 + i}, "split": "train", "loss": {1.0 / (i + 1)}}}\n')
-        took, body = get(info.port, f"/api/runs/{launched[0]}/curves", token)
-        points = sum(len(s["x"]) for p in json.loads(body)["panels"] for s in p["series"])
-        again, _ = get(info.port, f"/api/runs/{launched[0]}/curves", token)
+        took, body = get(info.port, f"/api/runs/{launched[0]}", token)
+        points = sum(len(s["x"]) for p in json.loads(body)["curves"]["panels"] for s in p["series"])
+        time.sleep(1.1)  # past the page's minimum refresh: the next answer is computed again, not kept
+        again, _ = get(info.port, f"/api/runs/{launched[0]}", token)
         print(
-            f"a run with 1,000,000 more points: first curves answer {1000 * took:.0f} ms, {len(body) / 1024:.0f} KiB, "
+            f"a run with 1,000,000 more points: first answer {1000 * took:.0f} ms, {len(body) / 1024:.0f} KiB, "
             f"{points} points in all its curves; again {1000 * again:.0f} ms"
+        )
+        for i in range(args.many):  # finished runs: copies of the stopped ones
+            source = project / "runs" / launched[i % len(launched)]
+            shutil.copytree(source, project / "runs" / f"{source.name}-copy{i}", symlinks=True)
+        took, body = get(info.port, "/api/runs", token)
+        version = json.loads(body)["version"]
+        again, small = get(info.port, f"/api/runs?since={version}", token)
+        print(
+            f"the runs page with {args.many + len(launched)} runs: first answer {1000 * took:.0f} ms "
+            f"({len(body) / 1024:.0f} KiB, {json.loads(body)['shown']} rows), then {1000 * again:.0f} ms "
+            f"({len(small)} bytes: unchanged)"
         )
         serve.close(project)
     return 0

@@ -63,6 +63,7 @@ class RunState(BaseModel):
     slurm_reason: str | None = None  # Slurm's reason a pending job waits (Priority, Resources, BeginTime...)
     requeues: int = 0  # times the job went back to Slurm's queue (time limit, preemption) and resumed
     headline: str | None = None  # the curves' final headline, written with the outcome: list_runs reads no log
+    findings: list[str] | None = None  # the rules of the curves' warn and fail findings, written with it too
     stopped_because: str | None = None  # who stopped it and why (a sweep's pruner with its evidence, a trial budget)
 
     @field_validator("job_id")

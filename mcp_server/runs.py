@@ -41,7 +41,14 @@ from mcp_server import (
 )
 from mcp_server.curves import load as curves_load
 from mcp_server.curves import plot as curves_plot
-from mcp_server.curves.summary import CurveSummary, find_metric, resolve_metric, summarize, summarize_run_dir
+from mcp_server.curves.summary import (
+    CurveSummary,
+    find_metric,
+    resolve_metric,
+    serious_findings,
+    summarize,
+    summarize_run_dir,
+)
 from mcp_server.errors import Conflict, InvalidInput, NotFound, TrainguardError
 from mcp_server.preflight import Check, PreflightReport, probe_torch, run_preflight
 from mcp_server.rundir import (
@@ -104,6 +111,7 @@ class RunInfo(BaseModel):
     stopped_because: str | None = None  # a stop's reason: a sweep's pruner and its evidence, a trial budget
     sweep_id: str | None = None  # the sweep this run is a trial of
     trial: int | None = None
+    findings: int | None = None  # its curves' warn and fail findings (summarize_run lists them)
 
 
 class RunStatus(RunInfo):
@@ -366,15 +374,19 @@ def refresh(run: RunDir) -> RunState:
     return _backend(run).refresh(run, state)
 
 
-def _info_fields(
+def info_fields(
     run: RunDir, manifest: Manifest, state: RunState, summary: CurveSummary | None = None
 ) -> dict[str, Any]:
-    """A run's row. Its headline is the one its supervisor recorded at the end, else that of
-    `summary` or of the run's curves (summarised again only when a log changed)."""
+    """A run's row. Its headline and findings are those its supervisor recorded at the end, else
+    those of `summary` or of the run's curves (summarised again only when a log changed)."""
     end = state.finished_at or time.time()
     if summary is None and not (state.status in TERMINAL and state.headline is not None):
-        summary = summarize_run_dir(run.path, manifest)
+        summary = summarize_run_dir(run.path, manifest, copy=False)  # only read here
     headline = summary.headline if summary is not None else state.headline or ""
+    if summary is not None:
+        findings = len(serious_findings(summary.findings))
+    else:  # None: a run that ended before its supervisor recorded them
+        findings = len(state.findings) if state.findings is not None else None
     return {
         "run_id": run.run_id,
         "experiment": manifest.experiment,
@@ -395,6 +407,7 @@ def _info_fields(
         "signal": state.signal,
         "failure": budget.clip(state.failure, 300),
         "headline": budget.clip(headline, 240),
+        "findings": findings,
         "queue_position": (
             len(
                 slots.queued_before(
@@ -423,7 +436,7 @@ def row(run: RunDir) -> RunInfo:
     wrong and what to do."""
     try:
         manifest = run.read_manifest()
-        fields = _info_fields(run, manifest, refresh(run))
+        fields = info_fields(run, manifest, refresh(run))
         return RunInfo(**fields)
     except TrainguardError as exc:
         return RunInfo(
@@ -457,8 +470,12 @@ def status(run_id: str, project: Path | None = None) -> RunStatus:
     """Status of one run: state, latest metric values, checkpoints; stderr's end if it failed."""
     run = open_run(paths.runs_root(project or paths.project_root()), run_id)
     manifest, state = run.read_manifest(), refresh(run)
-    summary = summarize_run_dir(run.path, manifest)
-    fields = _info_fields(run, manifest, state, summary)
+    return status_of(run, manifest, state, summarize_run_dir(run.path, manifest))
+
+
+def status_of(run: RunDir, manifest: Manifest, state: RunState, summary: CurveSummary) -> RunStatus:
+    """`status` from what its caller has read already (the dashboard's run page)."""
+    fields = info_fields(run, manifest, state, summary)
     shown = ([summary.primary] if summary.primary else []) + summary.metrics
     latest = {budget.clip(m.name, 80): m.last.value for m in shown[:MAX_LATEST] if m.last is not None}
     omitted = len(shown) - min(len(shown), MAX_LATEST) + len(summary.omitted_metrics)
@@ -506,7 +523,7 @@ def summary(
     run = open_run(paths.runs_root(project or paths.project_root()), run_id)
     manifest, state = run.read_manifest(), refresh(run)
     summ = summarize_run_dir(run.path, manifest)
-    fields = _info_fields(run, manifest, state, summ)
+    fields = info_fields(run, manifest, state, summ)
     if primary_metric and primary_metric != manifest.primary_metric:
         with curves_load.loaded(run.path) as found:
             summ = summarize(found, primary_metric, chance=manifest.chance or None, remedies=manifest.remedies)

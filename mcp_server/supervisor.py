@@ -376,6 +376,7 @@ def _finish(run: RunDir, manifest: Manifest, state: RunState) -> None:
     try:
         summary = _final_summary(run, manifest)
         state.headline = budget.clip(summary.headline, 240) or ""
+        state.findings = [f.rule for f in summary.findings if f.severity in ("fail", "warn")][:20]
     except (OSError, ValueError, TrainguardError) as exc:  # the outcome must be recorded even so
         log.warning("final headline not computed: %s", exc)
     try:

@@ -72,6 +72,8 @@ import torch.nn.functional as F
 if str(Path(__file__).resolve().parent) not in sys.path:  # lets tests import this file by path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gridworld_env import EPISODE_FIELDS, MODES, MOVES, GridWorld, make_env  # noqa: E402
+
+ACTION_NAMES = ("up", "down", "left", "right")  # MOVES' order
 from trainkit import (  # noqa: E402
     MetricsStream,
     StopFlag,
@@ -684,14 +686,17 @@ def train_mode(
         }
         if recent:
             means = torch.tensor(list(recent)).mean(dim=0).tolist()
-            row.update(mean_return=means[0], mean_food=means[2], mean_poison=means[3])
+            row.update(mean_return=means[0], mean_length=means[1], mean_food=means[2], mean_poison=means[3])
+        taken = torch.bincount(buf.actions.flatten(), minlength=len(MOVES)).float() / buf.actions.numel()  # (A,)
+        actions = {f"action_{name}": share for name, share in zip(ACTION_NAMES, taken.tolist(), strict=True)}
         if logs is not None:
             logs.write(update, episodes, row)
-        named = {"return": "mean_return", "food": "mean_food", "poison": "mean_poison"}
+        named = {"return": "mean_return", "length": "mean_length", "food": "mean_food", "poison": "mean_poison"}
         metrics.log(
             env_steps,
             mode,
             **{k: row[v] for k, v in named.items() if v in row},
+            **actions,  # the share of each action in this rollout: seed 004's action distribution
             **{
                 k: row[k]
                 for k in ("policy_loss", "value_loss", "entropy", "entropy_coef", "clip_eps", "approx_kl", "sps")

@@ -164,6 +164,9 @@ class JsonlReader(_LineStream):
 
     kind = "jsonl"
     fast = True  # False: always line by line with orjson (the tests compare both ways)
+    # A smaller block goes line by line too: a polars frame costs ~3 ms whatever its size, so
+    # orjson is faster up to a few MB (1,000 lines: 2.9 against 8 ms; 100,000: 165 against 94).
+    columnar_from = 2 * 2**20
 
     def __init__(self, path: str | os.PathLike[str]):
         super().__init__(path)
@@ -173,7 +176,11 @@ class JsonlReader(_LineStream):
         self._schema = {}
 
     def _take(self, block: bytes, curves: Curves) -> None:
-        if self.fast and columnar.take_jsonl(block, curves, JSONL_RESERVED, STEP_KEYS, TIME_KEYS, self._schema):
+        if (
+            self.fast
+            and len(block) >= self.columnar_from
+            and columnar.take_jsonl(block, curves, JSONL_RESERVED, STEP_KEYS, TIME_KEYS, self._schema)
+        ):
             return
         for chunk in _chunks(block, CHUNK_BYTES):
             records, bad = _parse_lines(chunk)

@@ -133,11 +133,11 @@ _summaries: OrderedDict[tuple, tuple[tuple, CurveSummary]] = OrderedDict()
 _summaries_lock = threading.Lock()
 
 
-def summarize_run_dir(run_dir: Path, manifest: Manifest) -> CurveSummary:
+def summarize_run_dir(run_dir: Path, manifest: Manifest, copy: bool = True) -> CurveSummary:
     """A launched run's curves, from whatever its trainer writes (our metrics stream first), with
     the primary metric of its spec. While no log of the run changed (`readers.signature`: a few
     stat calls) the last summary is returned as it was; after a change only what was appended is
-    read."""
+    read. `copy=False` returns the kept summary itself, for a caller that only reads it."""
     chance = manifest.chance or None
     key = (
         str(run_dir),
@@ -151,7 +151,7 @@ def summarize_run_dir(run_dir: Path, manifest: Manifest) -> CurveSummary:
         kept = _summaries.get(key)
         if kept is not None and kept[0] == mark:
             _summaries.move_to_end(key)
-            return kept[1].model_copy(deep=True)
+            return kept[1].model_copy(deep=True) if copy else kept[1]
     with loaded(run_dir) as curves:
         summary = summarize(
             curves, manifest.primary_metric, manifest.primary_mode, chance=chance, remedies=manifest.remedies
@@ -161,7 +161,12 @@ def summarize_run_dir(run_dir: Path, manifest: Manifest) -> CurveSummary:
         _summaries.move_to_end(key)
         while len(_summaries) > CACHED_SUMMARIES:
             _summaries.popitem(last=False)
-    return summary.model_copy(deep=True)
+    return summary.model_copy(deep=True) if copy else summary
+
+
+def serious_findings(findings: list[Finding]) -> list[Finding]:
+    """The findings that say something is wrong (warn and fail), not the notes."""
+    return [f for f in findings if f.severity in ("fail", "warn")]
 
 
 def headline(curves: Curves, name: str, primary: MetricStats | None, findings: list[Finding]) -> str:
@@ -178,7 +183,7 @@ def headline(curves: Curves, name: str, primary: MetricStats | None, findings: l
         )
     else:
         text = f"{name}: no finite value in {primary.count} points"
-    serious = [f for f in findings if f.severity in ("fail", "warn")]
+    serious = serious_findings(findings)
     if serious:
         text += "; " + ", ".join(f"{f.rule} ({f.metric})" for f in serious[:3])
     if curves.done_reason:

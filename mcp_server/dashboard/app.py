@@ -98,10 +98,14 @@ def _error(exc: BaseException) -> JSONResponse:
     return _json({"error": f"{type(exc).__name__}: {exc}"[:300]}, 500)
 
 
+def _since(request: Request) -> str | None:
+    since = request.query_params.get("since")
+    return since if since and len(since) <= 64 else None
+
+
 def make_app(project: Path, token: str, port: int) -> Guard:
     """The application for `project`, behind its guard."""
-    sampler = gpu.shared_sampler(paths.runs_root(project))
-    history = views.GpuHistory(sampler)
+    pages = views.Views(project, gpu.shared_sampler(paths.runs_root(project)))
 
     async def call(fn: Any, *args: Any) -> JSONResponse:
         try:
@@ -125,16 +129,18 @@ def make_app(project: Path, token: str, port: int) -> Guard:
 
     async def runs_list(request: Request) -> Response:
         q = request.query_params
-        return await call(views.runs_view, project, q.get("experiment"), q.get("status"), q.get("sweep"))
+        filters = [q.get(k) or None for k in ("experiment", "status", "sweep")]
+        return await call(pages.runs, *filters, _since(request))
 
     async def run_one(request: Request) -> Response:
-        return await call(views.run_view, project, request.path_params["run_id"])
-
-    async def run_curves(request: Request) -> Response:
-        return await call(views.curves_view, project, request.path_params["run_id"], request.query_params.get("since"))
+        return await call(pages.run, request.path_params["run_id"], _since(request))
 
     async def gpus(request: Request) -> Response:
-        return await call(history.view)
+        try:
+            since = float(request.query_params.get("since", "")) if request.query_params.get("since") else None
+        except ValueError:
+            return _json({"error": "since is the time of the last sample the page has (a number)"}, 400)
+        return await call(pages.gpus, since)
 
     async def compare(request: Request) -> Response:
         ids = [i for i in request.query_params.get("runs", "").split(",") if i][:20]
@@ -142,7 +148,7 @@ def make_app(project: Path, token: str, port: int) -> Guard:
 
         def both() -> dict[str, Any]:
             table = compare_runs(ids, metric, None, project=project).model_dump(mode="json", exclude_none=True)
-            return {"table": table, "curves": {i: views.curves_view(project, i) for i in ids}}
+            return {"table": table, "curves": [pages.curve(i, table["metric"]) for i in ids]}
 
         return await call(both)
 
@@ -164,7 +170,6 @@ def make_app(project: Path, token: str, port: int) -> Guard:
             Route("/static/{name}", static),
             Route("/api/runs", runs_list),
             Route("/api/runs/{run_id}", run_one),
-            Route("/api/runs/{run_id}/curves", run_curves),
             Route("/api/runs/{run_id}/stop", stop, methods=["POST"]),
             Route("/api/runs/{run_id}/resume", resume, methods=["POST"]),
             Route("/api/gpus", gpus),

@@ -426,7 +426,12 @@ def test_lr_too_high_on_a_live_trm_run_at_lr_3(tmp_path):
     assert done.returncode == 0, done.stderr
     with loaded(tmp_path) as run:
         found = rules(diagnose(run.curves, "val/acc", "max", chance={"acc": 0.2}, remedies=TRM_REMEDIES))
-    assert found["lr_too_high"].metric in ("train/loss", "val/loss") and "--lr" in found["lr_too_high"].remedy
+    # Where the bounce shows depends on the CPU's kernels: on some the run bounces (lr_too_high on a
+    # loss), on others it falls back from its early best (divergence); either way the remedy is --lr.
+    sign = found.get("lr_too_high") or found.get("divergence")
+    assert sign is not None, sorted(found)
+    assert sign.rule == "divergence" or sign.metric in ("train/loss", "val/loss")
+    assert "--lr" in sign.remedy
     assert "no_progress" not in found
 
 

@@ -43,11 +43,30 @@ function elapsed(seconds) {
   return s >= 3600 ? `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}` : s >= 60 ? `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}` : `${s}s`;
 }
 
+// One page polls at a time; a hidden tab polls nothing; a poll still under way is not doubled.
 function every(ms, fn) {
   clearInterval(timer);
-  fn();
-  timer = setInterval(fn, ms);
+  let busy = false;
+  const tick = async () => {
+    if (busy || document.hidden) return;
+    busy = true;
+    try { await fn(); } catch (error) { showError(error); } finally { busy = false; }
+  };
+  tick();
+  timer = setInterval(tick, ms);
 }
+
+function showError(error) {
+  const bar = document.getElementById("error");
+  bar.textContent = error ? `The dashboard could not update: ${error.message}` : "";
+  bar.hidden = !error;
+}
+
+// The server's clock, as the page last heard it: elapsed times count on between polls.
+let skew = 0;
+function serverNow() { return Date.now() / 1000 + skew; }
+function heard(data) { if (data.at) skew = data.at - Date.now() / 1000; showError(null); }
+function elapsedOf(r) { return r.started_at ? (r.finished_at || serverNow()) - r.started_at : null; }
 
 // ---------------------------------------------------------------------------- charts
 
@@ -117,29 +136,44 @@ function panelBox(panel) {
 
 function runsPage(query) {
   const main = document.getElementById("main");
-  const filters = { experiment: query.get("experiment") || "", status: query.get("status") || "", sweep: query.get("sweep") || "" };
-  const inputs = Object.keys(filters).map(key => el("input", { placeholder: key, value: filters[key], id: `filter-${key}` }));
+  const keys = ["experiment", "status", "sweep"];
+  const inputs = keys.map(key => el("input", { placeholder: key, value: query.get(key) || "", id: `filter-${key}` }));
   const selected = new Set();
-  const compareButton = el("button", { id: "compare", onclick: () => { location.hash = `#/compare?runs=${[...selected].join(",")}`; } }, "Compare selected");
   const table = el("table", { id: "runs" });
-  main.replaceChildren(el("h2", {}, "Runs"), el("div", { class: "filters" }, ...inputs,
-    el("button", { onclick: () => { const q = new URLSearchParams(); inputs.forEach((i, n) => i.value && q.set(Object.keys(filters)[n], i.value)); location.hash = `#/?${q}`; } }, "Filter"), compareButton), table);
-  const params = new URLSearchParams(Object.entries(filters).filter(([, v]) => v));
-  every(2000, async () => {
+  const count = el("p", { class: "muted", id: "runs-count" });
+  const apply = () => { const q = new URLSearchParams(); inputs.forEach((i, n) => i.value && q.set(keys[n], i.value)); location.hash = `#/?${q}`; };
+  inputs.forEach(i => i.addEventListener("keydown", e => { if (e.key === "Enter") apply(); }));
+  main.replaceChildren(el("h2", {}, "Runs"), el("div", { class: "filters" }, ...inputs, el("button", { onclick: apply }, "Filter"),
+    el("button", { id: "compare", onclick: () => { location.hash = `#/compare?runs=${[...selected].map(encodeURIComponent).join(",")}`; } }, "Compare selected")), count, table);
+  const params = new URLSearchParams(keys.map(k => [k, query.get(k) || ""]).filter(([, v]) => v));
+  let version = null, rows = [];
+  const clocks = [];
+  every(3000, async () => {
+    if (version) params.set("since", version);
     const data = await api(`api/runs?${params}`);
-    const head = el("tr", {}, ...["", "run", "experiment", "status", "backend", "sweep", "headline", "findings", "elapsed"].map(h => el("th", {}, h)));
-    const rows = data.runs.map(r => el("tr", { "data-run": r.run_id, "data-status": r.status },
-      el("td", {}, el("input", { type: "checkbox", ...(selected.has(r.run_id) ? { checked: "" } : {}), onchange: e => { e.target.checked ? selected.add(r.run_id) : selected.delete(r.run_id); } })),
-      el("td", {}, el("a", { href: `#/run/${encodeURIComponent(r.run_id)}` }, r.run_id)),
-      el("td", {}, r.experiment || ""),
-      el("td", { class: `status-${r.status}` }, r.status + (r.queue_position ? ` (#${r.queue_position})` : "")),
-      el("td", {}, r.backend || ""),
-      el("td", {}, r.sweep_id ? `${r.sweep_id} #${r.trial}` : ""),
-      el("td", {}, r.headline || r.error || ""),
-      el("td", {}, r.findings ? String(r.findings) : ""),
-      el("td", {}, elapsed(r.elapsed_s))));
-    table.replaceChildren(head, ...rows);
-    table.dataset.shown = String(data.shown);
+    heard(data);
+    if (!data.unchanged) {
+      version = data.version; rows = data.runs;
+      clocks.length = 0;
+      const head = el("tr", {}, ...["", "run", "experiment", "status", "backend", "sweep", "headline", "findings", "elapsed"].map(h => el("th", {}, h)));
+      table.replaceChildren(head, ...rows.map(r => {
+        const clock = el("td", { class: "elapsed" }, elapsed(elapsedOf(r)));
+        clocks.push([clock, r]);
+        return el("tr", { "data-run": r.run_id, "data-status": r.status },
+          el("td", {}, el("input", { type: "checkbox", ...(selected.has(r.run_id) ? { checked: "" } : {}), onchange: e => { e.target.checked ? selected.add(r.run_id) : selected.delete(r.run_id); } })),
+          el("td", {}, el("a", { href: `#/run/${encodeURIComponent(r.run_id)}` }, r.run_id)),
+          el("td", {}, r.experiment || ""),
+          el("td", { class: `status-${r.status}` }, r.status + (r.queue_position ? ` (#${r.queue_position} in the queue)` : "")),
+          el("td", {}, r.backend || ""),
+          el("td", {}, r.sweep_id ? `${r.sweep_id} #${r.trial}` : ""),
+          el("td", {}, r.headline || r.error || ""),
+          el("td", {}, r.findings ? String(r.findings) : ""),
+          clock);
+      }));
+      table.dataset.shown = String(data.shown);
+      count.textContent = data.matched > data.shown ? `the newest ${data.shown} of ${data.matched} runs that match (${data.total} in all)` : `${data.shown} of ${data.total} runs`;
+    }
+    for (const [clock, r] of clocks) clock.textContent = elapsed(elapsedOf(r));
   });
 }
 
@@ -147,22 +181,26 @@ function runPage(runId) {
   const main = document.getElementById("main");
   const header = el("div", { id: "run-header" });
   const panels = el("div", { class: "panels", id: "panels" });
-  const ppo = el("div", { class: "panels", id: "ppo-panel" });
+  const ppo = el("div", { id: "ppo-panel" });
   const details = el("div", { id: "details" });
-  main.replaceChildren(header, el("h3", {}, "Curves"), panels, el("div", { id: "ppo-box", hidden: "" }, el("h3", {}, "PPO (seed 004): rewards and lengths per mode, policy and value loss, entropy, actions"), ppo), details);
-  let version = null;
-  every(1500, async () => {
-    const [view, curves] = await Promise.all([api(`api/runs/${encodeURIComponent(runId)}`), api(`api/runs/${encodeURIComponent(runId)}/curves${version ? `?since=${encodeURIComponent(version)}` : ""}`)]);
-    renderHeader(header, view);
-    renderDetails(details, view);
-    if (!curves.unchanged) {
-      version = curves.version;
-      const plain = curves.panels.filter(p => !p.ppo), special = curves.panels.filter(p => p.ppo);
-      panels.replaceChildren(...plain.map(panelBox));
-      ppo.replaceChildren(...special.map(panelBox));
-      document.getElementById("ppo-box").hidden = special.length === 0;
+  const ppoBox = el("div", { id: "ppo-box", hidden: "" }, el("h3", {}, "Seed 004's panel, per mode: episode rewards and lengths, policy and value loss, entropy, actions"), ppo);
+  main.replaceChildren(header, ppoBox, el("h3", {}, "Curves"), panels, details);
+  let version = null, view = null;
+  every(2000, async () => {
+    const data = await api(`api/runs/${encodeURIComponent(runId)}${version ? `?since=${encodeURIComponent(version)}` : ""}`);
+    heard(data);
+    if (!data.unchanged) {
+      version = data.version; view = data;
+      renderDetails(details, view);
+      const curves = view.curves;
+      panels.replaceChildren(...curves.panels.map(panelBox));
+      if (curves.series_shown < curves.series_total) panels.append(el("p", { class: "muted" }, `${curves.series_shown} of ${curves.series_total} series drawn`));
+      ppo.replaceChildren(...curves.ppo.map(mode => el("div", { class: "ppo-mode", "data-mode": mode.mode }, el("h4", {}, mode.mode),
+        el("div", { class: "panels" }, ...mode.charts.map(chart => panelBox({ panel: chart.title, log: false, series: chart.series }))))));
+      ppoBox.hidden = curves.ppo.length === 0;
       panels.dataset.points = String(curves.points);
     }
+    renderHeader(header, view);
   });
 }
 
@@ -172,9 +210,9 @@ function renderHeader(header, view) {
   if (view.can_stop) buttons.push(el("button", { class: "danger", id: "stop", onclick: () => act(r.run_id, "stop") }, "Stop training"));
   if (view.can_resume) buttons.push(el("button", { id: "resume", onclick: () => act(r.run_id, "resume") }, "Resume"));
   header.replaceChildren(
-    el("h2", {}, `${r.run_id} `, el("span", { class: `status-${r.status}`, id: "run-status" }, r.status)),
+    el("h2", {}, `${r.run_id} `, el("span", { class: `status-${r.status}`, id: "run-status" }, r.status + (r.queue_position ? ` (#${r.queue_position} in the queue)` : ""))),
     el("div", {}, view.title), el("div", { class: "muted" }, view.headline || ""),
-    el("div", {}, r.epoch ? `epoch ${r.epoch}${r.epochs ? ` of ${r.epochs}` : ""} · ` : "", `elapsed ${elapsed(r.elapsed_s)}`, r.stopped_because ? ` · ${r.stopped_because}` : ""),
+    el("div", {}, r.epoch ? `epoch ${r.epoch}${r.epochs ? ` of ${r.epochs}` : ""} · ` : "", `elapsed ${elapsed(elapsedOf(r))}`, ` · ${r.backend}`, r.stopped_because ? ` · ${r.stopped_because}` : ""),
     el("div", {}, ...buttons));
 }
 
@@ -212,12 +250,16 @@ function gpusPage() {
   const main = document.getElementById("main");
   const body = el("div", { id: "gpus" });
   main.replaceChildren(el("h2", {}, "GPUs"), body);
+  let history = [];
   every(2000, async () => {
-    const data = await api("api/gpus");
-    const hist = data.history;
+    const last = history.length ? history[history.length - 1].t : null;
+    const data = await api(`api/gpus${last ? `?since=${last}` : ""}`);
+    heard(data);
+    history = history.concat(data.history).filter(s => s.t > serverNow() - 600);
+    const hist = history;
     const boxes = data.devices.map(d => {
       const metric = key => ({ name: key, x: hist.map(s => s.t - hist[hist.length - 1].t), y: hist.map(s => (s.devices.find(x => x.index === d.index) || {})[key] ?? null), nonfinite_at: null });
-      const box = el("div", { class: "panel" }, el("h3", {}, `GPU ${d.index} ${d.name || ""}`));
+      const box = el("div", { class: "panel", "data-gpu": String(d.index) }, el("h3", {}, `GPU ${d.index} ${d.name || ""}`));
       for (const key of ["memory_used_gib", "utilization_percent", "temperature_c", "power_w"]) {
         const canvas = el("canvas", { "data-metric": key });
         box.append(el("div", { class: "muted" }, key), canvas);
@@ -227,7 +269,7 @@ function gpusPage() {
       return box;
     });
     const host = data.host;
-    body.replaceChildren(el("p", {}, data.note), el("p", {}, `Host: ${host.cpu_count} CPUs at ${fmt(host.cpu_percent)}%, RAM ${fmt(host.ram_used_bytes / 2 ** 30)} / ${fmt(host.ram_total_bytes / 2 ** 30)} GiB`), el("div", { class: "panels" }, ...boxes));
+    body.replaceChildren(el("p", {}, data.note), el("p", {}, `Host: ${host.cpu_count} CPUs at ${fmt(host.cpu_percent)}%, RAM ${fmt(host.ram_used_bytes / 2 ** 30)} / ${fmt(host.ram_total_bytes / 2 ** 30)} GiB; the last ${elapsed(hist.length ? hist[hist.length - 1].t - hist[0].t : 0)}`), el("div", { class: "panels" }, ...boxes));
   });
 }
 
@@ -238,18 +280,14 @@ function comparePage(query) {
   clearInterval(timer);
   api(`api/compare?runs=${ids.map(encodeURIComponent).join(",")}`).then(data => {
     const table = data.table;
-    const metric = table.metric;
-    const series = ids.map(id => {
-      const panel = (data.curves[id].panels || []).find(p => p.series.some(s => s.name === metric));
-      const s = panel ? panel.series.find(x => x.name === metric) : null;
-      return s ? { ...s, name: `${id}` } : { name: id, x: [], y: [], nonfinite_at: null };
-    });
+    const series = data.curves.map(c => ({ ...c, name: c.run_id }));
     const canvas = el("canvas", { id: "compare-chart" });
     const differ = [...new Set(table.rows.flatMap(r => Object.keys(r.differs || {})))];
     const rows = table.rows.map(r => el("tr", { "data-run": r.run_id }, el("td", {}, r.run_id), el("td", {}, fmt(r.best)), ...differ.map(k => el("td", {}, fmt((r.differs || {})[k])))));
-    main.replaceChildren(el("h2", {}, `Compare on ${metric}`), el("div", { class: "panel" }, canvas,
+    main.replaceChildren(el("h2", {}, `Compare on ${table.metric} (${table.direction === "max" ? "higher" : "lower"} is better)`), el("div", { class: "panel" }, canvas,
       el("div", { class: "legend" }, ...series.map((s, k) => el("span", { class: `c${k % COLORS.length}` }, s.name)))),
-      el("table", {}, el("tr", {}, el("th", {}, "run"), el("th", {}, "best"), ...differ.map(k => el("th", {}, k))), ...rows));
+      el("table", { id: "compare-table" }, el("tr", {}, el("th", {}, "run"), el("th", {}, "best"), ...differ.map(k => el("th", {}, k))), ...rows),
+      el("p", { class: "muted" }, table.note));
     requestAnimationFrame(() => drawChart(canvas, series));
   }).catch(error => main.replaceChildren(el("p", {}, `compare failed: ${error.message}`)));
 }
