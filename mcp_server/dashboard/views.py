@@ -195,6 +195,7 @@ class Views:
             "findings": [f.model_dump(mode="json", exclude_none=True) for f in summary.findings],
             "serious": len(serious_findings(summary.findings)),
             "primary_metric": summary.primary_metric,
+            "details_at": time.time(),  # when the headline and findings were computed
             "can_stop": live,
             "can_resume": state.status in ("stopped", "failed", "lost", "pruned") and bool(status.checkpoints),
             "curves": curves_of(run.path, manifest.primary_metric),
@@ -250,6 +251,7 @@ def curves_of(run_path: Path, primary_metric: str | None) -> dict[str, Any]:
         shown = names[:MAX_SERIES]
         points = max(100, min(POINTS, SERIES_POINTS // max(len(shown), 1)))
         series = {name: _series(name, curves.series[name], points) for name in shown}
+        epochs = [e[-1] for e in (curves.series[n].epochs() for n in names) if len(e) and np.isfinite(e[-1])]
     ppo, used = _ppo(series)
     panels: dict[str, list[dict[str, Any]]] = {}
     for name, one in series.items():
@@ -265,6 +267,7 @@ def curves_of(run_path: Path, primary_metric: str | None) -> dict[str, Any]:
         "panels": out,
         "ppo": ppo,
         "points": sum(s["count"] for s in series.values()),
+        "epoch": int(max(epochs)) if epochs else None,  # the newest, as the curves have it (the details may lag)
         "series_total": len(names),
         "series_shown": len(shown),
     }

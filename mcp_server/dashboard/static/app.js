@@ -206,13 +206,15 @@ function runPage(runId) {
 
 function renderHeader(header, view) {
   const r = view.run;
+  const epoch = view.curves.epoch ?? r.epoch;
   const buttons = [];
   if (view.can_stop) buttons.push(el("button", { class: "danger", id: "stop", onclick: () => act(r.run_id, "stop") }, "Stop training"));
   if (view.can_resume) buttons.push(el("button", { id: "resume", onclick: () => act(r.run_id, "resume") }, "Resume"));
   header.replaceChildren(
     el("h2", {}, `${r.run_id} `, el("span", { class: `status-${r.status}`, id: "run-status" }, r.status + (r.queue_position ? ` (#${r.queue_position} in the queue)` : ""))),
-    el("div", {}, view.title), el("div", { class: "muted" }, view.headline || ""),
-    el("div", {}, r.epoch ? `epoch ${r.epoch}${r.epochs ? ` of ${r.epochs}` : ""} · ` : "", `elapsed ${elapsed(elapsedOf(r))}`, ` · ${r.backend}`, r.stopped_because ? ` · ${r.stopped_because}` : ""),
+    el("div", {}, view.title),
+    el("div", { class: "muted", id: "headline" }, view.headline ? `${view.headline} (as of ${new Date(view.details_at * 1000).toLocaleTimeString()})` : ""),
+    el("div", {}, epoch ? `epoch ${epoch}${r.epochs ? ` of ${r.epochs}` : ""} · ` : "", `elapsed ${elapsed(elapsedOf(r))}`, ` · ${r.backend}`, r.stopped_because ? ` · ${r.stopped_because}` : ""),
     el("div", {}, ...buttons));
 }
 
