@@ -376,7 +376,7 @@ def _finish(run: RunDir, manifest: Manifest, state: RunState) -> None:
     try:
         summary = _final_summary(run, manifest)
         state.headline = budget.clip(summary.headline, 240) or ""
-        state.findings = [f.rule for f in summary.findings if f.severity in ("fail", "warn")][:20]
+        state.findings = [f.rule for f in _serious(summary)][:20]
     except (OSError, ValueError, TrainguardError) as exc:  # the outcome must be recorded even so
         log.warning("final headline not computed: %s", exc)
     try:
@@ -413,6 +413,12 @@ def _final_summary(run: RunDir, manifest: Manifest) -> CurveSummary:
     from mcp_server.curves.summary import summarize_run_dir
 
     return summarize_run_dir(run.path, manifest)
+
+
+def _serious(summary: CurveSummary) -> list:
+    from mcp_server.curves.summary import serious_findings  # the trainer is gone (see _final_summary)
+
+    return serious_findings(summary.findings)
 
 
 def _scratchpad_finish(run: RunDir, manifest: Manifest, state: RunState) -> None:
