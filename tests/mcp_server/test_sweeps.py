@@ -127,14 +127,22 @@ def test_random_and_tpe_sweeps_sample_inside_their_ranges(project):
                 launched = await ok(
                     client,
                     "launch_sweep",
-                    {"experiment": "921", "space": space, "strategy": strategy, "max_trials": 3, "parallel": 2},
+                    # About sampling: no pruner, which could stop a trial (pruning is tested below).
+                    {
+                        "experiment": "921",
+                        "space": space,
+                        "strategy": strategy,
+                        "max_trials": 3,
+                        "parallel": 2,
+                        "prune": "none",
+                    },
                 )
                 out.append(await until_done(client, launched["sweep_id"]))
             return out
 
     for final in anyio.run(scenario):
         assert final["status"] == "finished" and final["counts"] == {"complete": 3}, final
-        assert final["settings"]["strategy"] in ("random", "tpe")
+        assert final["settings"]["strategy"] in ("random", "tpe") and final["settings"]["prune"] == "none"
         lrs = [row["params"]["lr"] for row in final["table"]]
         assert all(1e-3 <= lr <= 1e-2 for lr in lrs) and len(set(lrs)) == 3
         assert all(row["params"]["dim"] in (16, 24) for row in final["table"])
