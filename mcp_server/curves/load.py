@@ -12,6 +12,7 @@ the bytes appended since the last one.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mcp_server.curves.readers import detect, discover
+from mcp_server.curves.readers import SNIFF_BYTES, candidates, detect, kind_rank
 from mcp_server.curves.store import Curves, Reader
 
 CACHE_RUNS = 24  # folders kept read (list_runs shows 20; a finished run needs none: its headline is in state.json)
@@ -61,18 +62,30 @@ class Loaded:
 class _Folder:
     def __init__(self) -> None:
         self.sources: dict[Path, _Source] = {}
+        self.rejected: dict[Path, tuple[int, int]] = {}  # files no reader fits, as they looked (`_look`)
         self.lock = threading.Lock()
 
     def load(self, folder: Path) -> Loaded:
-        """Read every log file found in `folder` (the caller holds self.lock)."""
-        found = discover(folder)
-        for reader in found:
-            if reader.path not in self.sources:
-                self.sources[reader.path] = _Source(reader)
+        """Read every log file found in `folder` (the caller holds self.lock). A file gets its
+        reader once; one that none fits is looked at again only when its first bytes may differ."""
+        found = candidates(folder)
+        for path, choose in found:
+            if path in self.sources:
+                continue
+            look = _look(path)
+            if look is None or self.rejected.get(path) == look:
+                continue
+            reader = choose(path)
+            if reader is None:
+                self.rejected[path] = look
+            else:
+                self.sources[path] = _Source(reader)
+                self.rejected.pop(path, None)
         read = sum(s.read() for s in self.sources.values())
-        rank = {r.path: i for i, r in enumerate(found)}  # the readers' order of preference
-        with_metrics = sorted(
-            (s for s in self.sources.values() if s.curves.series), key=lambda s: rank.get(s.reader.path, len(rank))
+        rank = {path: i for i, (path, _) in enumerate(found)}
+        with_metrics = sorted(  # the readers' order of preference: by kind, then as `candidates` lists them
+            (s for s in self.sources.values() if s.curves.series),
+            key=lambda s: (kind_rank(s.reader.kind), rank.get(s.reader.path, len(rank))),
         )
         events = next((s.curves for s in self.sources.values() if s.reader.kind == "jsonl"), None)
         if not with_metrics:
@@ -99,6 +112,16 @@ class _Folder:
     @property
     def points(self) -> int:
         return sum(s.points for s in self.sources.values())
+
+
+def _look(path: Path) -> tuple[int, int] | None:
+    """What decides a file's reader: its first bytes, told by its inode and how many there are
+    (up to what a sniff reads); None: not there."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_ino, min(st.st_size, SNIFF_BYTES))
 
 
 _cache: OrderedDict[Path, _Folder] = OrderedDict()

@@ -778,6 +778,21 @@ def log_files(folder: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
     return sorted(found), sorted(guessed)
 
 
+def candidates(folder: str | os.PathLike[str]) -> list[tuple[Path, Callable[[Path], Reader | None]]]:
+    """The files that may be a folder's logs (`log_files`; a file: itself), each with how its
+    reader is chosen: by its name (`detect`) or, for a file that may be a log, its first bytes."""
+    folder = Path(folder)
+    if folder.is_file():
+        return [(folder, detect)]
+    found, guessed = log_files(folder)
+    return [(p, detect) for p in found] + [(p, _sniff) for p in guessed]
+
+
+def kind_rank(kind: str) -> int:
+    """A reader kind's place in the order of preference (`KIND_ORDER`)."""
+    return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+
+
 def discover(folder: str | os.PathLike[str]) -> list[Reader]:
     """Readers for the training logs in a run folder (or any folder), best source first.
 
@@ -786,13 +801,8 @@ def discover(folder: str | os.PathLike[str]) -> list[Reader]:
     look like a log, at most MAX_DEPTH folders down and among at most MAX_FILES
     files, skipping hidden folders and files and symbolic links. A file gives [its reader].
     """
-    folder = Path(folder)
-    if folder.is_file():
-        reader = detect(folder)
-        return [reader] if reader is not None else []
-    found, guessed = log_files(folder)
-    readers = [r for r in [*map(detect, found), *map(_sniff, guessed)] if r is not None]
-    return sorted(readers, key=lambda r: KIND_ORDER.index(r.kind) if r.kind in KIND_ORDER else len(KIND_ORDER))
+    readers = [r for path, choose in candidates(folder) if (r := choose(path)) is not None]
+    return sorted(readers, key=lambda r: kind_rank(r.kind))
 
 
 def signature(folder: str | os.PathLike[str]) -> tuple:

@@ -118,6 +118,36 @@ def test_a_repeated_summary_reads_only_the_new_bytes(project):
         assert len(again.curves.series["train/loss"]) == 6_000
 
 
+def test_a_file_s_reader_is_chosen_once_and_an_unfit_file_looked_at_again_only_when_it_changes(project, monkeypatch):
+    from mcp_server.curves import readers
+
+    folder = project / "sniffed"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("nothing to plot here\n")
+    log = folder / "train.out"
+    log.write_text("")  # created before the first line is printed
+    sniffed: list[str] = []
+    real = readers._sniff
+    monkeypatch.setattr(readers, "_sniff", lambda path: sniffed.append(path.name) or real(path))
+    with loaded(folder) as first:
+        assert not first.curves.series
+    assert sorted(sniffed) == ["notes.txt", "train.out"]
+    sniffed.clear()
+    with loaded(folder) as unchanged:
+        assert not unchanged.curves.series
+    assert sniffed == []  # neither file changed: no reader tried again
+    log.write_text("".join(f"step {i} loss={1 / (i + 1):.4f}\n" for i in range(50)))
+    with loaded(folder) as grown:
+        assert len(grown.curves.series["loss"]) == 50
+    assert sniffed == ["train.out"]
+    sniffed.clear()
+    with log.open("a") as fh:
+        fh.write("step 50 loss=0.0190\n")
+    with loaded(folder) as more:
+        assert len(more.curves.series["loss"]) == 51
+    assert sniffed == []  # its reader was kept
+
+
 def two_runs(project):
     write_experiment(project, "921-short", "scripted", {"steps": 3})
     write_experiment(project, "922-long", "scripted", {"steps": 8})
