@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,15 +219,24 @@ def open_run(runs_root: Path, run_id: str) -> RunDir:
     """
     if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id) or run_id in (".", ".."):
         raise InvalidInput(f"run_id {run_id!r} is not a run id; call list_runs for the ids there are.")
-    path = runs_root / run_id
-    if not (path / "manifest.json").exists() and not (path / "manifest.json").is_symlink():
-        raise NotFound(f"no run {run_id!r} in {runs_root}; call list_runs for the ids there are.")
-    if path.is_symlink() or path.resolve().parent != runs_root.resolve():
+    path = os.path.join(runs_root, run_id)  # the id has no "/": a name in the runs folder (plain os calls: every poll)
+    try:
+        folder = os.lstat(path)
+        os.lstat(os.path.join(path, "manifest.json"))
+    except OSError:
+        raise NotFound(f"no run {run_id!r} in {runs_root}; call list_runs for the ids there are.") from None
+    if stat.S_ISLNK(folder.st_mode):
         raise InvalidInput(f"run {run_id!r} is a link out of {runs_root}; trainguard only reads run folders in it.")
     for name in ("manifest.json", "state.json", "stdout.log", "stderr.log", "metrics.jsonl", "supervisor.log"):
-        if (path / name).is_symlink():
-            raise InvalidInput(f"{path / name} is a symbolic link; trainguard does not follow links in run folders.")
-    return RunDir(path)
+        try:
+            link = stat.S_ISLNK(os.lstat(os.path.join(path, name)).st_mode)
+        except OSError:
+            continue
+        if link:
+            raise InvalidInput(
+                f"{os.path.join(path, name)} is a symbolic link; trainguard does not follow links in run folders."
+            )
+    return RunDir(Path(path))
 
 
 def all_runs(runs_root: Path) -> list[RunDir]:

@@ -167,9 +167,10 @@ def disk_full(path: Path) -> str | None:
     return None
 
 
-def walk(folder: Path, max_depth: int, max_files: int) -> Iterator[Path]:
+def walk(folder: Path, max_depth: int, max_files: int, read: list[Path] | None = None) -> Iterator[Path]:
     """Regular files under `folder`, breadth first, in name order, at most `max_depth` folders
-    down and `max_files` files in all; never through a link, skipping dot-names."""
+    down and `max_files` files in all; never through a link, skipping dot-names. `read`, when
+    given, gets each folder whose entries were read."""
     level, seen = [folder], 0
     for _ in range(max_depth + 1):
         below: list[Path] = []
@@ -178,6 +179,8 @@ def walk(folder: Path, max_depth: int, max_files: int) -> Iterator[Path]:
                 entries = sorted(os.scandir(current), key=lambda e: e.name)
             except OSError:
                 continue
+            if read is not None:
+                read.append(current)
             for entry in entries:
                 if entry.name.startswith(".") or entry.is_symlink():
                     continue

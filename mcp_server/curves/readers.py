@@ -36,7 +36,10 @@ import math
 import operator
 import os
 import re
+import threading
+import time
 from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from itertools import compress, repeat
 from pathlib import Path
@@ -115,7 +118,9 @@ class _LineStream:
             size = READ_BYTES
             while True:
                 fh.seek(self.offset)
-                data = fh.read(size)
+                # no more than the file held at the fstat (a READ_BYTES buffer for the few lines a
+                # live run appended costs a memory mapping each call); what it gained since is read next time
+                data = fh.read(min(size, max(st.st_size - self.offset, 0) + 1))
                 cut = data.rfind(b"\n") + 1
                 if not cut:
                     if len(data) < size:
@@ -755,13 +760,56 @@ _JSON_READERS: dict[str, Callable[[Path], Reader]] = {
 NOT_LOG_FILES = frozenset({"stderr.log", "supervisor.log", "requirements.txt"})
 
 
+LISTINGS = 64  # folders whose log files are kept listed
+SETTLED_NS = 2 * 10**9  # a folder changed this recently may change again unseen within its mtime's granularity
+_listings: OrderedDict[Path, tuple[tuple, tuple[list[Path], list[Path]]]] = OrderedDict()
+_listings_lock = threading.Lock()
+
+
 def log_files(folder: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
     """The files `discover` considers in a folder: (logs by their name, files that may be logs by
-    their first bytes). Of several trainer_state.json only the newest is kept."""
+    their first bytes). Of several trainer_state.json only the newest is kept.
+
+    The listing is kept while none of the folders it read changed (their inode and mtime: a stat
+    each, where reading them again costs a directory scan each), so a run page polled every two
+    seconds walks its run folder only when a file appears or goes."""
+    folder = Path(folder)
+    with _listings_lock:
+        kept = _listings.get(folder)
+    if kept is not None and _folder_stamps(kept[0][0]) == kept[0][1]:
+        return list(kept[1][0]), list(kept[1][1])
+    read: list[Path] = []
+    found, guessed, settled = _list_log_files(folder, read)
+    stamps = _folder_stamps(read)
+    now = time.time_ns()
+    if settled and stamps is not None and all(now - mtime > SETTLED_NS for _, mtime in stamps):
+        with _listings_lock:
+            _listings[folder] = ((tuple(read), stamps), (found, guessed))
+            _listings.move_to_end(folder)
+            while len(_listings) > LISTINGS:
+                _listings.popitem(last=False)
+    return list(found), list(guessed)
+
+
+def _folder_stamps(folders: tuple[Path, ...] | list[Path]) -> tuple[tuple[int, int], ...] | None:
+    """Each folder's inode and mtime; None when one is gone."""
+    out = []
+    for folder in folders:
+        try:
+            st = os.stat(folder, follow_symlinks=False)
+        except OSError:
+            return None
+        out.append((st.st_ino, st.st_mtime_ns))
+    return tuple(out)
+
+
+def _list_log_files(folder: Path, read: list[Path]) -> tuple[list[Path], list[Path], bool]:
+    """`log_files`' walk, and whether its answer depends only on the folders' entries (not so
+    with several trainer_state.json: the newest is chosen by the files' own mtimes)."""
     found: list[Path] = []
     guessed: list[Path] = []
     hf_states: list[Path] = []
-    for path in safefiles.walk(Path(folder), MAX_DEPTH, MAX_FILES):
+    for path in safefiles.walk(folder, MAX_DEPTH, MAX_FILES, read):
         name = path.name
         if name == "trainer_state.json":
             hf_states.append(path)
@@ -775,7 +823,7 @@ def log_files(folder: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
             guessed.append(path)  # a user's own log: kept only if its first bytes look like one
     if hf_states:
         found.append(max(hf_states, key=_newest_state))
-    return sorted(found), sorted(guessed)
+    return sorted(found), sorted(guessed), len(hf_states) <= 1
 
 
 def candidates(folder: str | os.PathLike[str]) -> list[tuple[Path, Callable[[Path], Reader | None]]]:

@@ -164,9 +164,21 @@ def _forget(project: Path) -> None:
 
 def run(project: Path, port: int) -> int:
     """The dashboard process: bind, write the state file, serve until SIGTERM."""
+    import asyncio
+
     import uvicorn
 
     from mcp_server.dashboard.app import make_app
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, waking once a second instead of ten times (to refresh its Date header
+        and see whether to exit): a dashboard nobody looks at costs next to nothing."""
+
+        async def main_loop(self) -> None:
+            ticks = 0
+            while not await self.on_tick(ticks):  # on_tick refreshes the Date header when ticks % 10 == 0
+                ticks = (ticks + 10) % 864_000
+                await asyncio.sleep(1.0)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -180,7 +192,7 @@ def run(project: Path, port: int) -> int:
     token = secrets.token_urlsafe(24)
     url = f"http://127.0.0.1:{port}/?token={token}"
     config = uvicorn.Config(make_app(project, token, port), log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
+    server = Server(config)
     safefiles.write_atomic(
         _state_path(project),
         json.dumps(

@@ -30,7 +30,7 @@ from mcp_server.curves import load as curves_load
 from mcp_server.curves import plot as curves_plot
 from mcp_server.curves.readers import signature
 from mcp_server.curves.store import Series
-from mcp_server.curves.summary import resolve_metric, serious_findings, summarize_run_dir
+from mcp_server.curves.summary import CurveSummary, resolve_metric, serious_findings, summarize_run_dir
 from mcp_server.errors import TrainguardError
 from mcp_server.rundir import TERMINAL, Manifest, RunDir, newest_runs, open_run
 
@@ -97,6 +97,7 @@ class Views:
         self.root = paths.runs_root(project)
         self._rows: dict[str, _Kept] = {}
         self._pages: OrderedDict[str, _Kept] = OrderedDict()
+        self._summaries: dict[Path, tuple[float, CurveSummary]] = {}  # live runs': when computed, what
         self._lock = threading.Lock()
         self.gpu_history = GpuHistory(sampler) if sampler is not None else None
 
@@ -130,6 +131,7 @@ class Views:
         with self._lock:
             for path in set(self._rows) - set(found):  # folders deleted meanwhile
                 del self._rows[path]
+                self._summaries.pop(Path(path), None)
         version = _version(experiment, status, sweep, len(found), [k.version for k in shown])
         if since == version:
             return {"unchanged": True, "version": version, "at": time.time()}
@@ -150,10 +152,12 @@ class Views:
             return kept
         try:
             manifest, state = run.read_manifest(), runs.refresh(run)
-            row = runs.RunInfo(**runs.info_fields(run, manifest, state)).model_dump(mode="json", exclude_none=True)
+            live = state.status not in TERMINAL
+            summary = self._summary(run, manifest, live, now) if live else None  # an ended run's: as recorded
+            fields = runs.info_fields(run, manifest, state, summary)
+            row = runs.RunInfo(**fields).model_dump(mode="json", exclude_none=True)
             row.pop("elapsed_s", None)
             row.update(started_at=state.started_at, finished_at=state.finished_at)
-            live = state.status not in TERMINAL
         except (TrainguardError, OSError, ValueError) as exc:
             row, live = {"run_id": run.run_id, "status": "damaged", "error": budget.clip(str(exc), 300)}, False
         kept = _Kept(key, now, live, row, _version(row))
@@ -181,9 +185,9 @@ class Views:
     def _page(self, run: RunDir, key: tuple, now: float) -> _Kept:
         """The whole page, from the same functions as the tools."""
         manifest, state = run.read_manifest(), runs.refresh(run)
-        summary = summarize_run_dir(run.path, manifest, copy=False)
-        status = runs.status_of(run, manifest, state, summary)
         live = state.status not in TERMINAL
+        summary = self._summary(run, manifest, live, now)
+        status = runs.status_of(run, manifest, state, summary)
         data: dict[str, Any] = {
             "run": status.model_dump(mode="json", exclude_none=True)
             | {"started_at": state.started_at, "finished_at": state.finished_at},
@@ -204,6 +208,19 @@ class Views:
             data["diagnosis"] = diagnose.diagnose(run, state).model_dump(mode="json", exclude_none=True)
         data["version"] = _version(key, time.time())
         return self._keep(run.run_id, _Kept(key, now, live, data, data["version"], now, manifest))
+
+    def _summary(self, run: RunDir, manifest: Manifest, live: bool, now: float) -> CurveSummary:
+        """A run's curve summary (its headline and findings: rules over whole curves), shared by
+        its row and its page: while it lives, computed again at most every `DETAILS_REFRESH_S`."""
+        with self._lock:
+            kept = self._summaries.get(run.path) if live else self._summaries.pop(run.path, None) and None
+        if kept is not None and now - kept[0] < DETAILS_REFRESH_S:
+            return kept[1]
+        summary = summarize_run_dir(run.path, manifest, copy=False)
+        if live:
+            with self._lock:
+                self._summaries[run.path] = (now, summary)
+        return summary
 
     def _new_points(self, run: RunDir, key: tuple, now: float, before: _Kept) -> _Kept:
         """Only the run's logs changed: its curves again (only what was appended is read), the
