@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -640,3 +642,38 @@ def test_series_columns_are_numpy_ready(tmp_path):
     series = _read(JsonlReader(path)).series["loss"]
     assert np.array_equal(series.values(), np.arange(1000) * 0.5)
     assert np.isnan(series.epochs()).all() and np.isnan(series.times()).all()
+
+
+def test_a_folder_s_log_listing_is_kept_until_a_file_appears_or_goes(tmp_path, monkeypatch):
+    from mcp_server import safefiles
+
+    walks = []
+    real = safefiles.walk
+    monkeypatch.setattr(safefiles, "walk", lambda *a, **k: walks.append(a[0]) or real(*a, **k))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "metrics.jsonl").write_text("")
+    (tmp_path / "logs" / "train.out").write_text("")
+
+    def settle():  # folders last changed a minute ago: past SETTLED_NS, so a listing of them is kept
+        for folder in (tmp_path, tmp_path / "logs"):
+            os.utime(folder, ns=(time.time_ns() - 60 * 10**9,) * 2)
+
+    def listed():
+        found, guessed = readers.log_files(tmp_path)
+        return sorted(str(p.relative_to(tmp_path)) for p in found + guessed)
+
+    assert listed() == ["logs/train.out", "metrics.jsonl"]  # changed just now: not kept
+    settle()
+    assert listed() == ["logs/train.out", "metrics.jsonl"]
+    walks.clear()
+    assert listed() == ["logs/train.out", "metrics.jsonl"] and walks == []  # kept: two stat calls, no walk
+    (tmp_path / "logs" / "val.log").write_text("")  # a folder below changes
+    assert listed() == ["logs/train.out", "logs/val.log", "metrics.jsonl"] and walks == [tmp_path]
+    settle()
+    listed()
+    (tmp_path / "metrics.jsonl").unlink()
+    assert listed() == ["logs/train.out", "logs/val.log"]
+    settle()
+    listed()
+    shutil.rmtree(tmp_path / "logs")
+    assert listed() == []

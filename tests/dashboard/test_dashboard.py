@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ok, wait_until
+from conftest import ok, wait_until, write_experiment
 from mcp_server import procs, runs
 from mcp_server.dashboard import serve
 from mcp_server.rundir import open_run
@@ -173,3 +173,95 @@ def test_a_forged_state_file_gets_no_process_signalled(scripted):
     finally:
         other.kill()
         other.wait()
+
+
+def finished(project: Path, run_id: str, timeout: float = 120) -> str:
+    return wait_until(
+        lambda: (s := status(project, run_id)) in ("succeeded", "failed", "stopped", "lost") and s,
+        timeout,
+        f"{run_id} to end",
+    )
+
+
+def test_a_ppo_run_shows_seed_004s_panel_per_mode(dash, scripted, browser):
+    info, _ = dash
+    config = scripted / "tiny-ppo.toml"
+    config.write_text("[env]\nmax_steps = 40\n[training]\ncheckpoint_every = 100\n")
+    args = {"mode": "ground_truth,proxy", "updates": 3, "n_envs": 8, "eval_episodes": 4, "device": "cpu"}
+    write_experiment(scripted, "914-ppo-tiny", "ppo_gridworld", args | {"config": str(config)})
+    run_id = runs.launch("914", project=scripted).run_id
+    assert finished(scripted, run_id, 300) == "succeeded"
+    page = browser.new_page(viewport={"width": 1300, "height": 1400})
+    page.goto(f"{info.url}#/run/{run_id}")
+    page.wait_for_selector("#ppo-box:not([hidden]) .ppo-mode", timeout=15000)
+    modes = page.eval_on_selector_all(".ppo-mode", "els => els.map(e => e.dataset.mode)")
+    assert modes == ["ground_truth", "proxy"]
+    titles = page.eval_on_selector_all(
+        '.ppo-mode[data-mode="proxy"] .panel h3', "els => els.map(e => e.textContent.trim())"
+    )
+    assert titles == ["episode reward", "episode length", "policy and value loss", "entropy", "action distribution"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-ppo-page.png"), full_page=True)
+
+
+RESUMABLE = """
+resume_checkpoint = "last.json"
+
+[params.resume]
+type = "path"
+flag = "--resume"
+must_exist = true
+help = "A last.json: go on from it."
+"""
+
+
+def test_the_resume_button_of_a_stopped_run_opens_the_run_that_goes_on_from_its_checkpoint(dash, scripted, browser):
+    info, _ = dash
+    trainers = scripted / "experiments" / "trainers"
+    spec = (trainers / "scripted.toml").read_text().replace('name = "scripted"', 'name = "scripted_resume"')
+    spec = spec.replace('primary_mode = "max"\n', 'primary_mode = "max"\n' + RESUMABLE, 1)
+    (trainers / "scripted_resume.toml").write_text(spec)
+    write_experiment(scripted, "915-resumable", "scripted_resume", {"steps": 100000, "interval": 0.05})
+    run_id = runs.launch("915", project=scripted).run_id
+    wait_until(lambda: (scripted / "runs" / run_id / "metrics.jsonl").is_file(), 60, "the run to log")
+    runs.stop(run_id, 30.0, scripted)  # it saves checkpoints/last.json as it stops
+    assert (scripted / "runs" / run_id / "checkpoints" / "last.json").is_file()
+    page = browser.new_page()
+    alerts = []
+    page.on("dialog", lambda dialog: alerts.append(dialog.message) or dialog.dismiss())
+    page.goto(f"{info.url}#/run/{run_id}")
+    page.click("#resume", timeout=15000)
+    page.wait_for_url(lambda url: bool(alerts) or not url.endswith(f"/{run_id}"), timeout=30000)  # Playwright's wait
+    assert alerts == []
+    resumed = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector(f"#run-header h2:text('{resumed}')", timeout=15000)
+    manifest = open_run(scripted / "runs", resumed).read_manifest()
+    assert manifest.note == f"resume of {run_id} from last.json; resumed from the dashboard"
+    assert manifest.overrides == {"resume": f"runs/{run_id}/checkpoints/last.json"}
+    runs.stop(resumed, 30.0, scripted)
+
+
+def test_the_compare_page_overlays_the_selected_runs_with_what_differs(dash, scripted, browser):
+    info, _ = dash
+    write_experiment(scripted, "921-short", "scripted", {"steps": 3})
+    write_experiment(scripted, "922-long", "scripted", {"steps": 8})
+    ids = [runs.launch(e, project=scripted).run_id for e in ("921", "922")]
+    assert [finished(scripted, i) for i in ids] == ["succeeded", "succeeded"]
+    page = browser.new_page()
+    page.goto(info.url)
+    for run_id in ids:
+        page.check(f'tr[data-run="{run_id}"] input[type=checkbox]', timeout=15000)
+    page.click("#compare")
+    table = page.wait_for_selector("#compare-table", timeout=15000)
+    assert page.query_selector("#compare-chart") is not None
+    headers = page.eval_on_selector_all("#compare-table th", "els => els.map(e => e.textContent)")
+    assert headers[:2] == ["run", "best"] and "steps" in headers
+    shown = page.eval_on_selector_all("#compare-table tr[data-run]", "els => els.map(e => e.dataset.run)")
+    assert sorted(shown) == sorted(ids)
+    steps = headers.index("steps")
+    cells = {
+        r: page.eval_on_selector(f'#compare-table tr[data-run="{r}"]', f"e => e.children[{steps}].textContent")
+        for r in ids
+    }
+    assert cells == {ids[0]: "3", ids[1]: "8"}
+    assert "compare failed" not in table.inner_text()
