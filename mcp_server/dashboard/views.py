@@ -213,7 +213,9 @@ class Views:
         """A run's curve summary (its headline and findings: rules over whole curves), shared by
         its row and its page: while it lives, computed again at most every `DETAILS_REFRESH_S`."""
         with self._lock:
-            kept = self._summaries.get(run.path) if live else self._summaries.pop(run.path, None) and None
+            if not live:  # ended: its final summary, at once
+                self._summaries.pop(run.path, None)
+            kept = self._summaries.get(run.path)
         if kept is not None and now - kept[0] < DETAILS_REFRESH_S:
             return kept[1]
         summary = summarize_run_dir(run.path, manifest, copy=False)

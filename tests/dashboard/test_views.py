@@ -62,3 +62,20 @@ def test_a_page_that_polls_gets_unchanged_until_its_run_changes(scripted, monkey
     assert not rows.get("unchanged") and rows["runs"][0]["status"] == "succeeded"
     assert page.runs(since=rows["version"])["unchanged"]
     assert page.runs(status="failed")["shown"] == 0 and page.runs(experiment="901")["shown"] == 1
+
+
+def test_a_live_run_is_summarised_once_for_its_row_and_its_page_and_again_when_it_ends(scripted, monkeypatch):
+    summarised = []
+    real = views.summarize_run_dir
+    monkeypatch.setattr(views, "summarize_run_dir", lambda *a, **k: summarised.append(a[0].name) or real(*a, **k))
+    page = views.Views(scripted)
+    run_id = runs.launch("902", project=scripted).run_id  # logs every 0.05 s until stopped
+    wait_until(lambda: (scripted / "runs" / run_id / "metrics.jsonl").is_file(), what="the run to log")
+    page.runs()
+    live = page.run(run_id)
+    assert summarised == [run_id] and live["can_stop"]  # the page took the row's summary
+    page.runs()
+    assert summarised == [run_id]  # within DETAILS_REFRESH_S: not again, however fast it logs
+    runs.stop(run_id, 30.0, scripted)
+    ended = page.run(run_id)
+    assert summarised == [run_id, run_id] and ended["run"]["status"] == "stopped"  # its final summary at once
